@@ -1,0 +1,1 @@
+"""nmfstudy: NMF against K-means on handwritten digits."""
