@@ -1,0 +1,45 @@
+"""Starting points for NMF factors and K-means centroids.
+
+NMF starts come from scikit-learn's own initializer so that our solvers and the
+scikit-learn anchor start from the very same W and H: a comparison of solvers is
+only fair from equal starts. It is a private function, so it is wrapped here once.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.decomposition._nmf import _initialize_nmf
+
+NMF_INITS = ("random", "nndsvd", "nndsvda", "nndsvdar")
+KMEANS_INITS = ("kmeans++", "random", "data", "gaussian")
+
+
+def nmf_init(X: np.ndarray, k: int, init: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """W (n_samples x k) and H (k x n_features), float32, as scikit-learn's NMF would start."""
+    if init not in NMF_INITS:
+        raise ValueError(f"init must be one of {', '.join(NMF_INITS)} for NMF, got {init!r}")
+    W, H = _initialize_nmf(X, k, init=init, random_state=seed)
+    return W.astype(np.float32, copy=False), H.astype(np.float32, copy=False)
+
+
+def kmeans_init(X: np.ndarray, k: int, init: str, seed: int) -> str | np.ndarray:
+    """What scikit-learn's KMeans takes as `init`: its own name, or a k x n_features array.
+
+    - kmeans++: scikit-learn's k-means++ seeding.
+    - data: k distinct samples drawn at random (scikit-learn calls this 'random').
+    - random: uniform draws inside each pixel's observed [min, max] range.
+    - gaussian: normal draws with each pixel's mean and standard deviation, clipped at 0.
+    """
+    if init not in KMEANS_INITS:
+        raise ValueError(f"init must be one of {', '.join(KMEANS_INITS)} for K-means, got {init!r}")
+    if init == "kmeans++":
+        return "k-means++"
+    if init == "data":
+        return "random"
+    rng = np.random.default_rng(seed)
+    if init == "random":
+        lo, hi = X.min(axis=0), X.max(axis=0)
+        centers = lo + rng.random((k, X.shape[1]), dtype=np.float32) * (hi - lo)
+    else:
+        mean, std = X.mean(axis=0), X.std(axis=0)
+        centers = np.maximum(mean + std * rng.standard_normal((k, X.shape[1]), dtype=np.float32), 0)
+    return centers.astype(X.dtype, copy=False)
