@@ -46,3 +46,56 @@ def hoyer_sparseness(M: np.ndarray, axis: int) -> np.ndarray:
     l2 = np.sqrt((M * M).sum(axis=axis))
     ratio = np.divide(l1, l2, out=np.full_like(l1, np.sqrt(n)), where=l2 > 0)
     return (np.sqrt(n) - ratio) / (np.sqrt(n) - 1)
+
+
+def mean_residual_norm(X: np.ndarray, approximation, chunk: int = 8192) -> float:
+    """Mean over samples of ||x_i - approximation(x_i)||, in chunks to bound memory."""
+    total = 0.0
+    for start in range(0, len(X), chunk):
+        block = X[start : start + chunk]
+        total += float(np.linalg.norm(block - approximation(start, block), axis=1).sum())
+    return total / len(X)
+
+
+def evaluate(
+    model,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    silhouette_size: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every score of a fitted method (see `methods`): the metrics a run logs, by name."""
+    k = model.k
+    clusters = model.labels_
+    mapping = majority_mapping(y_train, clusters, k)
+    test_clusters = model.assign(X_test)
+    scores = {
+        "accuracy": majority_accuracy(y_train, clusters, k),
+        "hungarian_accuracy": hungarian_accuracy(y_train, clusters, k),
+        "nmi": float(skm.normalized_mutual_info_score(y_train, clusters)),
+        "ari": float(skm.adjusted_rand_score(y_train, clusters)),
+        "test_accuracy": float(np.mean(mapping[test_clusters] == y_test)),
+        "loss": model.loss_,
+        "fit_time_s": model.fit_time_s_,
+        "n_iter": float(model.n_iter_),
+        "n_clusters_used": float(len(np.unique(clusters))),
+    }
+    n_found = len(np.unique(clusters))
+    scores["silhouette"] = (
+        float(skm.silhouette_score(X_train, clusters, sample_size=min(silhouette_size, len(X_train)), random_state=seed))
+        if 1 < n_found < len(X_train)
+        else float("nan")
+    )
+    W = getattr(model, "W_", None)
+    if W is not None:
+        H = model.components_
+        scores["j_clust"] = mean_residual_norm(X_train, lambda start, block: W[start : start + len(block)] @ H)
+        scores["sparsity_W"] = float(hoyer_sparseness(W, axis=0).mean())
+        scores["sparsity_H"] = float(hoyer_sparseness(H, axis=1).mean())
+    else:
+        centers = model.components_
+        scores["j_clust"] = mean_residual_norm(X_train, lambda start, block: centers[clusters[start : start + len(block)]])
+    return scores

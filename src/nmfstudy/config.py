@@ -1,0 +1,116 @@
+"""Check a run's settings (a plain dict, as Hydra resolves it) and build its method.
+
+Every check names the key and what it allows, so that a user mistake ends in
+one line, before any data is fitted or any run is logged.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from . import initialization
+from .data import DATASETS
+from .methods import ASSIGN_RULES, NMF_SOLVERS, KMeansClustering, NMFClustering
+
+NMF_METHODS = ("nmf",)
+KMEANS_METHODS = ("kmeans", "minibatch_kmeans")
+METHODS = NMF_METHODS + KMEANS_METHODS
+SPARSITIES = ("none", "l1", "hoyer")
+
+
+class ConfigError(ValueError):
+    """A setting out of range or of the wrong kind; the message names the key."""
+
+
+def _int(value: Any, key: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _real(value: Any, key: str, low: float = 0.0, high: float = math.inf, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if value < low or value > high or (high_open and value == high):
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{key} must be in [{low}, {high}{bracket}, got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def check(cfg: dict) -> None:
+    """Raise ConfigError for the first setting that cannot work; data-dependent checks are in `check_data`."""
+    _int(cfg.get("k"), "k")
+    _int(cfg.get("seed"), "seed", low=0)
+    dataset, method, init, sparsity = (cfg.get(key) or {} for key in ("dataset", "method", "init", "sparsity"))
+    _choice(dataset.get("name"), "dataset", DATASETS)
+    if dataset.get("n_samples") is not None:
+        _int(dataset["n_samples"], "dataset.n_samples", low=2)
+    if dataset.get("test_size") is not None:
+        _real(dataset["test_size"], "dataset.test_size", low=0.01, high=0.99)
+    name = _choice(method.get("name"), "method", METHODS)
+    _int(method.get("max_iter"), "method.max_iter")
+    _real(method.get("tol"), "method.tol")
+    allowed_inits = initialization.NMF_INITS if name in NMF_METHODS else initialization.KMEANS_INITS
+    if init.get("name") not in allowed_inits:
+        raise ConfigError(f"init must be one of {', '.join(allowed_inits)} for method={name}; got {init.get('name')!r}")
+    sparse = _choice(sparsity.get("name"), "sparsity", SPARSITIES)
+    if name in NMF_METHODS:
+        solver = _choice(method.get("solver"), "method.solver", NMF_SOLVERS)
+        _choice(method.get("assign"), "method.assign", ASSIGN_RULES)
+        if sparse == "l1":
+            _real(sparsity.get("alpha_W"), "sparsity.alpha_W")
+            if sparsity.get("alpha_H") != "same":
+                _real(sparsity.get("alpha_H"), "sparsity.alpha_H")
+            _real(sparsity.get("l1_ratio"), "sparsity.l1_ratio", high=1.0)
+        if sparse == "hoyer":
+            if solver.startswith("sklearn"):
+                raise ConfigError(f"sparsity=hoyer needs method.solver=hals or mu; got {solver!r}")
+            targets = [sparsity.get("s_W"), sparsity.get("s_H")]
+            if all(t is None for t in targets):
+                raise ConfigError("sparsity=hoyer needs sparsity.s_W or sparsity.s_H, a target in [0, 1)")
+            for key, target in zip(("sparsity.s_W", "sparsity.s_H"), targets):
+                if target is not None:
+                    _real(target, key, high=1.0, high_open=True)
+    else:
+        if sparse != "none":
+            raise ConfigError(f"sparsity must be none for method={name}; got {sparse!r}")
+        _int(method.get("n_init"), "method.n_init")
+        if name == "minibatch_kmeans":
+            _int(method.get("batch_size"), "method.batch_size")
+
+
+def check_data(cfg: dict, X: np.ndarray) -> None:
+    """Checks that need the loaded training data."""
+    n = len(X)
+    if cfg["k"] > n:
+        raise ConfigError(f"k must be at most the number of training samples ({n}); got {cfg['k']}")
+    if cfg["method"]["name"] in NMF_METHODS and X.min() < 0:
+        raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
+
+
+def build_method(cfg: dict, callback=None):
+    """The unfitted method that `cfg` describes (call `check` first)."""
+    method, sparsity = cfg["method"], cfg["sparsity"]
+    if method["name"] in NMF_METHODS:
+        penalties = {}
+        if sparsity["name"] == "l1":
+            penalties = dict(alpha_W=sparsity["alpha_W"], alpha_H=sparsity["alpha_H"], l1_ratio=sparsity["l1_ratio"])
+        elif sparsity["name"] == "hoyer":
+            penalties = dict(hoyer_W=sparsity.get("s_W"), hoyer_H=sparsity.get("s_H"))
+        return NMFClustering(
+            cfg["k"], solver=method["solver"], init=cfg["init"]["name"], max_iter=method["max_iter"],
+            tol=method["tol"], assign_rule=method["assign"], seed=cfg["seed"], callback=callback, **penalties,
+        )
+    return KMeansClustering(
+        cfg["k"], init=cfg["init"]["name"], n_init=method["n_init"], max_iter=method["max_iter"], tol=method["tol"],
+        minibatch=method["name"] == "minibatch_kmeans", batch_size=method.get("batch_size", 1024), seed=cfg["seed"],
+    )

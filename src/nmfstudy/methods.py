@@ -1,0 +1,161 @@
+"""Clustering methods behind one small interface: fit, labels, images, loss, assign.
+
+Each method is a thin shell: the numerical work lives in `solvers` (our NMF),
+scikit-learn (its NMF and K-means) or `graph_nmf`. A fitted method gives:
+
+- `labels_`: the cluster of every training sample,
+- `components_`: k x n_features images (NMF basis images or K-means centroids),
+- `loss_` and `loss_history_` / `time_history_` (per iteration where the solver tells),
+- `n_iter_`, `fit_time_s_`,
+- `assign(X)`: clusters for new samples, `reconstruct(X)`: their approximations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.decomposition import NMF, non_negative_factorization
+from sklearn.preprocessing import normalize
+
+from . import initialization
+
+NMF_SOLVERS = ("hals", "mu", "sklearn-cd", "sklearn-mu")
+ASSIGN_RULES = ("argmax", "kmeans")
+
+# callback(iteration, loss, elapsed_s) -> True to stop early (progress, pruning)
+IterationCallback = Callable[[int, float, float], "bool | None"]
+
+
+@dataclass
+class NMFClustering:
+    """NMF X ~ W H; clusters from the coefficients W (argmax, or k-means on L2-normalized rows)."""
+
+    k: int
+    solver: str = "hals"
+    init: str = "nndsvda"
+    max_iter: int = 500
+    tol: float = 1e-4
+    assign_rule: str = "argmax"
+    alpha_W: float = 0.0
+    alpha_H: float | str = "same"
+    l1_ratio: float = 0.0
+    hoyer_W: float | None = None
+    hoyer_H: float | None = None
+    seed: int = 0
+    callback: IterationCallback | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.solver not in NMF_SOLVERS:
+            raise ValueError(f"method.solver must be one of {', '.join(NMF_SOLVERS)}, got {self.solver!r}")
+        if self.assign_rule not in ASSIGN_RULES:
+            raise ValueError(f"method.assign must be one of {', '.join(ASSIGN_RULES)}, got {self.assign_rule!r}")
+        if self.solver.startswith("sklearn") and (self.hoyer_W is not None or self.hoyer_H is not None):
+            raise ValueError("sparsity=hoyer needs method.solver=hals or mu; scikit-learn's NMF has no such constraint")
+
+    def fit(self, X: np.ndarray) -> "NMFClustering":
+        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
+        start = time.perf_counter()
+        if self.solver.startswith("sklearn"):
+            model = NMF(
+                self.k, init="custom", solver=self.solver.removeprefix("sklearn-"), max_iter=self.max_iter,
+                tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
+                random_state=self.seed,
+            )
+            W = model.fit_transform(X, W=W, H=H)
+            H = model.components_
+            self.n_iter_ = int(model.n_iter_)
+            self.loss_history_ = np.array([model.reconstruction_err_])
+            self.time_history_ = np.array([time.perf_counter() - start])
+        else:
+            from . import solvers
+
+            solve = solvers.nmf_hals if self.solver == "hals" else solvers.nmf_mu
+            result = solve(
+                X, W, H, max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
+                l1_ratio=self.l1_ratio, hoyer_W=self.hoyer_W, hoyer_H=self.hoyer_H, callback=self.callback,
+            )
+            W, H = result.W, result.H
+            self.n_iter_ = int(result.n_iter)
+            self.loss_history_ = np.asarray(result.loss_history)
+            self.time_history_ = np.asarray(result.time_history)
+        self.fit_time_s_ = time.perf_counter() - start
+        self.W_ = W.astype(np.float32, copy=False)
+        self.components_ = H.astype(np.float32, copy=False)
+        self.loss_ = float(self.loss_history_[-1])
+        if self.assign_rule == "kmeans":
+            self._kmeans = KMeans(self.k, n_init=10, random_state=self.seed).fit(normalize(self.W_))
+            self.labels_ = self._kmeans.labels_.astype(np.int64)
+        else:
+            self.labels_ = self.W_.argmax(axis=1)
+        return self
+
+    @property
+    def component_members_(self) -> np.ndarray:
+        """The component each training sample loads most on (titles the basis images)."""
+        return self.W_.argmax(axis=1)
+
+    def coefficients(self, X: np.ndarray) -> np.ndarray:
+        """Non-negative coefficients of new samples against the fitted basis (H held fixed)."""
+        W, _, _ = non_negative_factorization(
+            X, H=self.components_.astype(X.dtype), n_components=self.k, init="custom",
+            update_H=False, solver="cd", max_iter=500, tol=1e-5,
+        )
+        return W
+
+    def assign(self, X: np.ndarray) -> np.ndarray:
+        W = self.coefficients(X)
+        if self.assign_rule == "kmeans":
+            return self._kmeans.predict(normalize(W)).astype(np.int64)
+        return W.argmax(axis=1)
+
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        return self.coefficients(X) @ self.components_
+
+
+@dataclass
+class KMeansClustering:
+    """K-means (Lloyd) or mini-batch K-means; the centroids are the images."""
+
+    k: int
+    init: str = "kmeans++"
+    n_init: int = 10
+    max_iter: int = 300
+    tol: float = 1e-4
+    minibatch: bool = False
+    batch_size: int = 1024
+    seed: int = 0
+
+    def fit(self, X: np.ndarray) -> "KMeansClustering":
+        init = initialization.kmeans_init(X, self.k, self.init, self.seed)
+        # An explicit array start is one start: scikit-learn warns and runs it once.
+        n_init = self.n_init if isinstance(init, str) else 1
+        common = dict(init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol, random_state=self.seed)
+        model = (
+            MiniBatchKMeans(self.k, batch_size=self.batch_size, **common)
+            if self.minibatch
+            else KMeans(self.k, **common)
+        )
+        start = time.perf_counter()
+        model.fit(X)
+        self.fit_time_s_ = time.perf_counter() - start
+        self._model = model
+        self.labels_ = model.labels_.astype(np.int64)
+        self.components_ = model.cluster_centers_.astype(np.float32, copy=False)
+        self.n_iter_ = int(model.n_iter_)
+        self.loss_ = float(model.inertia_)
+        self.loss_history_ = np.array([self.loss_])
+        self.time_history_ = np.array([self.fit_time_s_])
+        return self
+
+    @property
+    def component_members_(self) -> np.ndarray:
+        return self.labels_
+
+    def assign(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(X).astype(np.int64)
+
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        return self.components_[self.assign(X)]

@@ -1,0 +1,17 @@
+"""Versions of the packages a result depends on, recorded with every run."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+PACKAGES = ("nmfstudy", "numpy", "scipy", "scikit-learn", "hydra-core", "mlflow", "optuna", "matplotlib", "mlxtend")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

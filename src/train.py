@@ -1,0 +1,142 @@
+"""One run of the study: compose -> load data -> fit -> evaluate -> draw -> log to MLflow.
+
+    python src/train.py                          # NMF, k=10, on mnist_5k (offline)
+    python src/train.py -m k=10,20,50            # a sweep, nested under one MLflow parent run
+    python src/train.py -m hparams_search=nmf_sparse   # an Optuna study
+
+Returns the metric(s) named by `objective`, which a sweeper optimizes.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nmfstudy import config as settings
+from nmfstudy import plots, tracking
+from nmfstudy.data import DataError, load_dataset
+from nmfstudy.hydra_callbacks import command_line, git_commit, project_root
+from nmfstudy.metrics import evaluate
+from nmfstudy.versions import package_versions
+
+log = logging.getLogger("nmfstudy")
+
+
+class UserError(CompactHydraException):
+    """A mistake in the command or the data: Hydra prints its one line, without a traceback."""
+
+
+class ProgressPrinter:
+    """Logs iteration and loss of a long fit, at most every `every_s` seconds."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.last = -float("inf")
+
+    def __call__(self, iteration: int, loss: float, elapsed_s: float) -> None:
+        if iteration == 1 or elapsed_s - self.last >= self.every_s:
+            self.last = elapsed_s
+            log.info("iter %4d  loss %.6g  %.1fs", iteration, loss, elapsed_s)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def log_figures(model, data, cfg: dict) -> None:
+    k, shape, method = cfg["k"], data.image_shape, cfg["method"]["name"]
+    is_nmf = hasattr(model, "W_")
+    titles = plots.component_titles(model.component_members_, data.y_train, k)
+    what = "NMF basis images" if is_nmf else "centroids"
+    tracking.log_figure(plots.gallery(model.components_, shape, titles, f"{method} {what}, k={k} (#: majority digit)"),
+                        "figures/components.png")
+    tracking.log_figure(plots.confusion(data.y_train, model.labels_, k, f"{method}, k={k}: clusters vs digits"),
+                        "figures/confusion.png")
+    sample = np.random.default_rng(cfg["seed"]).choice(len(data.X_test), size=min(10, len(data.X_test)), replace=False)
+    tracking.log_figure(
+        plots.reconstructions(data.X_test[sample], model.reconstruct(data.X_test[sample]), shape,
+                              f"{method}, k={k}: held-out originals and reconstructions"),
+        "figures/reconstructions.png",
+    )
+    tracking.log_figure(plots.cluster_samples(data.X_train, model.labels_, data.y_train, k, shape, seed=cfg["seed"]),
+                        "figures/cluster_samples.png")
+    if len(model.loss_history_) > 1:
+        tracking.log_figure(plots.loss_curve(model.loss_history_, model.time_history_, f"{method}, k={k}: loss"),
+                            "figures/loss_curve.png")
+
+
+def objective_value(scores: dict[str, float], objective):
+    names = [objective] if isinstance(objective, str) else list(objective)
+    missing = [name for name in names if name not in scores]
+    if missing:
+        raise UserError(f"objective names metric(s) {missing} that this run does not produce; it has {sorted(scores)}")
+    values = [scores[name] for name in names]
+    return values[0] if isinstance(objective, str) else values
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig):
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run_cfg = OmegaConf.to_container(cfg, resolve=True)
+    root = project_root()
+    try:
+        settings.check(run_cfg)
+        ds = run_cfg["dataset"]
+        data = load_dataset(ds["name"], dir=ds.get("dir"), n_samples=ds.get("n_samples"),
+                            test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
+        settings.check_data(run_cfg, data.X_train)
+        store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
+        client = tracking.open_store(store)
+    except (settings.ConfigError, DataError, tracking.TrackingError) as err:
+        raise UserError(str(err)) from None
+
+    hydra_cfg = HydraConfig.get()
+    parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    overrides = " ".join(hydra_cfg.overrides.task)
+    run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")
+    tags = {
+        "nmfstudy.kind": "run",
+        "git_commit": git_commit(root),
+        "dataset_fingerprint": data.fingerprint,
+        "command": command_line(),
+        "hydra_output_dir": hydra_cfg.runtime.output_dir,
+    }
+    with tracking.run(client, run_cfg["tracking"]["experiment"], run_name=run_name, parent_run_id=parent,
+                      tags=tags, store=store) as active:
+        short = {key: run_cfg[key]["name"] for key in ("dataset", "method", "init", "sparsity")}
+        tracking.log_params({**tracking.flatten(run_cfg), **short})
+        tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracking.log_text("\n".join(f"{name}=={version}" for name, version in package_versions().items()),
+                          "environment.txt")
+        log.info("run %s in experiment %r (%s)", active.info.run_id, run_cfg["tracking"]["experiment"],
+                 store.tracking_uri)
+        log.info("fitting %s with k=%d on %s: %d samples x %d pixels", short["method"], run_cfg["k"], data.name,
+                 *data.X_train.shape)
+        model = settings.build_method(run_cfg, callback=ProgressPrinter(run_cfg["tracking"]["progress_every_s"]))
+        model.fit(data.X_train)
+        scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test, seed=run_cfg["seed"])
+        if len(model.loss_history_) > 1:
+            tracking.log_history("loss", model.loss_history_)
+            scores.pop("loss")
+        tracking.log_metrics(scores)
+        log_figures(model, data, run_cfg)
+        scores["loss"] = model.loss_
+
+    log.info(
+        "accuracy %.4f  hungarian %.4f  nmi %.4f  test_accuracy %.4f  loss %.6g  fit %.1fs  (%d iterations)",
+        scores["accuracy"], scores["hungarian_accuracy"], scores["nmi"], scores["test_accuracy"], scores["loss"],
+        scores["fit_time_s"], scores["n_iter"],
+    )
+    log.info("logged to MLflow run %s; see it with `mlflow ui` in %s", active.info.run_id, root)
+    return objective_value(scores, run_cfg["objective"])
+
+
+if __name__ == "__main__":
+    main()
