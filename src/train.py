@@ -24,6 +24,7 @@ from nmfstudy import plots, tracking
 from nmfstudy.data import DataError, load_dataset
 from nmfstudy.hydra_callbacks import command_line, git_commit, project_root
 from nmfstudy.metrics import evaluate
+from nmfstudy.pruning import TrialReporter
 from nmfstudy.versions import package_versions
 
 log = logging.getLogger("nmfstudy")
@@ -99,7 +100,7 @@ def main(cfg: DictConfig):
 
     hydra_cfg = HydraConfig.get()
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    overrides = " ".join(hydra_cfg.overrides.task)
+    overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))
     run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")
     tags = {
         "nmfstudy.kind": "run",
@@ -108,6 +109,9 @@ def main(cfg: DictConfig):
         "command": command_line(),
         "hydra_output_dir": hydra_cfg.runtime.output_dir,
     }
+    reporter = TrialReporter.from_config(run_cfg.get("trial"))
+    if reporter is not None:
+        tags.update(reporter.tags())
     with tracking.run(client, run_cfg["tracking"]["experiment"], run_name=run_name, parent_run_id=parent,
                       tags=tags, store=store) as active:
         short = {key: run_cfg[key]["name"] for key in ("dataset", "method", "init", "sparsity")}
@@ -119,8 +123,12 @@ def main(cfg: DictConfig):
                  store.tracking_uri)
         log.info("fitting %s with k=%d on %s: %d samples x %d pixels", short["method"], run_cfg["k"], data.name,
                  *data.X_train.shape)
-        model = settings.build_method(run_cfg, callback=ProgressPrinter(run_cfg["tracking"]["progress_every_s"]))
+        progress = ProgressPrinter(run_cfg["progress_every_s"])
+        model = settings.build_method(run_cfg, callback=progress if reporter is None else reporter.wrap(progress))
         model.fit(data.X_train)
+        if reporter is not None and reporter.pruned:
+            # Stopped early by the pruner: the run stays FINISHED with what it had, tagged PRUNED.
+            tracking.set_tags(reporter.tags())
         scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test, seed=run_cfg["seed"])
         if len(model.loss_history_) > 1:
             tracking.log_history("loss", model.loss_history_)
@@ -135,6 +143,8 @@ def main(cfg: DictConfig):
         scores["fit_time_s"], scores["n_iter"],
     )
     log.info("logged to MLflow run %s; see it with `mlflow ui` in %s", active.info.run_id, root)
+    if reporter is not None and reporter.pruned:
+        raise reporter.pruned_exception()
     return objective_value(scores, run_cfg["objective"])
 
 

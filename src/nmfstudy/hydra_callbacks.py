@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 from . import tracking
 
 
-def project_root() -> Path:
+def project_root(hydra_cfg: DictConfig | None = None) -> Path:
     """The folder holding the primary config folder (conf/): where mlflow.db and mlruns/ live by default."""
-    for source in HydraConfig.get().runtime.config_sources:
+    hydra_cfg = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
+    for source in hydra_cfg.runtime.config_sources:
         if source.provider == "main" and source.schema == "file":
             return Path(source.path).resolve().parent
     return Path.cwd()
@@ -46,7 +47,7 @@ class MlflowParentRun(Callback):
         self._run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        root = project_root()
+        root = project_root(config.hydra)
         store = tracking.resolve_store(config.tracking.uri, root)
         # Creating the store here, once, keeps parallel jobs from racing to create its schema.
         self._client = tracking.open_store(store)
