@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
+import sys
 
 import hydra
 import numpy as np
@@ -82,11 +82,8 @@ def objective_value(scores: dict[str, float], objective):
     return values[0] if isinstance(objective, str) else values
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig):
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    run_cfg = OmegaConf.to_container(cfg, resolve=True)
-    root = project_root()
+def prepare(run_cfg: dict, root):
+    """Everything that can fail on a user mistake, before any fitting or logging."""
     try:
         settings.check(run_cfg)
         ds = run_cfg["dataset"]
@@ -94,11 +91,25 @@ def main(cfg: DictConfig):
                             test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
         settings.check_data(run_cfg, data.X_train)
         store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
-        client = tracking.open_store(store)
+        return data, store, tracking.open_store(store)
     except (settings.ConfigError, DataError, tracking.TrackingError) as err:
         raise UserError(str(err)) from None
 
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig):
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run_cfg = OmegaConf.to_container(cfg, resolve=True)
+    root = project_root()
     hydra_cfg = HydraConfig.get()
+    try:
+        data, store, client = prepare(run_cfg, root)
+    except UserError as err:
+        if hydra_cfg.mode == RunMode.RUN:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise  # in a sweep, the job fails and the sweeper (or Hydra) reports it
+
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))
     run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")

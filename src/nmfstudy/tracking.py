@@ -70,16 +70,33 @@ def open_store(store: Store) -> MlflowClient:
     try:
         if store.tracking_uri.startswith("sqlite:///"):
             db = Path(store.tracking_uri.removeprefix("sqlite:///"))
-            if not db.parent.is_dir():
-                raise TrackingError(f"tracking.uri: folder {db.parent} does not exist")
+            db.parent.mkdir(parents=True, exist_ok=True)
             # Two processes creating the schema of a new SQLite store at once break its migration.
             with _file_lock(db.with_name(db.name + ".lock")):
                 client.search_experiments(max_results=1)
         else:
-            client.search_experiments(max_results=1)
-    except MlflowException as err:
-        raise TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {err.message.splitlines()[0]}") from None
+            with _quick_http_probe():
+                client.search_experiments(max_results=1)
+    except (MlflowException, OSError) as err:
+        first_line = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
+        raise TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}") from None
     return client
+
+
+@contextmanager
+def _quick_http_probe() -> Iterator[None]:
+    """MLflow retries a dead server for minutes; the first probe of a run should fail in seconds."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def experiment_id(client: MlflowClient, store: Store, name: str) -> str:

@@ -1,0 +1,53 @@
+"""Shared helpers: run the real entry point in a subprocess against a temporary MLflow store."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
+              script: str = "src/train.py", env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path."""
+    args = [sys.executable, script]
+    if multirun:
+        args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    else:
+        args += [f"hydra.run.dir={tmp_path / 'run'}"]
+    if not any(o.startswith("tracking.uri=") for o in overrides):
+        args.append(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    args += overrides
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
+    full_env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):
+    """All runs of `experiment` in the temporary store, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides) -> the resolved config as Hydra builds it for train.py."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    def _compose(*overrides: str) -> dict:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = hydra_compose("config", overrides=list(overrides))
+            return OmegaConf.to_container(cfg, resolve=True)
+
+    return _compose

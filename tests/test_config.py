@@ -1,0 +1,66 @@
+"""Config composition and the checks that stop a user mistake before any work."""
+import numpy as np
+import pytest
+
+from nmfstudy import config as settings
+from nmfstudy.methods import KMeansClustering, NMFClustering
+
+
+def test_default_run_is_nmf_k10_on_mnist_5k(compose):
+    cfg = compose()
+    assert (cfg["k"], cfg["dataset"]["name"], cfg["method"]["name"], cfg["init"]["name"]) == (10, "mnist_5k", "nmf", "nndsvda")
+    assert cfg["method"]["solver"] == "hals" and cfg["sparsity"]["name"] == "none"
+    settings.check(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, init",
+    [(["method=kmeans"], "kmeans++"), (["method=minibatch_kmeans"], "kmeans++"), (["method=kmeans", "init=data"], "data"),
+     (["init=random", "method=nmf"], "random")],
+)
+def test_each_method_brings_its_usual_init_and_the_command_line_wins(compose, overrides, init):
+    assert compose(*overrides)["init"]["name"] == init
+
+
+def test_build_method_maps_config_keys(compose):
+    nmf = settings.build_method(compose("k=7", "sparsity=l1", "sparsity.alpha_W=0.01", "method.solver=mu"))
+    assert isinstance(nmf, NMFClustering)
+    assert (nmf.k, nmf.solver, nmf.alpha_W, nmf.alpha_H, nmf.l1_ratio) == (7, "mu", 0.01, "same", 1.0)
+    hoyer = settings.build_method(compose("sparsity=hoyer", "sparsity.s_H=0.8"))
+    assert (hoyer.hoyer_H, hoyer.hoyer_W) == (0.8, None)
+    mbk = settings.build_method(compose("method=minibatch_kmeans", "k=50", "init=gaussian"))
+    assert isinstance(mbk, KMeansClustering) and mbk.minibatch and (mbk.k, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["k=0"], "k must be an integer >= 1, got 0"),
+        (["k=-1"], "k must be an integer >= 1, got -1"),
+        (["k=abc"], "k must be an integer >= 1, got 'abc'"),
+        (["k=2.5"], "k must be an integer >= 1, got 2.5"),
+        (["method=kmeans", "init=nndsvd"], "init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
+        (["init=kmeans++"], "init must be one of random, nndsvd, nndsvda, nndsvdar for method=nmf; got 'kmeans++'"),
+        (["method.solver=lbfgs"], "method.solver must be one of hals, mu, sklearn-cd, sklearn-mu; got 'lbfgs'"),
+        (["method.assign=nearest"], "method.assign must be one of argmax, kmeans; got 'nearest'"),
+        (["method.tol=-1"], "method.tol must be in [0.0, inf], got -1"),
+        (["sparsity=hoyer", "sparsity.s_H=1.0"], "sparsity.s_H must be in [0.0, 1.0), got 1.0"),
+        (["sparsity=hoyer", "method.solver=sklearn-cd"], "sparsity=hoyer needs method.solver=hals or mu"),
+        (["method=kmeans", "sparsity=l1"], "sparsity must be none for method=kmeans; got 'l1'"),
+        (["dataset.n_samples=1"], "dataset.n_samples must be an integer >= 2, got 1"),
+        (["sparsity=l1", "sparsity.l1_ratio=2"], "sparsity.l1_ratio must be in [0.0, 1.0], got 2"),
+    ],
+)
+def test_check_names_the_key_and_what_is_allowed(compose, overrides, message):
+    with pytest.raises(settings.ConfigError) as err:
+        settings.check(compose(*overrides))
+    assert message in str(err.value)
+
+
+def test_check_data_rejects_k_above_samples_and_negative_pixels(compose):
+    cfg = compose("k=50")
+    with pytest.raises(settings.ConfigError, match=r"k must be at most the number of training samples \(20\); got 50"):
+        settings.check_data(cfg, np.ones((20, 4), dtype=np.float32))
+    with pytest.raises(settings.ConfigError, match="NMF needs non-negative pixels; found -0.5"):
+        settings.check_data(compose(), np.full((20, 4), -0.5, dtype=np.float32))
+    settings.check_data(compose("method=kmeans"), np.full((20, 4), -0.5, dtype=np.float32))

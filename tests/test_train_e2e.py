@@ -1,0 +1,95 @@
+"""The real command line, end to end, against a temporary MLflow store."""
+import pytest
+
+from conftest import mlflow_runs, run_train
+from test_data import make_mnist_folder
+
+SMALL = ["dataset.n_samples=400", "method.max_iter=60"]
+
+
+def test_single_run_logs_params_metrics_figures_and_tags(tmp_path):
+    result = run_train(tmp_path, *SMALL, "k=12")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stderr + result.stdout and "mlflow ui" in result.stderr + result.stdout
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["k"], params["method"], params["init"], params["sparsity"], params["dataset"], params["seed"]) == (
+        "12", "nmf", "nndsvda", "none", "mnist_5k", "0")
+    assert params["method.solver"] == "hals" and params["dataset.n_samples"] == "400"
+    metrics = run.data.metrics
+    for name in ("accuracy", "hungarian_accuracy", "nmi", "ari", "silhouette", "test_accuracy", "loss", "j_clust",
+                 "fit_time_s", "n_iter", "sparsity_W", "sparsity_H"):
+        assert name in metrics, name
+    assert 0.2 < metrics["accuracy"] <= 1 and metrics["hungarian_accuracy"] <= metrics["accuracy"]
+    assert 0 <= metrics["sparsity_H"] <= 1
+    tags = run.data.tags
+    assert tags["dataset_fingerprint"].startswith("mnist_5k-400x784-") and "train.py" in tags["command"]
+    assert len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert len(history) == int(metrics["n_iter"]) > 1
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert losses[-1] == pytest.approx(metrics["loss"]) and losses[-1] < losses[0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"config.yaml", "environment.txt", "figures"} <= artifacts
+    assert figures == {f"figures/{n}.png" for n in ("components", "confusion", "reconstructions", "cluster_samples", "loss_curve")}
+    # artifacts live beside the temporary database, not in the project
+    assert (tmp_path / "mlruns").is_dir()
+    config_text = (tmp_path / "mlruns").glob("*/*/artifacts/config.yaml").__next__().read_text()
+    assert "k: 12" in config_text
+
+
+def test_multirun_nests_every_job_under_one_parent(tmp_path):
+    result = run_train(tmp_path, "method=nmf,kmeans", "k=3,5", "dataset.n_samples=200", "method.max_iter=30",
+                       multirun=True)
+    assert result.returncode == 0, result.stderr
+    runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "run"]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {(r.data.params["method"], r.data.params["k"]) for r in children} == {
+        ("nmf", "3"), ("nmf", "5"), ("kmeans", "3"), ("kmeans", "5")}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    kmeans_figures = {r.data.params["method"]: r for r in children}
+    assert "centroids" not in kmeans_figures["kmeans"].data.params  # plain params only
+    assert kmeans_figures["kmeans"].data.params["init"] == "kmeans++"
+
+
+BAD_INPUT = [
+    (["k=0"], "error: k must be an integer >= 1, got 0"),
+    (["k=-1"], "error: k must be an integer >= 1, got -1"),
+    (["k=5000"], "error: k must be at most the number of training samples (4000); got 5000"),
+    (["k=ten"], "error: k must be an integer >= 1, got 'ten'"),
+    (["method=kmeans", "init=nndsvd"], "error: init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
+    (["dataset=mnist", "dataset.dir=/nonexistent/mnist"], "error: dataset.dir: /nonexistent/mnist is not a folder"),
+    (["dataset=mnist", "dataset.dir={empty}"], "error: dataset.dir: {empty} has no train-images-idx3-ubyte[.gz]"),
+    (["method=spectral"], "Could not find 'method/spectral'\n\nAvailable options in 'method':\n\tkmeans"),
+    (["tracking.uri=http://127.0.0.1:9"], "error: tracking.uri http://127.0.0.1:9 cannot be used: "),
+    (["tracking.uri=ftp://example/store"], "error: tracking.uri must be sqlite:///path/to/mlflow.db, an http(s)://"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_input_stops_with_one_line_and_logs_nothing(tmp_path, overrides, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    overrides = [o.format(empty=empty) for o in overrides]
+    result = run_train(tmp_path, *overrides)
+    assert result.returncode != 0
+    assert message.format(empty=empty) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING"] if (tmp_path / "mlflow.db").exists() else True
+
+
+def test_full_mnist_from_an_idx_folder(tmp_path):
+    folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
+    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "method=kmeans", "k=4", "method.n_init=1")
+    assert result.returncode == 0, result.stderr
+    (run,) = mlflow_runs(tmp_path)
+    assert run.data.tags["dataset_fingerprint"].startswith("mnist-60x784-") and run.data.params["dataset"] == "mnist"
