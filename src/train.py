@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from nmfstudy import config as settings
 from nmfstudy import plots, tracking
 from nmfstudy.data import DataError, load_dataset
-from nmfstudy.hydra_callbacks import command_line, git_commit, project_root
+from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.versions import package_versions
@@ -98,7 +98,6 @@ def prepare(run_cfg: dict, root):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run_cfg = OmegaConf.to_container(cfg, resolve=True)
     root = project_root()
     hydra_cfg = HydraConfig.get()
@@ -160,4 +159,11 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C does: the MLflow run is marked KILLED.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:
+        MlflowParentRun.end_all("KILLED")
+        print("interrupted: the MLflow run is marked KILLED; what it logged is kept", file=sys.stderr)
+        sys.exit(130)

@@ -42,6 +42,14 @@ def command_line() -> str:
 class MlflowParentRun(Callback):
     """Creates the store and a parent run before the jobs of a multirun start; ends it after."""
 
+    _open: list["MlflowParentRun"] = []
+
+    @classmethod
+    def end_all(cls, status: str) -> None:
+        """End every parent run still open in this process (e.g. KILLED after Ctrl-C)."""
+        for callback in list(cls._open):
+            callback._end(status)
+
     def __init__(self) -> None:
         self._client = None
         self._run_id: str | None = None
@@ -63,6 +71,7 @@ class MlflowParentRun(Callback):
             },
         )
         tracking.write_parent_run_id(sweep_dir, self._run_id)
+        MlflowParentRun._open.append(self)
         # A sweep that stops on a failed job or an interrupt never reaches on_multirun_end.
         atexit.register(self._end, "FAILED")
 
@@ -72,4 +81,5 @@ class MlflowParentRun(Callback):
     def _end(self, status: str) -> None:
         if self._run_id is not None:
             run_id, self._run_id = self._run_id, None
+            MlflowParentRun._open.remove(self)
             tracking.end_parent_run(self._client, run_id, status)
