@@ -1,0 +1,162 @@
+"""report.html: one self-contained page (CSS inline, images as data URIs, no script), readable from disk."""
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+from .report import Experiment, RunRecord, Settings, Study
+
+# (metric, column title) of the table of best runs
+COLUMNS = [("accuracy", "accuracy"), ("hungarian_accuracy", "Hungarian acc."), ("nmi", "NMI"), ("ari", "ARI"),
+           ("test_accuracy", "test acc."), ("loss", "loss"), ("fit_time_s", "fit time (s)")]
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0; font-size: 13px; }
+th, td { padding: .25em .6em; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f5f5f5; } td.l, th.l { text-align: left; }
+tr.bad td { color: #a33; } code { font-size: 12px; }
+img { max-width: 100%; } figure { margin: 1em 0; } figcaption { color: #555; font-size: 13px; }
+.row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.row figure { flex: 1 1 380px; margin: 0; } .note { color: #555; }
+"""
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "&mdash;"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}"
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+class Page:
+    """The sections of the report, added in order, then written as one file."""
+
+    def __init__(self, exp: Experiment, settings: Settings, best: list[RunRecord],
+                 counts: dict[tuple[str, int | None], int]) -> None:
+        self.exp, self.settings, self.best, self.counts = exp, settings, best, counts
+        self.figures: list[str] = []
+        self.parts: list[str] = []
+        self.studies: list[str] = []
+
+    def link(self, run: RunRecord, text: str | None = None) -> str:
+        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}/runs/{run.run_id}"
+        return f'<a href="{escape(url)}" title="{escape(run.name)}"><code>{escape(text or run.run_id[:8])}</code></a>'
+
+    def figure(self, title: str, path: Path, caption: str = "", references: bool = False) -> None:
+        self.figures.append(f"<h2>{escape(title)}</h2><figure><img src=\"{data_uri(path)}\" alt=\"{escape(title)}\">"
+                            f"<figcaption>{escape(caption)}</figcaption></figure>"
+                            + (self._references() if references else ""))
+
+    def components(self, k: int, row: list[tuple[RunRecord, Path | None]]) -> None:
+        cells = []
+        for run, path in row:
+            image = (f'<img src="{data_uri(path)}" alt="{escape(run.label)} k={k}">' if path
+                     else '<p class="note">(this run logged no figures/components.png)</p>')
+            cells.append(f"<figure>{image}<figcaption>{escape(run.label)}, k={k}, "
+                         f"{escape(self.settings.rank_by)} {fmt(run.metric(self.settings.rank_by))}, run "
+                         f"{self.link(run)}</figcaption></figure>")
+        self.parts.append(f"<h3>k = {k}</h3><div class=\"row\">{''.join(cells)}</div>")
+
+    def study(self, study: Study, images: dict[str, Path]) -> None:
+        best = study.best_trial()
+        logged = {key: value for key, value in study.run.metrics.items() if key.startswith("best_")}
+        lines = [f"<h3>{escape(study.name)} {self.link(study.run)}</h3>",
+                 f"<p>{len(study.trials)} trials ({sum(t.pruned for t in study.trials)} pruned, "
+                 f"{sum(t.status != 'FINISHED' for t in study.trials)} failed or unfinished); "
+                 f"objective <code>{escape(study.objective)}</code>, {study.direction}d.</p>"]
+        if best is not None:
+            lines.append(f"<p>Best trial: #{best.trial_number if best.trial_number is not None else '?'} "
+                         f"{self.link(best)}, {escape(study.objective)} = {fmt(best.metric(study.objective))}"
+                         + "".join(f"; {escape(k)} = {fmt(v)}" for k, v in sorted(logged.items())) + ".</p>")
+        params = study.best_params()
+        if params:
+            lines.append("<table class=study><tr><th class=l>parameter</th><th class=l>search space</th>"
+                         "<th class=l>best value</th></tr>" + "".join(
+                             f"<tr><td class=l><code>{escape(k)}</code></td><td class=l>{escape(space)}</td>"
+                             f"<td class=l>{escape(v)}</td></tr>" for k, (space, v) in params.items()) + "</table>")
+        lines.append("<div class=\"row\">" + "".join(
+            f"<figure><img src=\"{data_uri(path)}\" alt=\"{escape(name)}\"><figcaption>{escape(name.replace('_', ' '))}"
+            f"</figcaption></figure>" for name, path in images.items()) + "</div>")
+        self.studies.append("".join(lines))
+
+    def _best_table(self) -> str:
+        head = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
+        rows = []
+        for run in self.best:
+            cells = "".join(f"<td>{fmt(run.metric(metric))}</td>" for metric, _ in COLUMNS)
+            rows.append(f"<tr><td class=l>{escape(run.label)}</td><td>{run.k}</td>{cells}"
+                        f"<td>{self.counts.get((run.label, run.k), 1)}</td><td class=l>{self.link(run)}</td></tr>")
+        return (f"<table id=\"best\"><tr><th class=l>method</th><th>k</th>{head}<th>runs</th><th class=l>run</th></tr>"
+                + "".join(rows) + "</table>")
+
+    def _all_table(self) -> str:
+        rows = []
+        for run in sorted(self.exp.runs, key=lambda r: (r.label, r.k or 0, r.start_time)):
+            state = run.status + (" (pruned)" if run.pruned else "")
+            bad = ' class="bad"' if run.status != "FINISHED" else ""
+            rows.append(f"<tr{bad}><td class=l>{self.link(run)}</td><td class=l>{escape(run.name)}</td>"
+                        f"<td class=l>{escape(run.label)}</td><td>{run.k if run.k is not None else '?'}</td>"
+                        f"<td class=l>{escape(state)}</td><td>{fmt(run.metric('accuracy'))}</td>"
+                        f"<td>{fmt(run.metric('hungarian_accuracy'))}</td><td>{fmt(run.metric('fit_time_s'))}</td>"
+                        f"<td class=l>{escape(run.tags.get('error', '')[:200])}</td></tr>")
+        return ("<table id=\"runs\"><tr><th class=l>run</th><th class=l>name</th><th class=l>method</th><th>k</th>"
+                "<th class=l>status</th><th>accuracy</th><th>Hungarian acc.</th><th>fit time (s)</th>"
+                "<th class=l>error</th></tr>" + "".join(rows) + "</table>")
+
+    def _summary(self) -> str:
+        runs = self.exp.runs
+        statuses: dict[str, int] = {}
+        for run in runs:
+            statuses[run.status] = statuses.get(run.status, 0) + 1
+        datasets = sorted({run.params["dataset"] for run in runs if "dataset" in run.params})
+        commits = sorted({run.tags["git_commit"][:10] for run in runs if "git_commit" in run.tags})
+        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}"
+        mixed = ("<p class=note>Warning: this experiment mixes datasets; a method's best run may come from "
+                 "any of them.</p>" if len(datasets) > 1 else "")
+        return (f"<p>Experiment <a href=\"{escape(url)}\"><code>{escape(self.exp.name)}</code></a> "
+                f"(id {escape(self.exp.id)}) in <code>{escape(self.exp.tracking_uri)}</code>: {len(runs)} runs ("
+                + ", ".join(f"{n} {escape(s.lower())}" for s, n in sorted(statuses.items()))
+                + f"), {self.exp.n_sweeps} sweeps, {len(self.exp.study_runs)} Optuna studies. "
+                f"Dataset: {escape(', '.join(datasets) or '?')}. Commits: {escape(', '.join(commits) or '?')}. "
+                f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>{mixed}")
+
+    def _references(self) -> str:
+        if not self.settings.references:
+            return ""
+        items = "".join(f"<li>{escape(r['method'])}, k={r['k']}: {escape(r['metric'])} {r['value']:.2f}"
+                        f"{' (' + escape(r['source']) + ')' if r.get('source') else ''}</li>"
+                        for r in self.settings.references)
+        return f"<p class=note>Reference results drawn as stars:</p><ul class=note>{items}</ul>"
+
+    def write(self, path: Path) -> Path:
+        title = self.settings.title or f"nmfstudy report: {self.exp.name}"
+        rank = escape(self.settings.rank_by)
+        best = (self._best_table() if self.best else
+                f"<p class=note>No completed run has the metric <code>{rank}</code> yet.</p>")
+        sections = [
+            f"<h1>{escape(title)}</h1>", self._summary(),
+            f"<h2>Best run per method and k</h2><p class=note>Best = highest <code>{rank}</code> among finished "
+            "runs (failed, unfinished and pruned runs never count); runs = all runs of that method and k. "
+            "Accuracy is majority-vote (each cluster predicts its most frequent digit; works for any k); "
+            "Hungarian accuracy matches clusters to digits one to one. Run ids link to the MLflow UI.</p>" + best,
+            *self.figures,
+        ]
+        if self.parts:
+            sections.append("<h2>Parts against wholes: NMF basis images beside K-means centroids</h2>"
+                            "<p class=note>figures/components.png of the best run of each method at each k.</p>"
+                            + "".join(self.parts))
+        if self.studies:
+            sections.append("<h2>Optuna studies</h2>" + "".join(self.studies))
+        sections.append(f"<h2>All runs</h2><details><summary>{len(self.exp.runs)} runs, with status and error"
+                        f"</summary>{self._all_table()}</details>")
+        html = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+                f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+        path.write_text(html, encoding="utf-8")
+        return path
