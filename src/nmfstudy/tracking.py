@@ -66,15 +66,17 @@ def _file_lock(path: Path) -> Iterator[None]:
 def open_store(store: Store) -> MlflowClient:
     """A client whose store is ready: schema created (once, under a lock) and reachable."""
     mlflow.set_tracking_uri(store.tracking_uri)
-    client = MlflowClient(store.tracking_uri)
     try:
         if store.tracking_uri.startswith("sqlite:///"):
             db = Path(store.tracking_uri.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
-            # Two processes creating the schema of a new SQLite store at once break its migration.
+            # Two processes creating the schema of a new SQLite store at once break its migration,
+            # and MLflow creates it as soon as a client is made: so make the client under the lock.
             with _file_lock(db.with_name(db.name + ".lock")):
+                client = MlflowClient(store.tracking_uri)
                 client.search_experiments(max_results=1)
         else:
+            client = MlflowClient(store.tracking_uri)
             with _quick_http_probe():
                 client.search_experiments(max_results=1)
     except (MlflowException, OSError) as err:
