@@ -1,0 +1,69 @@
+"""The sweeper's config, registered as hydra/sweeper=optuna, with sampler and pruner options.
+
+Keys follow hydra-optuna-sweeper where they overlap (sampler, direction, study_name, storage,
+n_trials, n_jobs, max_failure_rate, params). Ours: pruner, report_every, and a persistent
+default storage. Sampler and pruner options are plain dicts (not typed dataclasses) so that a
+preset may add any keyword argument its `_target_` takes.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.nmfstudy_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    # Keep sampler and pruner as configs: the sweeper reseeds the sampler on resume and hands
+    # the pruner's config to each job, which needs its own pruner object.
+    _recursive_: bool = False
+    # _self_ first, so that the chosen sampler/pruner options are merged over the null fields below
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": None}])
+
+    # `_target_`-instantiable optuna sampler (hydra/sweeper/sampler=tpe|random|nsgaii|bruteforce|qmc)
+    sampler: Any = None
+    # `_target_`-instantiable optuna pruner, or null (hydra/sweeper/pruner=median|percentile|hyperband|successive_halving)
+    pruner: Any = None
+    # maximize | minimize, or a list of them for a multi-objective study (one per name in `objective`)
+    direction: Any = "maximize"
+    # null: "<hparams_search preset>-<dataset>"; the same name in the same storage resumes the study
+    study_name: Optional[str] = None
+    # null: sqlite:///<project root>/optuna.db; "memory": not persisted (no resume, no pruning)
+    storage: Optional[str] = None
+    # trials added by this invocation (a resumed study keeps its earlier ones)
+    n_trials: int = 20
+    # trials asked, launched as one batch and told together (set hydra.launcher.n_jobs alike)
+    n_jobs: int = 1
+    # stop when a batch has a larger share of failed trials (1.0: never stop for failures)
+    max_failure_rate: float = 1.0
+    # iterations between two intermediate values a job reports (and pruning checks); 0: none
+    report_every: int = 10
+    # search space in Hydra's override grammar: choice(...), range(...), interval(...),
+    # tag(log, interval(...)), int(interval(...)); plain values are fixed overrides
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+_SAMPLERS = {
+    "tpe": "optuna.samplers.TPESampler",
+    "random": "optuna.samplers.RandomSampler",
+    "nsgaii": "optuna.samplers.NSGAIISampler",
+    "bruteforce": "optuna.samplers.BruteForceSampler",
+    "qmc": "optuna.samplers.QMCSampler",
+}
+_PRUNERS = {
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 20},
+    "percentile": {"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0, "n_startup_trials": 5,
+                   "n_warmup_steps": 20},
+    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 20, "max_resource": "auto",
+                  "reduction_factor": 3},
+    "successive_halving": {"_target_": "optuna.pruners.SuccessiveHalvingPruner", "min_resource": 20,
+                           "reduction_factor": 4},
+}
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="nmfstudy_optuna_sweeper")
+for _name, _target in _SAMPLERS.items():
+    cs.store(group="hydra/sweeper/sampler", name=_name, node={"_target_": _target, "seed": 0},
+             provider="nmfstudy_optuna_sweeper")
+for _name, _node in _PRUNERS.items():
+    cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="nmfstudy_optuna_sweeper")

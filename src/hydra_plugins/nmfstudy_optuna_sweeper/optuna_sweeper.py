@@ -1,0 +1,30 @@
+"""The Sweeper Hydra finds; the work (and the optuna import) lives in _impl, loaded on first use.
+
+Hydra imports every public module of hydra_plugins.* at each start, in every entry point, so
+this module stays light.
+"""
+from typing import Any, List, Optional
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class OptunaSweeper(Sweeper):
+    """Runs an Optuna study, one Hydra job per trial (see config.OptunaSweeperConf for the keys)."""
+
+    def __init__(self, sampler: Any, pruner: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any) -> None:
+        from ._impl import OptunaSweeperImpl
+
+        self.sweeper = OptunaSweeperImpl(
+            sampler=sampler, pruner=pruner, direction=direction, study_name=study_name, storage=storage,
+            n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, report_every=report_every,
+            params=params,
+        )
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        return self.sweeper.sweep(arguments)
