@@ -96,3 +96,25 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     text = open(environment).read()
     assert "numpy==" in text and "scikit-learn==" in text and "mlflow==" in text
     assert {"git_commit", "command", "dataset_fingerprint"} <= record.data.tags.keys()
+
+
+
+def _open_store_at_once(db: str, barrier) -> None:
+    from nmfstudy import tracking
+
+    barrier.wait()
+    tracking.open_store(tracking.Store(f"sqlite:///{db}", None))
+
+
+def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
+    """Without the lock, the schema migration of a new SQLite store breaks in all but one process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(6)
+    workers = [context.Process(target=_open_store_at_once, args=(str(tmp_path / "mlflow.db"), barrier)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0] * 6
