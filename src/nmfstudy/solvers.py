@@ -75,8 +75,8 @@ def _squared_norm(X: np.ndarray, chunk_rows: int = 4096) -> float:
 
 
 def _tdot(A: np.ndarray, B: np.ndarray) -> float:
-    """sum(A * B) in float64 (the arrays are small: k x k or k x n_features)."""
-    return float(np.vdot(A.astype(np.float64), B.astype(np.float64)))
+    """sum(A * B) accumulated in float64 (einsum casts in small buffers, no float64 copies)."""
+    return float(np.einsum("ij,ij->", A, B, dtype=np.float64))
 
 
 def _loss_from_products(x_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
@@ -179,10 +179,11 @@ def _regularization(shape, alpha_W, alpha_H, l1_ratio) -> tuple[float, float, fl
             n_features * alpha_W * (1.0 - l1_ratio), n_samples * alpha_H * (1.0 - l1_ratio))
 
 
-def _as_factor(A, name: str, shape: tuple[int, int]) -> np.ndarray:
+def _as_factor(A, name: str, shape: tuple[int, int], copy: bool) -> np.ndarray:
     if A is None or not hasattr(A, "__array__") or _is_sparse(A):
         raise ValueError(f"{name} must be a dense array of shape {shape}, got {type(A).__name__}")
-    A = np.array(A, dtype=np.float32, order="C")  # a copy: the caller's start is never changed
+    # a copy when the solver updates it in place: the caller's start is never changed
+    A = np.array(A, dtype=np.float32, order="C") if copy else np.asarray(A, dtype=np.float32)
     if A.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {A.shape}")
     if not np.isfinite(A).all() or (A < 0).any():
@@ -194,16 +195,18 @@ def _is_sparse(A) -> bool:
     return hasattr(A, "tocsr") or hasattr(A, "nnz")
 
 
-def _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback):
+def _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback, copy_W=True):
     """Checks every argument once, at the door; returns float32 X (no copy if already float32), W, H."""
     if X is None or _is_sparse(X) or not hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
         raise ValueError(f"X must be a dense 2-D array, got {type(X).__name__}")
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.size == 0:
         raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
-    if not np.isfinite(X).all():
+    # min and max see NaN and infinity without an n x p temporary (np.isfinite(X) would be one)
+    lo, hi = X.min(), X.max()
+    if np.isnan(lo) or np.isinf(hi) or np.isinf(lo):
         raise ValueError("X must not contain NaN or infinity")
-    if X.min() < 0:
+    if lo < 0:
         raise ValueError("X must be non-negative")
     n, p = X.shape
     if W is None or not hasattr(W, "shape") or np.ndim(W) != 2:
@@ -211,8 +214,8 @@ def _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer
     k = W.shape[1]
     if k < 1:
         raise ValueError("W must have at least one column (k >= 1)")
-    W = _as_factor(W, "W", (n, k))
-    H = _as_factor(H, "H", (k, p))
+    W = _as_factor(W, "W", (n, k), copy_W)
+    H = _as_factor(H, "H", (k, p), True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not tol >= 0:
@@ -451,7 +454,8 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
     paper's alpha = 0.5 and epsilon = 0.01 by default). A Hoyer-constrained factor is
     projected after its phase.
     """
-    X, W, H = _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback)
+    X, W, H = _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback,
+                        copy_W=False)
     if not inner_alpha >= 0 or not inner_eps >= 0:
         raise ValueError("inner_alpha and inner_eps must be >= 0")
     l1_W, l1_H, l2_W, l2_H = pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
@@ -463,19 +467,24 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
     max_sweeps_H = 1 + int(inner_alpha * _sweeps_per_products(n, p, k, p))
     diag = np.arange(k)
 
-    Wt = np.ascontiguousarray(W.T)  # rows of Wt (columns of W) are the HALS coordinates
+    Wt = np.array(W.T, order="C")  # rows of Wt (columns of W) are the HALS coordinates
+    del W
+    # the W-phase's products land in buffers reused every iteration: X H^T comes fastest from
+    # BLAS as n x k, the sweeps want it as contiguous rows (k x n)
+    XHt, A_W = np.empty((n, k), np.float32), np.empty((k, n), np.float32)
     HHt = H @ H.T
     for it in range(max_iter):
-        # W-phase: A = H X^T (the transpose of X H^T), B = H H^T
-        A = np.ascontiguousarray((X @ H.T).T)
+        # W-phase: A = (X H^T)^T, B = H H^T
+        np.dot(X, H.T, out=XHt)
+        np.copyto(A_W, XHt.T)
         if it == 0:
             WtW = Wt @ Wt.T
-            mon.start(_loss_from_products(x_sq, _tdot(Wt, A), WtW, HHt), W, H, WtW, HHt)
+            mon.start(_loss_from_products(x_sq, _tdot(Wt, A_W), WtW, HHt), Wt, H, WtW, HHt)
         if l1_W:
-            A -= np.float32(l1_W)
+            A_W -= np.float32(l1_W)
         B = HHt.copy()
         B[diag, diag] += np.float32(l2_W)
-        _hals_sweeps(Wt, A, B, max_sweeps_W, inner_eps)
+        _hals_sweeps(Wt, A_W, B, max_sweeps_W, inner_eps)
         if hoyer_W is not None:
             Wt = project_hoyer(Wt, hoyer_W)
         _revive_dead_rows(Wt)
@@ -494,4 +503,5 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
         HHt = H @ H.T
         if mon.step(_loss_from_products(x_sq, _tdot(WtX, H), WtW, HHt), Wt, H, WtW, HHt):
             break
+    del XHt, A_W
     return mon.result(Wt.T, H)
