@@ -134,7 +134,9 @@ def main(cfg: DictConfig):
         log.info("fitting %s with k=%d on %s: %d samples x %d pixels", short["method"], run_cfg["k"], data.name,
                  *data.X_train.shape)
         progress = ProgressPrinter(run_cfg["progress_every_s"])
-        model = settings.build_method(run_cfg, callback=progress if reporter is None else reporter.wrap(progress))
+        cache_dir = run_cfg["graph"].get("cache_dir") or root / ".cache" / "graphs"
+        model = settings.build_method(run_cfg, callback=progress if reporter is None else reporter.wrap(progress),
+                                      fingerprint=data.fingerprint, cache_dir=str(cache_dir))
         model.fit(data.X_train)
         if reporter is not None and reporter.pruned:
             # Stopped early by the pruner: the run stays FINISHED with what it had, tagged PRUNED.

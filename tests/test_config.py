@@ -64,3 +64,18 @@ def test_check_data_rejects_k_above_samples_and_negative_pixels(compose):
     with pytest.raises(settings.ConfigError, match="NMF needs non-negative pixels; found -0.5"):
         settings.check_data(compose(), np.full((20, 4), -0.5, dtype=np.float32))
     settings.check_data(compose("method=kmeans"), np.full((20, 4), -0.5, dtype=np.float32))
+
+
+def test_graph_methods_compose_and_check(compose):
+    gnmf = settings.build_method(compose("method=gnmf", "method.lam=5", "graph.n_neighbors=7"), fingerprint="fp",
+                                 cache_dir="/tmp/x")
+    assert (gnmf.k, gnmf.lam, gnmf.n_neighbors, gnmf.init, gnmf.assign_rule) == (10, 5.0, 7, "nndsvda", "kmeans")
+    symnmf_cfg = compose("method=symnmf")
+    assert symnmf_cfg["init"]["name"] == "random"
+    settings.check(symnmf_cfg)
+    with pytest.raises(settings.ConfigError, match="graph.weight must be one of binary, heat; got 'cosine'"):
+        settings.check(compose("method=gnmf", "graph.weight=cosine"))
+    with pytest.raises(settings.ConfigError, match="method.lam must be in"):
+        settings.check(compose("method=gnmf", "method.lam=-1"))
+    with pytest.raises(settings.ConfigError, match=r"graph.n_neighbors must be below the number of training samples \(20\)"):
+        settings.check_data(compose("method=symnmf", "graph.n_neighbors=20", "k=3"), np.ones((20, 4), np.float32))

@@ -93,3 +93,17 @@ def test_full_mnist_from_an_idx_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     (run,) = mlflow_runs(tmp_path)
     assert run.data.tags["dataset_fingerprint"].startswith("mnist-60x784-") and run.data.params["dataset"] == "mnist"
+
+
+def test_graph_methods_run_end_to_end_and_cache_their_graph(tmp_path):
+    cache = tmp_path / "graphs"
+    result = run_train(tmp_path, "method=gnmf,symnmf", "k=5", "dataset.n_samples=300", "method.max_iter=40",
+                       f"graph.cache_dir={cache}", multirun=True)
+    assert result.returncode == 0, result.stderr
+    runs = {r.data.params["method"]: r for r in mlflow_runs(tmp_path) if r.data.tags["nmfstudy.kind"] == "run"}
+    assert set(runs) == {"gnmf", "symnmf"}
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert 0.2 < run.data.metrics["accuracy"] <= 1 and "test_accuracy" in run.data.metrics
+    assert runs["gnmf"].data.params["graph.n_neighbors"] == "10" and "sparsity_H" in runs["gnmf"].data.metrics
+    assert len(list(cache.glob("knn-*.npz"))) == 1, "both methods share one cached graph"

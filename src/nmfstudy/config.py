@@ -13,11 +13,15 @@ import numpy as np
 
 from . import initialization
 from .data import DATASETS
-from .methods import ASSIGN_RULES, NMF_SOLVERS, KMeansClustering, NMFClustering
+from .methods import ASSIGN_RULES, NMF_SOLVERS, GNMFClustering, KMeansClustering, NMFClustering, SymNMFClustering
 
-NMF_METHODS = ("nmf",)
+NMF_METHODS = ("nmf", "gnmf")  # factorizations with basis images, started by an NMF init
 KMEANS_METHODS = ("kmeans", "minibatch_kmeans")
-METHODS = NMF_METHODS + KMEANS_METHODS
+GRAPH_METHODS = ("gnmf", "symnmf")
+METHODS = ("nmf", "kmeans", "minibatch_kmeans", "gnmf", "symnmf")
+GNMF_SOLVERS = ("hals", "mu")
+SYMNMF_SOLVERS = ("anls", "mu")
+GRAPH_WEIGHTS = ("binary", "heat")
 SPARSITIES = ("none", "l1", "hoyer")
 
 
@@ -59,11 +63,26 @@ def check(cfg: dict) -> None:
     name = _choice(method.get("name"), "method", METHODS)
     _int(method.get("max_iter"), "method.max_iter")
     _real(method.get("tol"), "method.tol")
-    allowed_inits = initialization.NMF_INITS if name in NMF_METHODS else initialization.KMEANS_INITS
+    allowed_inits = (initialization.NMF_INITS if name in NMF_METHODS
+                     else ("random",) if name == "symnmf" else initialization.KMEANS_INITS)
     if init.get("name") not in allowed_inits:
         raise ConfigError(f"init must be one of {', '.join(allowed_inits)} for method={name}; got {init.get('name')!r}")
     sparse = _choice(sparsity.get("name"), "sparsity", SPARSITIES)
-    if name in NMF_METHODS:
+    if name in GRAPH_METHODS:
+        graph = cfg.get("graph") or {}
+        _int(graph.get("n_neighbors"), "graph.n_neighbors")
+        _choice(graph.get("weight"), "graph.weight", GRAPH_WEIGHTS)
+        if graph.get("pca") is not None:
+            _int(graph["pca"], "graph.pca")
+        if sparse != "none":
+            raise ConfigError(f"sparsity must be none for method={name}; got {sparse!r}")
+        if name == "gnmf":
+            _choice(method.get("solver"), "method.solver", GNMF_SOLVERS)
+            _choice(method.get("assign"), "method.assign", ASSIGN_RULES)
+            _real(method.get("lam"), "method.lam")
+        else:
+            _choice(method.get("solver"), "method.solver", SYMNMF_SOLVERS)
+    elif name == "nmf":
         solver = _choice(method.get("solver"), "method.solver", NMF_SOLVERS)
         _choice(method.get("assign"), "method.assign", ASSIGN_RULES)
         if sparse == "l1":
@@ -93,14 +112,29 @@ def check_data(cfg: dict, X: np.ndarray) -> None:
     n = len(X)
     if cfg["k"] > n:
         raise ConfigError(f"k must be at most the number of training samples ({n}); got {cfg['k']}")
-    if cfg["method"]["name"] in NMF_METHODS and X.min() < 0:
+    if cfg["method"]["name"] in GRAPH_METHODS and cfg["graph"]["n_neighbors"] >= n:
+        raise ConfigError(f"graph.n_neighbors must be below the number of training samples ({n}); "
+                          f"got {cfg['graph']['n_neighbors']}")
+    if cfg["method"]["name"] not in KMEANS_METHODS and X.min() < 0:
         raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
 
 
-def build_method(cfg: dict, callback=None):
-    """The unfitted method that `cfg` describes (call `check` first)."""
+def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None, cache_dir: str | None = None):
+    """The unfitted method that `cfg` describes (call `check` first).
+
+    Graph methods cache their kNN graph in `cache_dir`, keyed by the dataset `fingerprint`.
+    """
     method, sparsity = cfg["method"], cfg["sparsity"]
-    if method["name"] in NMF_METHODS:
+    if method["name"] in GRAPH_METHODS:
+        graph = cfg["graph"]
+        common = dict(n_neighbors=graph["n_neighbors"], weight=graph["weight"], pca=graph.get("pca"),
+                      max_iter=method["max_iter"], tol=method["tol"], solver=method["solver"], seed=cfg["seed"],
+                      cache_dir=cache_dir, fingerprint=fingerprint, callback=callback)
+        if method["name"] == "gnmf":
+            return GNMFClustering(cfg["k"], lam=method["lam"], init=cfg["init"]["name"],
+                                  assign_rule=method["assign"], **common)
+        return SymNMFClustering(cfg["k"], **common)
+    if method["name"] == "nmf":
         penalties = {}
         if sparsity["name"] == "l1":
             penalties = dict(alpha_W=sparsity["alpha_W"], alpha_H=sparsity["alpha_H"], l1_ratio=sparsity["l1_ratio"])

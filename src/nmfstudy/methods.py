@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import NMF, non_negative_factorization
 from sklearn.preprocessing import normalize
@@ -29,8 +30,46 @@ ASSIGN_RULES = ("argmax", "kmeans")
 IterationCallback = Callable[[int, float, float], "bool | None"]
 
 
+class _BasisModel:
+    """What every factorization with basis images H (k x n_features) shares."""
+
+    @property
+    def component_members_(self) -> np.ndarray:
+        """The component each training sample loads most on (titles the basis images)."""
+        return self.W_.argmax(axis=1)
+
+    def coefficients(self, X: np.ndarray) -> np.ndarray:
+        """Non-negative coefficients of new samples against the fitted basis (H held fixed)."""
+        W, _, _ = non_negative_factorization(
+            X, H=self.components_.astype(X.dtype), n_components=self.k, init="custom",
+            update_H=False, solver="cd", max_iter=500, tol=1e-5,
+        )
+        return W
+
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        return self.coefficients(X) @ self.components_
+
+
+class _GraphModel:
+    """Methods on the kNN graph of the training samples: a new sample takes its neighbours' cluster."""
+
+    def _graph(self, X: np.ndarray):
+        from . import graph
+
+        settings = dict(n_neighbors=self.n_neighbors, weight=self.weight, pca=self.pca, seed=self.seed)
+        if self.cache_dir and self.fingerprint:
+            return graph.cached_knn_graph(X, self.fingerprint, self.cache_dir, **settings)
+        return graph.knn_graph(X, **settings)
+
+    def assign(self, X: np.ndarray) -> np.ndarray:
+        from . import graph
+
+        neighbors = graph.nearest_train(self._X, X, n_neighbors=self.n_neighbors, pca=self.pca, seed=self.seed)
+        return graph.neighbor_vote(self.labels_, neighbors, self.k)
+
+
 @dataclass
-class NMFClustering:
+class NMFClustering(_BasisModel):
     """NMF X ~ W H; clusters from the coefficients W (argmax, or k-means on L2-normalized rows)."""
 
     k: int
@@ -92,27 +131,11 @@ class NMFClustering:
             self.labels_ = self.W_.argmax(axis=1)
         return self
 
-    @property
-    def component_members_(self) -> np.ndarray:
-        """The component each training sample loads most on (titles the basis images)."""
-        return self.W_.argmax(axis=1)
-
-    def coefficients(self, X: np.ndarray) -> np.ndarray:
-        """Non-negative coefficients of new samples against the fitted basis (H held fixed)."""
-        W, _, _ = non_negative_factorization(
-            X, H=self.components_.astype(X.dtype), n_components=self.k, init="custom",
-            update_H=False, solver="cd", max_iter=500, tol=1e-5,
-        )
-        return W
-
     def assign(self, X: np.ndarray) -> np.ndarray:
         W = self.coefficients(X)
         if self.assign_rule == "kmeans":
             return self._kmeans.predict(normalize(W)).astype(np.int64)
         return W.argmax(axis=1)
-
-    def reconstruct(self, X: np.ndarray) -> np.ndarray:
-        return self.coefficients(X) @ self.components_
 
 
 @dataclass
@@ -156,6 +179,91 @@ class KMeansClustering:
 
     def assign(self, X: np.ndarray) -> np.ndarray:
         return self._model.predict(X).astype(np.int64)
+
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        return self.components_[self.assign(X)]
+
+
+@dataclass
+class GNMFClustering(_GraphModel, _BasisModel):
+    """Graph-regularized NMF (Cai et al. 2011) on the kNN graph of the samples; clusters from W."""
+
+    k: int
+    lam: float = 1.0
+    solver: str = "hals"
+    init: str = "nndsvda"
+    max_iter: int = 500
+    tol: float = 1e-4
+    assign_rule: str = "kmeans"
+    n_neighbors: int = 10
+    weight: str = "binary"
+    pca: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None
+    fingerprint: str | None = None
+    callback: IterationCallback | None = field(default=None, repr=False)
+
+    def fit(self, X: np.ndarray) -> "GNMFClustering":
+        from . import graph_nmf
+
+        start = time.perf_counter()
+        S = self._graph(X)
+        self.graph_time_s_ = time.perf_counter() - start
+        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
+        result = graph_nmf.gnmf(X, W, H, S, lam=self.lam, solver=self.solver, max_iter=self.max_iter, tol=self.tol,
+                                callback=self.callback)
+        self.fit_time_s_ = time.perf_counter() - start
+        self._X = X
+        self.W_, self.components_ = result.W, result.H
+        self.n_iter_ = int(result.n_iter)
+        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
+        self.loss_ = float(self.loss_history_[-1])
+        self.labels_ = np.asarray(graph_nmf.cluster_rows(self.W_, self.k, self.assign_rule, self.seed), dtype=np.int64)
+        return self
+
+
+@dataclass
+class SymNMFClustering(_GraphModel):
+    """Symmetric NMF A ~ H H^T of the normalized kNN graph (Kuang et al. 2012); clusters = argmax of H.
+
+    It has no basis images: its images are the mean image of each cluster.
+    """
+
+    k: int
+    solver: str = "anls"
+    max_iter: int = 500
+    tol: float = 1e-4
+    n_neighbors: int = 10
+    weight: str = "binary"
+    pca: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None
+    fingerprint: str | None = None
+    callback: IterationCallback | None = field(default=None, repr=False)
+
+    def fit(self, X: np.ndarray) -> "SymNMFClustering":
+        from . import graph_nmf
+
+        start = time.perf_counter()
+        S = self._graph(X)
+        self.graph_time_s_ = time.perf_counter() - start
+        result = graph_nmf.symnmf(S, self.k, seed=self.seed, max_iter=self.max_iter, tol=self.tol, solver=self.solver,
+                                  callback=self.callback)
+        self.fit_time_s_ = time.perf_counter() - start
+        self._X = X
+        self.labels_ = result.labels.astype(np.int64)
+        membership = sp.csr_matrix((np.ones(len(X), dtype=np.float32), (self.labels_, np.arange(len(X)))),
+                                   shape=(self.k, len(X)))
+        counts = np.asarray(membership.sum(axis=1)).ravel()
+        self.components_ = np.asarray(membership @ X, dtype=np.float32) / np.maximum(counts, 1)[:, None]
+        self.n_iter_ = int(result.n_iter)
+        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
+        self.loss_ = float(self.loss_history_[-1])
+        return self
+
+    @property
+    def component_members_(self) -> np.ndarray:
+        return self.labels_
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
         return self.components_[self.assign(X)]
