@@ -21,8 +21,9 @@ from nmfstudy.solvers import frobenius_loss, nmf_mu
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
-    # small matrices: BLAS threads only add overhead (and noise on a busy machine)
-    with threadpool_limits(limits=1, user_api="blas"):
+    # small matrices: BLAS and OpenMP (K-means) threads only add overhead, and far
+    # worse when other jobs hold the cores (their threads spin on each other)
+    with threadpool_limits(limits=1):
         yield
 
 
@@ -283,6 +284,15 @@ def test_bad_symnmf_arguments_name_the_key(gnmf_setup, kwargs, key):
         symnmf(S, **{"k": 10, **kwargs})
 
 
+def test_cluster_rows():
+    W = np.array([[1, 0], [5, 1], [0, 2], [0.1, 3]], dtype=np.float32)
+    assert list(cluster_rows(W, 2)) == [0, 0, 1, 1]
+    km = cluster_rows(100 * W, 2, "kmeans")  # the scale of a row does not matter
+    assert km[0] == km[1] != km[2] == km[3]
+    with pytest.raises(ValueError, match="^method "):
+        cluster_rows(W, 2, "spectral")
+
+
 # ----------------------------------------------------------------------------- does the graph pay?
 
 
@@ -291,8 +301,10 @@ def test_gnmf_clusters_mnist5k_better_than_plain_nmf(mnist5k):
     W0, H0 = nmf_init(X, 10, "nndsvda", 0)
     S = knn_graph(X, 5, pca=50)
     plain = nmf_mu(X, W0, H0, max_iter=300, tol=1e-4)
-    graph_reg = gnmf(X, W0, H0, S, lam=1.0, solver="hals", max_iter=300, tol=1e-4)
+    graph_reg = gnmf(X, W0, H0, S, lam=3.0, solver="hals", max_iter=500, tol=1e-5)
     acc = {name: hungarian_accuracy(y, cluster_rows(res.W, 10, "kmeans", seed=0), 10)
            for name, res in {"nmf": plain, "gnmf": graph_reg}.items()}
-    # measured: NMF ~0.48, GNMF ~0.62 (seeds 0-4); assert half that margin
-    assert acc["gnmf"] > acc["nmf"] + 0.07, acc
+    # measured from nndsvda and three random starts, K-means seeds 0-2: NMF 0.46-0.54,
+    # GNMF 0.64-0.67, a margin of 0.10 or more every time; assert 0.06
+    assert acc["gnmf"] > acc["nmf"] + 0.06, acc
+    assert acc["gnmf"] > 0.6, acc

@@ -8,9 +8,9 @@
   J. Global Optim. 62(3), 2015, with HALS inner sweeps (Zhu, Li, Liu, Tang, NeurIPS 2018).
 
 Same conventions as :mod:`nmfstudy.solvers`: plain functions over float32 arrays, the
-graph S as a sparse matrix (never an n x n dense one), the same NMFResult, callback
-contract callback(iteration, loss, elapsed_s) -> True to stop, and stopping rule
-(relative loss decrease < tol, or max_iter).
+graph S as a sparse matrix (never an n x n dense one), the callback contract
+callback(iteration, loss, elapsed_s) -> True to stop, and the stopping rule (relative
+loss decrease < tol, or max_iter); gnmf returns the solvers' NMFResult.
 """
 from __future__ import annotations
 
@@ -59,14 +59,13 @@ def _check_positive_int(value, name: str) -> int:
 # --------------------------------------------------------------------------- GNMF
 
 
-def graph_smoothness(W: np.ndarray, S, SW: np.ndarray | None = None) -> float:
+def graph_smoothness(W: np.ndarray, S) -> float:
     """Tr(W^T L W) = 1/2 sum_ij S_ij |w_i - w_j|^2 with L = D - S, in float64.
 
-    Computed as sum_i d_i |w_i|^2 - sum(W * (S W)); pass SW = S @ W when known.
+    Computed as sum_i d_i |w_i|^2 - sum(W * (S W)).
     """
     W = np.asarray(W, dtype=np.float32)
-    if SW is None:
-        SW = S @ W
+    SW = S @ W
     d = np.asarray(S.sum(axis=1), dtype=np.float64).ravel()
     sq = np.einsum("ij,ij->i", W, W, dtype=np.float64)
     return max(float(d @ sq) - float(np.einsum("ij,ij->", W, SW, dtype=np.float64)), 0.0)
@@ -411,8 +410,9 @@ def cluster_rows(W: np.ndarray, n_clusters: int, method: str = "argmax", seed: i
     """Clusters from a coefficient matrix (n_samples x k).
 
     - "argmax": the largest coefficient of each row (needs n_clusters == k).
-    - "kmeans": K-means (n_init=10) on the L2-normalised rows, as Cai et al. (2011)
-      cluster GNMF's new representation.
+    - "kmeans": K-means (n_init=10, seeded) on the L2-normalised rows: Cai et al. (2011)
+      cluster GNMF's new representation with K-means; normalised, a row says which
+      parts a sample mixes, not how much ink it has.
     """
     W = np.asarray(W, dtype=np.float32)
     if method == "argmax":
