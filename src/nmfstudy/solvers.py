@@ -504,4 +504,7 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
         if mon.step(_loss_from_products(x_sq, _tdot(WtX, H), WtW, HHt), Wt, H, WtW, HHt):
             break
     del XHt, A_W
+    # components that stayed dead (e.g. under a strong L1 penalty) go back to exact zeros
+    for F in (Wt, H):
+        F[(F == np.float32(_REVIVE_EPS)).all(axis=1)] = 0.0
     return mon.result(Wt.T, H)
