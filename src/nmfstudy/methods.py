@@ -61,6 +61,14 @@ class _GraphModel:
             return graph.cached_knn_graph(X, self.fingerprint, self.cache_dir, **settings)
         return graph.knn_graph(X, **settings)
 
+    def _keep(self, result, X: np.ndarray, start: float) -> None:
+        """Record what every graph solver's result shares: time, iterations, loss history."""
+        self.fit_time_s_ = time.perf_counter() - start
+        self._X = X
+        self.n_iter_ = int(result.n_iter)
+        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
+        self.loss_ = float(self.loss_history_[-1])
+
     def assign(self, X: np.ndarray) -> np.ndarray:
         from . import graph
 
@@ -212,12 +220,8 @@ class GNMFClustering(_GraphModel, _BasisModel):
         W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
         result = graph_nmf.gnmf(X, W, H, S, lam=self.lam, solver=self.solver, max_iter=self.max_iter, tol=self.tol,
                                 callback=self.callback)
-        self.fit_time_s_ = time.perf_counter() - start
-        self._X = X
+        self._keep(result, X, start)
         self.W_, self.components_ = result.W, result.H
-        self.n_iter_ = int(result.n_iter)
-        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
-        self.loss_ = float(self.loss_history_[-1])
         self.labels_ = np.asarray(graph_nmf.cluster_rows(self.W_, self.k, self.assign_rule, self.seed), dtype=np.int64)
         return self
 
@@ -249,16 +253,12 @@ class SymNMFClustering(_GraphModel):
         self.graph_time_s_ = time.perf_counter() - start
         result = graph_nmf.symnmf(S, self.k, seed=self.seed, max_iter=self.max_iter, tol=self.tol, solver=self.solver,
                                   callback=self.callback)
-        self.fit_time_s_ = time.perf_counter() - start
-        self._X = X
+        self._keep(result, X, start)
         self.labels_ = result.labels.astype(np.int64)
         membership = sp.csr_matrix((np.ones(len(X), dtype=np.float32), (self.labels_, np.arange(len(X)))),
                                    shape=(self.k, len(X)))
         counts = np.asarray(membership.sum(axis=1)).ravel()
         self.components_ = np.asarray(membership @ X, dtype=np.float32) / np.maximum(counts, 1)[:, None]
-        self.n_iter_ = int(result.n_iter)
-        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
-        self.loss_ = float(self.loss_history_[-1])
         return self
 
     @property
