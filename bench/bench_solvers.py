@@ -117,26 +117,33 @@ def run_sklearn_fit(X, W0, H0, k, *, solver, tol, max_iter, init="custom"):
 
 
 class Race:
-    """Records the first time a run's loss reaches each of two levels: `near` (1% of L*) and the
-    target; says when to stop (target reached, or the time budget spent)."""
+    """Records the first time a run's loss reaches each level: `near` (1% of L*), the target and,
+    where given, `ref` (the reference setting's final loss, for an equal-loss comparison with it);
+    says when to stop (target and ref reached, or the time budget spent)."""
 
-    def __init__(self, near, target, budget_s):
-        self.near, self.target, self.budget_s = near, target, budget_s
-        self.near_hit = self.hit = None
+    def __init__(self, near, target, budget_s, ref=None):
+        self.near, self.target, self.budget_s, self.ref = near, target, budget_s, ref
+        self.near_hit = self.hit = self.ref_hit = None
         self.iters, self.loss, self.wall, self.cpu = 0, np.nan, 0.0, 0.0
 
     def record(self, iteration, loss, wall, cpu) -> bool:
         self.iters, self.loss, self.wall, self.cpu = iteration, float(loss), wall, cpu
         if self.near_hit is None and loss <= self.near:
             self.near_hit = wall
-        if loss <= self.target:
-            self.hit = wall
+        if self.hit is None and loss <= self.target:
+            self.hit, self.hit_iters, self.hit_loss, self.hit_cpu = wall, iteration, float(loss), cpu
+        if self.ref is not None and self.ref_hit is None and loss <= self.ref:
+            self.ref_hit = wall
+        if self.hit is not None and (self.ref is None or self.ref_hit is not None):
             return True
         return wall > self.budget_s
 
     def result(self) -> dict:
-        return {"time": self.hit, "near": self.near_hit, "cpu": self.cpu, "iters": self.iters,
-                "loss": self.loss, "ran_s": self.wall}
+        if self.hit is not None:  # the row's figures are those at the target
+            return {"time": self.hit, "near": self.near_hit, "cpu": self.hit_cpu, "iters": self.hit_iters,
+                    "loss": self.hit_loss, "ran_s": self.hit, "ref_time": self.ref_hit}
+        return {"time": None, "near": self.near_hit, "cpu": self.cpu, "iters": self.iters,
+                "loss": self.loss, "ran_s": self.wall, "ref_time": self.ref_hit}
 
 
 def run_sklearn_steps(X, W0, H0, solver, race, max_iter):
@@ -174,8 +181,10 @@ def run_ours(X, W0, H0, solver, race, max_iter):
     def callback(iteration, loss, elapsed):
         return race.record(iteration, loss, elapsed, time.process_time() - cpu0)
 
-    fn = {"hals": solvers.nmf_hals, "mu": solvers.nmf_mu}[solver]
-    fn(X, W0, H0, max_iter=max_iter, tol=0.0, callback=callback)
+    fn = {"hals": solvers.nmf_hals, "mu": solvers.nmf_mu, "hals_accelerated": solvers.nmf_hals}[solver]
+    # Gillis & Glineur's inner sweeps with their alpha; plain `hals` is our default, one sweep per phase
+    extra = {"inner_alpha": 0.5} if solver == "hals_accelerated" else {}
+    fn(X, W0, H0, max_iter=max_iter, tol=0.0, callback=callback, **extra)
     return race.result()
 
 
@@ -285,7 +294,6 @@ def main() -> None:
         best = run_sklearn_fit(X, W0, H0, k, solver="cd", tol=args.sk_tol, max_iter=args.sk_max_iter)
         L, target = best["loss"], best["loss"] * (1 + args.target_rel)
         budget = max(30.0, args.budget * best["time"])
-        race = lambda: Race(1.01 * L, target, budget)  # noqa: E731
         print(f"k={k}: sklearn best {best}", flush=True)
         res = {"sklearn_best": best}
         if not args.no_reference and k in args.reference_k:
@@ -294,11 +302,13 @@ def main() -> None:
                                                max_iter=args.reference_max_iter, init="random")
             del X64
             print(f"k={k}: reference {res['reference']}", flush=True)
+        ref_loss = res.get("reference", {}).get("loss")
+        race = lambda: Race(1.01 * L, target, budget, ref=ref_loss)  # noqa: E731
         if k in args.sklearn_steps_k:
             for s in ("cd", "mu"):
                 res[f"sklearn_{s}_steps"] = run_sklearn_steps(X, W0, H0, s, race(), args.max_iter)
                 print(f"k={k}: sklearn {s} steps {res[f'sklearn_{s}_steps']}", flush=True)
-        for s in ("hals", "mu"):
+        for s in ("hals", "hals_accelerated", "mu"):
             res[s] = run_ours(X, W0, H0, s, race(), args.max_iter)
             print(f"k={k}: ours {s} {res[s]}", flush=True)
 
@@ -316,7 +326,8 @@ def main() -> None:
             "reference": f"sklearn cd, float64, random init, max_iter={args.reference_max_iter} (reference setting)",
             "sklearn_cd_steps": "sklearn cd iterations, timed to target",
             "sklearn_mu_steps": "sklearn mu iterations, timed to target",
-            "hals": "**ours hals**, timed to target",
+            "hals": "**ours hals** (the default: one sweep per phase), timed to target",
+            "hals_accelerated": "ours hals with Gillis-Glineur inner sweeps (inner_alpha=0.5), timed to target",
             "mu": "ours mu, timed to target",
         }
         t_best = best["time"]
@@ -331,6 +342,7 @@ def main() -> None:
             rows.append([
                 label, str(k), fmt(r.get("near"), ".2f", "-"),
                 fmt(t) if t is not None else f"not reached in {r.get('ran_s', 0):.0f} s",
+                fmt(r.get("ref_time"), ".2f", "-"),
                 fmt(r["cpu"], ".1f"), str(r["iters"]), fmt(r["loss"], ".2f"),
                 fmt(t_best / t if t else None, ".2f") + "x" if t else "-",
                 (fmt(t_ref / t, ".1f") + "x") if (t and t_ref) else "-",
@@ -351,7 +363,9 @@ def main() -> None:
           "Times are wall seconds of the solver alone (the nndsvda start is computed once, outside); "
           "'timed to target' rows stop at the first iteration at or below the target, or give up once they "
           f"have run {args.budget:g}x scikit-learn-at-its-best's time (at least 30 s); 'time to 1% of L*' "
-          "is when they first came within 1%. 'iterations' and 'final loss' are where a row stopped; "
+          "is when they first came within 1%; 'time to the reference's loss' when they first reached the "
+          "reference setting's final loss (ours run on past the target for it). 'iterations', CPU and "
+          "loss are at the target, or where a row gave up; "
           "CPU seconds count both BLAS threads.",
           "- x faster: scikit-learn-at-its-best's time (or the reference setting's) over the row's time.",
           f"- Peak memory: the extra resident memory over the run, each solver in a fresh process "
@@ -362,9 +376,10 @@ def main() -> None:
     for k, L, target, start_loss, t_init, res, mem in summary:
         md.append(f"- k={k}: start (nndsvda) loss {start_loss:.2f}, computed in {t_init:.2f} s; "
                   f"L* = {L:.2f}; target {target:.2f}.")
-    md += ["", "| solver | k | time to 1% of L* (s) | time to target (s) | CPU (s) | iterations | final loss | "
-               "vs sklearn best | vs reference | peak extra memory (MiB) | memory vs sklearn best |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    md += ["", "| solver | k | time to 1% of L* (s) | time to target (s) | time to the reference's loss (s) | "
+               "CPU (s) | iterations | loss at the target | vs sklearn best | vs reference | "
+               "peak extra memory (MiB) | memory vs sklearn best |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["", "Targets (issue): at k=10 `hals` at most 5 s, at least 2.5x faster than scikit-learn at its best "
                "and 10x faster than the reference setting, at equal or lower loss; peak memory at most 1.5x "
@@ -379,9 +394,15 @@ def main() -> None:
                   f"({'met' if res['sklearn_best']['time'] / h['time'] >= 2.5 else 'NOT met'})"]
         if "reference" in res:
             ref = res["reference"]
-            checks.append(f"{ref['time'] / h['time']:.1f}x faster than the reference setting "
-                          f"({'met' if ref['time'] / h['time'] >= 10 else 'NOT met'}), loss {h['loss']:.2f} vs its "
-                          f"{ref['loss']:.2f} ({'met' if h['loss'] <= ref['loss'] else 'NOT met'})")
+            checks.append(f"{ref['time'] / h['time']:.1f}x faster than the reference setting to the target "
+                          f"({'met' if ref['time'] / h['time'] >= 10 else 'NOT met'})")
+            t_eq = h.get("ref_time")
+            if t_eq is None:
+                checks.append(f"never reached the reference setting's loss {ref['loss']:.2f} (NOT met)")
+            else:
+                checks.append(f"down to the reference setting's own final loss {ref['loss']:.2f} in {t_eq:.2f} s, "
+                              f"{ref['time'] / t_eq:.1f}x faster at equal loss "
+                              f"({'met' if ref['time'] / t_eq >= 10 else 'NOT met'})")
         mh, mb = (mem.get("hals") or {}).get("extra_mib"), (mem.get("sklearn_best") or {}).get("extra_mib")
         if mh is not None and mb:
             checks.append(f"peak memory {mh / mb:.2f}x sklearn at its best ({'met' if mh / mb <= 1.5 else 'NOT met'})")

@@ -85,6 +85,7 @@ def check(cfg: dict) -> None:
     elif name == "nmf":
         solver = _choice(method.get("solver"), "method.solver", NMF_SOLVERS)
         _choice(method.get("assign"), "method.assign", ASSIGN_RULES)
+        _real(method.get("inner_alpha", 0.0), "method.inner_alpha")
         if sparse == "l1":
             _real(sparsity.get("alpha_W"), "sparsity.alpha_W")
             if sparsity.get("alpha_H") != "same":
@@ -142,7 +143,8 @@ def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None, ca
             penalties = dict(hoyer_W=sparsity.get("s_W"), hoyer_H=sparsity.get("s_H"))
         return NMFClustering(
             cfg["k"], solver=method["solver"], init=cfg["init"]["name"], max_iter=method["max_iter"],
-            tol=method["tol"], assign_rule=method["assign"], seed=cfg["seed"], callback=callback, **penalties,
+            tol=method["tol"], assign_rule=method["assign"], inner_alpha=method.get("inner_alpha", 0.0),
+            seed=cfg["seed"], callback=callback, **penalties,
         )
     return KMeansClustering(
         cfg["k"], init=cfg["init"]["name"], n_init=method["n_init"], max_iter=method["max_iter"], tol=method["tol"],

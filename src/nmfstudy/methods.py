@@ -86,6 +86,7 @@ class NMFClustering(_BasisModel):
     max_iter: int = 500
     tol: float = 1e-4
     assign_rule: str = "argmax"
+    inner_alpha: float = 0.0
     alpha_W: float = 0.0
     alpha_H: float | str = "same"
     l1_ratio: float = 0.0
@@ -119,10 +120,12 @@ class NMFClustering(_BasisModel):
         else:
             from . import solvers
 
+            options = {"inner_alpha": self.inner_alpha} if self.solver == "hals" else {}
             solve = solvers.nmf_hals if self.solver == "hals" else solvers.nmf_mu
             result = solve(
                 X, W, H, max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
                 l1_ratio=self.l1_ratio, hoyer_W=self.hoyer_W, hoyer_H=self.hoyer_H, callback=self.callback,
+                **options,
             )
             W, H = result.W, result.H
             self.n_iter_ = int(result.n_iter)
