@@ -1,4 +1,6 @@
 """The real command line, end to end, against a temporary MLflow store."""
+from pathlib import Path
+
 import pytest
 
 from conftest import mlflow_runs, run_train
@@ -106,4 +108,21 @@ def test_graph_methods_run_end_to_end_and_cache_their_graph(tmp_path):
         assert run.info.status == "FINISHED"
         assert 0.2 < run.data.metrics["accuracy"] <= 1 and "test_accuracy" in run.data.metrics
     assert runs["gnmf"].data.params["graph.n_neighbors"] == "10" and "sparsity_H" in runs["gnmf"].data.metrics
+    # symnmf's relative loss decrease is tiny from the start: a K-means-like tol would stop it at once
+    assert runs["symnmf"].data.params["method.tol"] == "1e-07" and runs["symnmf"].data.metrics["n_iter"] > 10
     assert len(list(cache.glob("knn-*.npz"))) == 1, "both methods share one cached graph"
+
+
+def test_artifacts_of_a_run_stay_under_2_mb_at_large_k(tmp_path):
+    # the galleries grow with k: k=64 draws more components than any study in the README
+    result = run_train(tmp_path, "method=nmf,kmeans", "k=64", "dataset.n_samples=700", "method.max_iter=20",
+                       multirun=True)
+    assert result.returncode == 0, result.stderr
+    runs = [r for r in mlflow_runs(tmp_path) if r.data.tags["nmfstudy.kind"] == "run"]
+    assert len(runs) == 2
+    for run in runs:
+        folder = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert folder.is_relative_to(tmp_path)
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        assert len(files) >= 6, files  # the figures, config.yaml, environment.txt
+        assert sum(f.stat().st_size for f in files) < 2 * 2**20

@@ -82,6 +82,7 @@ def check(cfg: dict) -> None:
             _real(method.get("lam"), "method.lam")
         else:
             _choice(method.get("solver"), "method.solver", SYMNMF_SOLVERS)
+            _int(method.get("n_init", 1), "method.n_init")
     elif name == "nmf":
         solver = _choice(method.get("solver"), "method.solver", NMF_SOLVERS)
         _choice(method.get("assign"), "method.assign", ASSIGN_RULES)
@@ -134,7 +135,7 @@ def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None, ca
         if method["name"] == "gnmf":
             return GNMFClustering(cfg["k"], lam=method["lam"], init=cfg["init"]["name"],
                                   assign_rule=method["assign"], **common)
-        return SymNMFClustering(cfg["k"], **common)
+        return SymNMFClustering(cfg["k"], n_init=method.get("n_init", 1), **common)
     if method["name"] == "nmf":
         penalties = {}
         if sparsity["name"] == "l1":

@@ -239,7 +239,8 @@ class SymNMFClustering(_GraphModel):
     k: int
     solver: str = "anls"
     max_iter: int = 500
-    tol: float = 1e-4
+    tol: float = 1e-7
+    n_init: int = 1
     n_neighbors: int = 10
     weight: str = "binary"
     pca: int | None = None
@@ -254,8 +255,8 @@ class SymNMFClustering(_GraphModel):
         start = time.perf_counter()
         S = self._graph(X)
         self.graph_time_s_ = time.perf_counter() - start
-        result = graph_nmf.symnmf(S, self.k, seed=self.seed, max_iter=self.max_iter, tol=self.tol, solver=self.solver,
-                                  callback=self.callback)
+        result = graph_nmf.symnmf(S, self.k, seed=self.seed, n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
+                                  solver=self.solver, callback=self.callback)
         self._keep(result, X, start)
         self.labels_ = result.labels.astype(np.int64)
         membership = sp.csr_matrix((np.ones(len(X), dtype=np.float32), (self.labels_, np.arange(len(X)))),
