@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,15 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
     full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
     full_env.pop("HYDRA_FULL_ERROR")
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that the test interrupts with SIGINT, as Ctrl-C does.
+
+    A background job of a non-interactive shell (`pytest &` in a script) starts with SIGINT
+    ignored, Python keeps that, and children inherit it: their Ctrl-C would then do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):

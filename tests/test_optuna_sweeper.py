@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, ROOT, mlflow_runs, run_train
+from conftest import CONF, ROOT, default_sigint, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
@@ -327,7 +327,8 @@ def test_interrupt_marks_the_running_trial_failed_and_keeps_the_others(study):
         [sys.executable, "src/train.py", "-m", "hparams_search=nmf_k", "dataset=digits", "k=8", "init=nndsvda",
          f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db",
          f"hydra.sweep.dir={tmp}/multirun", "hydra.sweeper.n_trials=3", "method.tol=0", "method.max_iter=1000000"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # until the new trial's fit has reported an iteration

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, mlflow_runs, run_train
+from conftest import ROOT, default_sigint, mlflow_runs, run_train
 
 TINY = ["dataset.n_samples=200", "method.max_iter=20"]
 
@@ -56,7 +56,7 @@ def test_an_interrupted_fit_ends_fast_and_is_marked_killed(tmp_path, signum, mul
     args += ["k=3,4", f"hydra.sweep.dir={tmp_path / 'm'}"] if multirun else [f"hydra.run.dir={tmp_path / 'r'}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**env, "PYTHONUNBUFFERED": "1"})
+                               env={**env, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
     try:
         _wait_for(process, "loss")
         _wait_for(process, "loss")  # a couple of iterations in: the run has its params
