@@ -11,6 +11,7 @@ scikit-learn (its NMF and K-means) or `graph_nmf`. A fitted method gives:
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -120,12 +121,11 @@ class NMFClustering(_BasisModel):
         else:
             from . import solvers
 
-            options = {"inner_alpha": self.inner_alpha} if self.solver == "hals" else {}
-            solve = solvers.nmf_hals if self.solver == "hals" else solvers.nmf_mu
+            solve = (functools.partial(solvers.nmf_hals, inner_alpha=self.inner_alpha) if self.solver == "hals"
+                     else solvers.nmf_mu)
             result = solve(
                 X, W, H, max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
                 l1_ratio=self.l1_ratio, hoyer_W=self.hoyer_W, hoyer_H=self.hoyer_H, callback=self.callback,
-                **options,
             )
             W, H = result.W, result.H
             self.n_iter_ = int(result.n_iter)
