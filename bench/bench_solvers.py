@@ -24,6 +24,7 @@ times and the load average are printed alongside.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -181,10 +182,10 @@ def run_ours(X, W0, H0, solver, race, max_iter):
     def callback(iteration, loss, elapsed):
         return race.record(iteration, loss, elapsed, time.process_time() - cpu0)
 
-    fn = {"hals": solvers.nmf_hals, "mu": solvers.nmf_mu, "hals_accelerated": solvers.nmf_hals}[solver]
-    # Gillis & Glineur's inner sweeps with their alpha; plain `hals` is our default, one sweep per phase
-    extra = {"inner_alpha": 0.5} if solver == "hals_accelerated" else {}
-    fn(X, W0, H0, max_iter=max_iter, tol=0.0, callback=callback, **extra)
+    fn = {"hals": solvers.nmf_hals, "mu": solvers.nmf_mu,
+          # Gillis & Glineur's inner sweeps with their alpha; plain `hals` (one sweep per phase) is our default
+          "hals_accelerated": functools.partial(solvers.nmf_hals, inner_alpha=0.5)}[solver]
+    fn(X, W0, H0, max_iter=max_iter, tol=0.0, callback=callback)
     return race.result()
 
 
