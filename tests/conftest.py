@@ -1,10 +1,14 @@
-"""Shared helpers: run the real entry point in a subprocess against a temporary MLflow store."""
+"""Shared helpers: run the real entry point in a subprocess against a temporary MLflow store;
+fixtures for real PostgreSQL and MLflow servers (tests/servers.py)."""
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,54 @@ def compose():
             return OmegaConf.to_container(cfg, resolve=True)
 
     return _compose
+
+
+# ----------------------------------------------------------------------------- real servers
+# PostgreSQL and an MLflow tracking server, as in "Studies on many machines" (tests/servers.py).
+
+@pytest.fixture(scope="session")
+def study_servers(tmp_path_factory):
+    """PostgreSQL (databases `optuna`, `mlflow`) and an `mlflow server` on it with proxied
+    artifacts, shared by the whole session and always stopped at its end.
+
+    Attributes: .postgres (PostgresServer), .mlflow (MlflowServer), .optuna_url, .mlflow_url,
+    .artifacts_dir. Skipped when PostgreSQL or psycopg is missing; under CI that is a failure.
+    """
+    from servers import local_study_servers, postgres_bindir
+
+    missing = None
+    if postgres_bindir() is None:
+        missing = "PostgreSQL is not installed (no initdb/pg_ctl; apt-get install postgresql)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed (pip install -e '.[cluster]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the study servers: {missing}", pytrace=False)
+        pytest.skip(missing)
+    with local_study_servers(tmp_path_factory.mktemp("study_servers")) as servers:
+        yield servers
+
+
+_unique_counter = itertools.count()
+
+
+@pytest.fixture
+def unique_name(request) -> str:
+    """A name no other test uses, for an Optuna study or MLflow experiment on the shared
+    servers (the MLflow server has one database, so tests separate by experiment):
+    lowercase [a-z0-9_], at most 40 characters, e.g. `test_resume_3_5f2a9c`."""
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:24]
+    return f"{base}_{next(_unique_counter)}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def fresh_optuna_url(study_servers):
+    """The URL of an empty database of its own on the session's PostgreSQL, dropped after
+    the test (for tests that need a whole Optuna storage to themselves)."""
+    name = f"optuna_{uuid.uuid4().hex[:12]}"
+    url = study_servers.postgres.create_database(name)
+    yield url
+    study_servers.postgres.drop_database(name)
