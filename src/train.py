@@ -109,6 +109,10 @@ def main(cfg: DictConfig):
             sys.exit(2)
         raise  # in a sweep, the job fails and the sweeper (or Hydra) reports it
 
+    tracking_cfg = run_cfg["tracking"]
+    if hydra_cfg.mode == RunMode.RUN:  # a sweep does this once, before its first job
+        tracking.end_dead_runs_in(client, tracking_cfg["experiment"], tracking_cfg.get("grace_period") or 300)
+    trial = run_cfg.get("trial") or {}
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))
     run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")
@@ -122,8 +126,10 @@ def main(cfg: DictConfig):
     reporter = TrialReporter.from_config(run_cfg.get("trial"))
     if reporter is not None:
         tags.update(reporter.tags())
-    with tracking.run(client, run_cfg["tracking"]["experiment"], run_name=run_name, parent_run_id=parent,
-                      tags=tags, store=store) as active:
+    # An Optuna trial's run was made when the trial started (trial.run_id): the job continues it.
+    with tracking.run(client, tracking_cfg["experiment"], run_name=run_name, parent_run_id=parent, tags=tags,
+                      store=store, run_id=trial.get("run_id"),
+                      heartbeat_s=tracking_cfg.get("heartbeat_interval") or 0) as active:
         short = {key: run_cfg[key]["name"] for key in ("dataset", "method", "init", "sparsity")}
         tracking.log_params({**tracking.flatten(run_cfg), **short})
         tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

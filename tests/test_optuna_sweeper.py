@@ -227,12 +227,16 @@ def study(tmp_path_factory):
     first = _sweep(tmp, "k=choice(0,3,8,12)", "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.n_trials=6",
                    *common)
     after_first = _trials(tmp)
-    parent_file = tmp / "multirun" / ".mlflow_parent_run_id"
-    first_parent = parent_file.read_text().strip()
+    first_parent = _study_run_id(tmp)
     second = _sweep(tmp, "k=8", "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *common)
     return {"tmp": tmp, "first": first, "second": second, "after_first": after_first,
-            "first_parent": first_parent, "second_parent": parent_file.read_text().strip()}
+            "first_parent": first_parent, "second_parent": _study_run_id(tmp)}
+
+
+def _study_run_id(tmp: Path, name: str = STUDY) -> str:
+    """The study's MLflow run, as the sweeper records it with the study."""
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/optuna.db").user_attrs["mlflow_run_id"]
 
 
 def test_study_fails_and_prunes_trials_and_goes_on(study):
@@ -255,24 +259,30 @@ def test_study_is_logged_to_the_parent_run_with_its_trials_nested(study):
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["nmfstudy.kind"] == "study" and parent.data.tags["optuna.study_name"] == STUDY
-    params, metrics = parent.data.params, parent.data.metrics
+    params, metrics, tags = parent.data.params, parent.data.metrics, parent.data.tags
     assert params["optuna.space.k"] == "choice(0,3,8,12)" and params["optuna.direction"] == "maximize"
     assert params["optuna.sampler"].startswith("optuna.samplers.BruteForceSampler(seed=0")
     assert params["optuna.pruner"].startswith("optuna.pruners.ThresholdPruner(lower=-60.0")
-    best = max((t for t in study["after_first"] if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert params["best.k"] == str(best.params["k"]) and params["best.trial_number"] == str(best.number)
+    # the whole study, after the resume too: 6 trials, the 2 new ones COMPLETE
+    trials = _trials(tmp)
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert tags["best.trial_number"] == str(best.number)
     assert metrics["best_accuracy"] == pytest.approx(best.value)
-    assert (metrics["trials_complete"], metrics["trials_pruned"], metrics["trials_fail"]) == (2, 1, 1)
+    assert (metrics["trials_complete"], metrics["trials_pruned"], metrics["trials_fail"]) == (4, 1, 1)
     plots = {a.path for a in client.list_artifacts(parent_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/slice.png", "optuna/intermediate_values.png"} <= plots
     children = [r for r in mlflow_runs(tmp) if r.data.tags.get("mlflow.parentRunId") == parent_id]
-    # k=0 stops at the config check, before any MLflow run
+    # every trial has exactly one run, made when the trial started, k=0 too (FAILED at the config check)
     states = {int(r.data.tags["optuna.trial_number"]): r.data.tags["optuna.state"] for r in children}
-    by_number = {t.number: t for t in study["after_first"]}
-    assert states == {n: by_number[n].state.name for n in by_number if by_number[n].params["k"] != 0}
+    by_number = {t.number: t for t in trials}
+    assert states == {n: t.state.name for n, t in by_number.items()} and len(children) == len(trials)
     for run in children:
-        assert run.info.status == "FINISHED" and run.data.tags["optuna.study_name"] == STUDY
-        assert by_number[int(run.data.tags["optuna.trial_number"])].user_attrs["mlflow_run_id"] == run.info.run_id
+        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        assert run.info.status == ("FAILED" if trial.state == TrialState.FAIL else "FINISHED")
+        assert run.data.tags["optuna.study_name"] == STUDY
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+    (failed,) = [r for r in children if r.info.status == "FAILED"]
+    assert "k must be an integer >= 1" in failed.data.tags["error"]
     pruned = [r for r in children if r.data.tags["optuna.state"] == "PRUNED"]
     assert len(pruned) == 1 and pruned[0].data.tags["optuna.pruned_at_iteration"] == "5"
     assert pruned[0].data.metrics["n_iter"] == 5
@@ -291,13 +301,12 @@ def test_resume_adds_parallel_trials_with_continuing_numbers_and_folders(study):
         assert (tmp / "multirun" / str(number) / ".hydra" / "overrides.yaml").is_file()
     overrides = (tmp / "multirun" / "5" / ".hydra" / "overrides.yaml").read_text()
     assert "number:5" in overrides
-    second = study["second_parent"]
-    assert second != study["first_parent"]
-    children = [r for r in mlflow_runs(tmp) if r.data.tags.get("mlflow.parentRunId") == second]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [4, 5]
-    params = _client(tmp).get_run(second).data.params
-    assert params["optuna.trials_before"] == "4" and params["optuna.sampler"].startswith(
-        "optuna.samplers.TPESampler(seed=4")  # reseeded: a resumed study does not replay its start
+    # one study, one MLflow run: the resume nests its trials under the first command's study run
+    assert study["second_parent"] == study["first_parent"]
+    children = [r for r in mlflow_runs(tmp) if r.data.tags.get("mlflow.parentRunId") == study["first_parent"]]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
+    # each trial's sampler is seeded with seed + its number: a resume does not replay the start
+    assert [t.user_attrs["sampler_seed"] for t in trials] == list(range(6))
 
 
 @pytest.mark.slow
@@ -311,7 +320,7 @@ def test_multi_objective_kmeans_study_logs_a_pareto_front(tmp_path):
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
     (parent,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("nmfstudy.kind") == "study"]
     assert {"best_accuracy", "best_fit_time_s", "pareto_front_size"} <= set(parent.data.metrics)
-    assert parent.data.params["optuna.direction"] == "maximize,minimize" and "best.k" in parent.data.params
+    assert parent.data.params["optuna.direction"] == "maximize,minimize" and "best.k" in parent.data.tags
     plots = {a.path for a in _client(tmp_path).list_artifacts(parent.info.run_id, "optuna")}
     assert {"optuna/pareto_front.png", "optuna/optimization_history.png", "optuna/param_importances.png",
             "optuna/slice.png"} <= plots

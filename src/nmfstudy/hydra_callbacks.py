@@ -40,13 +40,17 @@ def command_line() -> str:
 
 
 class MlflowParentRun(Callback):
-    """Creates the store and a parent run before the jobs of a multirun start; ends it after."""
+    """Creates the store and a parent run before the jobs of a multirun start; ends it after.
+
+    An Optuna study (our sweeper) gets no sweep run: the sweeper keeps one run per study, shared
+    by every worker. Either way, runs of the experiment whose process died are ended KILLED first.
+    """
 
     _open: list["MlflowParentRun"] = []
 
     @classmethod
     def end_all(cls, status: str) -> None:
-        """End every parent run still open in this process (e.g. KILLED after Ctrl-C)."""
+        """End every parent run still open in this process (e.g. KILLED after Ctrl-C), and its jobs' runs."""
         for callback in list(cls._open):
             callback._end(status)
 
@@ -59,11 +63,14 @@ class MlflowParentRun(Callback):
         store = tracking.resolve_store(config.tracking.uri, root)
         # Creating the store here, once, keeps parallel jobs from racing to create its schema.
         self._client = tracking.open_store(store)
+        tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period") or 300)
+        if "nmfstudy_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
+            return
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self._run_id = tracking.start_parent_run(
             self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
             tags={
-                "nmfstudy.kind": "sweep",
+                tracking.KIND_TAG: "sweep",
                 "command": command_line(),
                 "git_commit": git_commit(root),
                 "sweep_dir": str(sweep_dir),
@@ -82,4 +89,7 @@ class MlflowParentRun(Callback):
         if self._run_id is not None:
             run_id, self._run_id = self._run_id, None
             MlflowParentRun._open.remove(self)
+            if status != "FINISHED":
+                # Jobs in other processes (joblib) are stopped with the sweep and cannot end their runs.
+                tracking.kill_running_children(self._client, run_id, f"the sweep ended {status}")
             tracking.end_parent_run(self._client, run_id, status)

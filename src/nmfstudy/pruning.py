@@ -36,12 +36,16 @@ def _instantiate(spec: Mapping[str, Any] | None):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def open_storage(url: str):
-    """Optuna's RDB storage; SQLite waits for a lock (parallel jobs write to one file) instead of failing."""
+def open_storage(url: str, **kwargs: Any):
+    """Optuna's RDB storage (keyword arguments: RDBStorage's, e.g. heartbeat_interval).
+
+    SQLite waits for a lock (parallel jobs write to one file) instead of failing; a database
+    server's pooled connections are checked before use, so a restarted server costs no error.
+    """
     import optuna
 
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
 class TrialReporter:

@@ -156,7 +156,8 @@ class Study:
 
     def best_trial(self) -> RunRecord | None:
         """The trial the sweeper logged as best (`best.trial_number`), else the best scored trial."""
-        number = self.run.params.get("best.trial_number")
+        # The sweeper keeps the best trial in tags (a shared study's best changes); older stores: params.
+        number = self.run.tags.get("best.trial_number") or self.run.params.get("best.trial_number")
         logged = [t for t in self.trials if number is not None and str(t.trial_number) == number]
         if logged:
             return logged[0]
@@ -165,11 +166,11 @@ class Study:
         return pick(scored, key=lambda t: t.metric(self.objective)) if scored else None
 
     def best_params(self) -> dict[str, tuple[str, str]]:
-        """{param: (search space, best value)}: the sweeper's `optuna.space.*` and `best.*` params when it
-        logged them, else the params the trials vary and the best trial's values."""
+        """{param: (search space, best value)}: the sweeper's `optuna.space.*` params and `best.*` tags when
+        it logged them, else the params the trials vary and the best trial's values."""
         params = self.run.params
         space = {k.removeprefix("optuna.space."): v for k, v in params.items() if k.startswith("optuna.space.")}
-        best = {k.removeprefix("best."): v for k, v in params.items()
+        best = {k.removeprefix("best."): v for k, v in {**params, **self.run.tags}.items()
                 if k.startswith("best.") and k != "best.trial_number"}
         if not best and (trial := self.best_trial()) is not None:
             keys = set(space) or {key for t in self.trials for key in t.params

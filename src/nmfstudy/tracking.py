@@ -7,9 +7,12 @@ started there shows everything.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
+import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +25,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+log = logging.getLogger(__name__)
+
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 PARENT_RUN_FILE = ".mlflow_parent_run_id"
 ERROR_TAG = "error"
+KIND_TAG = "nmfstudy.kind"
+# Which process owns a run, so that any later command can tell a dead run from a live one.
+HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
+# Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
+HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
 
 
 class TrackingError(RuntimeError):
@@ -129,6 +139,151 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# --- which process owns a run, and which runs are dead ------------------------------
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot, Linux), telling a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process as the owner of a run: host, pid and the pid's start time."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid) or ""}
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process `pid` of this host still runs (and is the one that started at `start`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    if start:
+        now = _process_start(pid)
+        return now is None or now == start
+    return True
+
+
+def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: float) -> bool | None:
+    """Whether the process that owns a RUNNING run lives: True, False, or None when nothing tells.
+
+    On this host the process id answers; for another host, the run's heartbeat (or its start,
+    before the first beat) older than `grace_s` means dead. Runs without an owner are unknown.
+    """
+    if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
+        return process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG) or None)
+    if HEARTBEAT_INTERVAL_TAG in tags:
+        last = max(int(tags.get(HEARTBEAT_TAG) or 0), start_time_ms or 0)
+        return now_ms - last <= grace_s * 1000
+    return None
+
+
+def kill_run(client: MlflowClient, run_id: str, reason: str, status: str = "KILLED") -> bool:
+    """End a run that is still RUNNING as KILLED (or `status`) with `reason` as its error tag."""
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, ERROR_TAG, reason[:5000])
+        client.set_terminated(run_id, status)
+        return True
+    except MlflowException as err:  # deleted, or another command ended it first
+        log.debug("could not end run %s: %s", run_id, err)
+        return False
+
+
+def kill_running_children(client: MlflowClient, parent_run_id: str, reason: str) -> int:
+    """End the RUNNING runs nested under `parent_run_id` as KILLED; returns how many."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    query = f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{parent_run_id}'"
+    return sum(kill_run(client, r.info.run_id, reason) for r in client.search_runs([experiment], query))
+
+
+def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: float = 300.0) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process is gone; returns their ids and logs one line.
+
+    A process killed by SIGKILL or the out-of-memory killer cannot end its run; the next command
+    that opens the experiment does it. A study's run lives while any of its trials' runs lives.
+    """
+    if not experiment_ids:
+        return []
+    running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=10000)
+    now = get_current_time_millis()
+    alive = {r.info.run_id: run_alive(r.data.tags, r.info.start_time, now, grace_s) for r in running}
+    children: dict[str, list[str]] = {}
+    for r in running:
+        children.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r.info.run_id)
+    dead = []
+    for r in running:
+        verdict = alive[r.info.run_id]
+        # Several workers share a study's run: it lives while any of its trials' runs may live.
+        if r.data.tags.get(KIND_TAG) == "study" and any(alive[c] is not False for c in children.get(r.info.run_id, [])):
+            verdict = True
+        if verdict is False:
+            dead.append(r)
+    for r in dead:
+        owner = f"process {r.data.tags.get(PID_TAG, '?')} on {r.data.tags.get(HOST_TAG, '?')}"
+        kill_run(client, r.info.run_id, f"{owner} ended without closing the run (killed, out of memory or lost)")
+    if dead:
+        log.warning("marked %d dead run(s) KILLED (their process is gone): %s", len(dead),
+                    ", ".join(f"{r.info.run_id[:8]} {r.info.run_name or ''}".strip() for r in dead[:10])
+                    + (" ..." if len(dead) > 10 else ""))
+    return [r.info.run_id for r in dead]
+
+
+def end_dead_runs_in(client: MlflowClient, experiment: str, grace_s: float = 300.0) -> list[str]:
+    """`end_dead_runs` for the experiment named `experiment`, if it exists."""
+    found = client.get_experiment_by_name(experiment)
+    return end_dead_runs(client, [found.experiment_id], grace_s) if found is not None else []
+
+
+class Heartbeat:
+    """Tags runs with the time every `interval_s`, so that other machines can tell they are alive.
+
+    Only for a tracking server or database: on one machine (SQLite) the process id is enough.
+    """
+
+    def __init__(self, client: MlflowClient, store: Store, interval_s: float) -> None:
+        self.client, self.interval_s = client, float(interval_s)
+        self.enabled = not store.tracking_uri.startswith("sqlite") and self.interval_s > 0
+        self.run_ids: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The tags a new run gets so that readers know it beats."""
+        if not self.enabled:
+            return {}
+        return {HEARTBEAT_INTERVAL_TAG: f"{self.interval_s:g}", HEARTBEAT_TAG: str(get_current_time_millis())}
+
+    def add(self, run_id: str) -> None:
+        if not self.enabled:
+            return
+        self.run_ids.add(run_id)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="mlflow-heartbeat", daemon=True)
+            self._thread.start()
+
+    def discard(self, run_id: str) -> None:
+        self.run_ids.discard(run_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for run_id in list(self.run_ids):
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT_TAG, str(get_current_time_millis()))
+                except Exception as err:  # a restarting server: the next beat may get through
+                    log.debug("heartbeat of run %s failed: %s", run_id, err)
+
+
 @contextmanager
 def run(
     client: MlflowClient,
@@ -138,10 +293,23 @@ def run(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     store: Store,
+    run_id: str | None = None,
+    heartbeat_s: float = 0.0,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An active MLflow run that ends FINISHED, FAILED (with the error as a tag) or KILLED, never RUNNING."""
-    exp_id = experiment_id(client, store, experiment)
-    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    """An active MLflow run that ends FINISHED, FAILED (with the error as a tag) or KILLED, never RUNNING.
+
+    `run_id` continues a run made for this job beforehand (an Optuna trial's run, made when the
+    trial starts); this process then becomes its owner.
+    """
+    heartbeat = Heartbeat(client, store, heartbeat_s)
+    tags = {**(tags or {}), **process_tags(), **heartbeat.tags()}
+    if run_id is not None:
+        active = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags({**tags, **({"mlflow.runName": run_name} if run_name else {})})
+    else:
+        exp_id = experiment_id(client, store, experiment)
+        active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    heartbeat.add(active.info.run_id)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield active
@@ -154,6 +322,7 @@ def run(
         mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
         raise
     finally:
+        heartbeat.stop()
         mlflow.end_run(status)
 
 
@@ -198,7 +367,7 @@ def set_tags(tags: dict[str, Any]) -> None:
 def start_parent_run(client: MlflowClient, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """Create the run that the jobs of one sweep nest under; returns its id (left RUNNING)."""
     exp_id = experiment_id(client, store, experiment)
-    parent = client.create_run(exp_id, run_name=run_name, tags=tags)
+    parent = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
     return parent.info.run_id
 
 

@@ -1,8 +1,9 @@
 """The sweeper's config, registered as hydra/sweeper=optuna, with sampler and pruner options.
 
 Keys follow hydra-optuna-sweeper where they overlap (sampler, direction, study_name, storage,
-n_trials, n_jobs, max_failure_rate, params). Ours: pruner, report_every, and a persistent
-default storage. Sampler and pruner options are plain dicts (not typed dataclasses) so that a
+n_trials, n_jobs, max_failure_rate, params). Ours: pruner, report_every, a persistent default
+storage, and for studies shared by many workers max_trials, heartbeat_interval, grace_period
+(as Optuna's RDBStorage names them) and max_retry. Sampler and pruner options are plain dicts (not typed dataclasses) so that a
 preset may add any keyword argument its `_target_` takes.
 """
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None
     # null: sqlite:///<project root>/optuna.db; "memory": not persisted (no resume, no pruning)
     storage: Optional[str] = None
-    # trials added by this invocation (a resumed study keeps its earlier ones)
+    # new trials added by this invocation (a resumed study keeps its earlier ones; retries of trials
+    # whose worker died come on top)
     n_trials: int = 20
     # trials asked, launched as one batch and told together (set hydra.launcher.n_jobs alike)
     n_jobs: int = 1
@@ -41,6 +43,15 @@ class OptunaSweeperConf:
     # search space in Hydra's override grammar: choice(...), range(...), interval(...),
     # tag(log, interval(...)), int(interval(...)); plain values are fixed overrides
     params: Dict[str, Any] = field(default_factory=dict)
+    # cap on the study's trials across all workers (COMPLETE, PRUNED, RUNNING and queued; failed
+    # ones are not counted), as Optuna's MaxTrialsCallback; null: no cap, only n_trials per command
+    max_trials: Optional[int] = None
+    # seconds between two heartbeats of a running trial in the storage (Optuna's RDBStorage name)
+    heartbeat_interval: int = 60
+    # seconds without a heartbeat after which another worker fails the trial; null: 2 x heartbeat_interval
+    grace_period: Optional[int] = None
+    # times a trial whose worker died (or was preempted with SIGTERM) is queued again
+    max_retry: int = 3
 
 
 _SAMPLERS = {

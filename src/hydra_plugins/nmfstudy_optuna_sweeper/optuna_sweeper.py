@@ -14,13 +14,16 @@ class OptunaSweeper(Sweeper):
     """Runs an Optuna study, one Hydra job per trial (see config.OptunaSweeperConf for the keys)."""
 
     def __init__(self, sampler: Any, pruner: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
-                 n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any) -> None:
+                 n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
+                 max_trials: Optional[int] = None, heartbeat_interval: int = 60, grace_period: Optional[int] = None,
+                 max_retry: int = 3) -> None:
         from ._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler=sampler, pruner=pruner, direction=direction, study_name=study_name, storage=storage,
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, report_every=report_every,
-            params=params,
+            params=params, max_trials=max_trials, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            max_retry=max_retry,
         )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:

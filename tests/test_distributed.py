@@ -1,0 +1,201 @@
+"""One study, many workers: PostgreSQL for Optuna, an MLflow tracking server, real processes.
+
+The servers are real (tests/servers.py, started once per session by the `study_servers`
+fixture). The fault test runs three workers of one study, kills one with SIGKILL and one with
+SIGTERM in the middle of a trial, restarts PostgreSQL, and checks Optuna and MLflow afterwards.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _worker_argv(tmp: Path, servers, study: str, experiment: str, *extra: str) -> list[str]:
+    return [sys.executable, "src/train.py", "-m", "hparams_search=nmf_k", "dataset=digits",
+            f"hydra.sweeper.storage={servers.optuna_url}", f"hydra.sweeper.study_name={study}",
+            f"tracking.uri={servers.mlflow_url}", f"tracking.experiment={experiment}",
+            f"hydra.sweep.dir={tmp}/multirun/{len(list(tmp.glob('w*.log')))}", *extra]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
+
+
+def _start_worker(tmp: Path, argv: list[str]) -> subprocess.Popen:
+    log = tmp / f"w{len(list(tmp.glob('w*.log')))}.log"
+    handle = open(log, "w")
+    process = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=handle, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def _run(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _load(servers, study: str):
+    return optuna.load_study(study_name=study, storage=servers.optuna_url)
+
+
+def _running_trial_of(servers, study: str, pid: int):
+    try:
+        trials = _load(servers, study).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:  # not created yet, or the server is restarting
+        return None
+    mine = [t for t in trials if t.user_attrs.get("worker_pid") == pid and t.user_attrs.get("mlflow_run_id")]
+    return mine[0] if mine else None
+
+
+def _wait(condition, what: str, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _mlflow_runs(servers, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(servers.mlflow_url)
+    exp = client.get_experiment_by_name(experiment)
+    return client, exp, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_three_workers_survive_sigkill_sigterm_and_a_postgres_restart(tmp_path, study_servers, unique_name):
+    servers, study, experiment = study_servers, unique_name, unique_name
+    max_trials = 12
+    extra = ["hydra.sweeper.n_trials=30", f"hydra.sweeper.max_trials={max_trials}",
+             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=6", "hydra.sweeper.max_retry=2",
+             "method.tol=0", "method.max_iter=400", "tracking.heartbeat_interval=2"]
+    workers = []
+    try:
+        for _ in range(3):
+            workers.append(_start_worker(tmp_path, _worker_argv(tmp_path, servers, study, experiment, *extra)))
+        killed, terminated, survivor = workers
+        killed_trial = _wait(lambda: _running_trial_of(servers, study, killed.pid), "worker 0's trial")
+        os.killpg(killed.pid, signal.SIGKILL)
+        terminated_trial = _wait(lambda: _running_trial_of(servers, study, terminated.pid), "worker 1's trial")
+        terminated.send_signal(signal.SIGTERM)
+        assert terminated.wait(timeout=60) != 0
+        servers.postgres.restart()
+        assert survivor.wait(timeout=400) == 0, survivor.log.read_text()[-4000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+    log = survivor.log.read_text()
+    assert "Traceback" not in log and "Traceback" not in terminated.log.read_text()
+
+    trials = _load(servers, study).get_trials()
+    by_number = {t.number: t for t in trials}
+    assert sorted(by_number) == list(range(len(trials)))  # no gaps
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == max_trials
+    for lost in (killed_trial, terminated_trial):
+        assert by_number[lost.number].state == TrialState.FAIL
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, lost.number
+        assert retries[0].params == lost.params
+    assert "its worker, process" in log  # the survivor found the SIGKILLed worker's trial
+
+    client, exp, runs = _mlflow_runs(servers, experiment)
+    (study_run,) = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "study"]
+    trial_runs = [r for r in runs if r is not study_run]
+    assert len(trial_runs) == len(trials)  # no MLflow run without a trial, no trial without one
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {study_run.info.run_id}
+    by_run_number = {int(r.data.tags["optuna.trial_number"]): r for r in trial_runs}
+    assert sorted(by_run_number) == sorted(by_number)
+    for number, run in by_run_number.items():
+        trial = by_number[number]
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.data.tags["optuna.trial_id"].isdigit()
+        expected = ("FINISHED",) if trial.state != TrialState.FAIL else ("FAILED", "KILLED")
+        assert run.info.status in expected, (number, trial.state, run.info.status)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    assert study_run.info.status == "FINISHED"
+    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    metrics = client.get_run(study_run.info.run_id).data.metrics
+    assert (metrics["trials_complete"], metrics["trials_pruned"], metrics["trials_fail"]) == (
+        counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL])
+    # each trial drew with its own seed: seed + trial number
+    assert all(t.user_attrs["sampler_seed"] == t.number for t in trials)
+    assert {t.user_attrs["worker_pid"] for t in trials} >= {killed.pid, terminated.pid, survivor.pid}
+
+
+def test_a_second_worker_joins_the_study_and_its_run(tmp_path, study_servers, unique_name):
+    """Two commands, one after the other (a resume is a worker too): one study run, trials 0-3 under it."""
+    servers = study_servers
+    argv = _worker_argv(tmp_path, servers, unique_name, unique_name, "hydra.sweeper.n_trials=3",
+                        "hydra.sweeper.max_trials=4", "method.max_iter=10")
+    first = _run(argv)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(argv)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "has reached max_trials=4" in second.stdout
+    trials = _load(servers, unique_name).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    _, _, runs = _mlflow_runs(servers, unique_name)
+    (study_run,) = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "study"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs if r is not study_run) == [0, 1, 2, 3]
+    assert study_run.info.status == "FINISHED" and study_run.data.metrics["trials_complete"] == 4
+    assert f"/#/experiments/{study_run.info.experiment_id}/runs/{study_run.info.run_id}" in second.stdout
+    # the trial's artifacts went through the server to its artifact store
+    from mlflow.tracking import MlflowClient
+
+    paths = {a.path for a in MlflowClient(servers.mlflow_url).list_artifacts(runs[0].info.run_id)}
+    assert "config.yaml" in paths or "figures" in paths
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.storage=postgresql+psycopg://postgres@127.0.0.1:{free}/optuna",
+     "hydra.sweeper.storage postgresql+psycopg://postgres@127.0.0.1:{free}/optuna cannot be used:"),
+    ("hydra.sweeper.storage={pg}/no_such_database", "no_such_database\" does not exist"),
+    ("hydra.sweeper.storage=postgresql+pg8000://postgres@127.0.0.1:{port}/optuna",
+     "needs a database driver that is not installed"),
+    ("tracking.uri=http://127.0.0.1:{free}", "tracking.uri http://127.0.0.1:{free} cannot be used"),
+], ids=["unreachable-postgres", "missing-database", "missing-driver", "unreachable-mlflow"])
+def test_unusable_servers_stop_the_worker_before_any_trial(tmp_path, study_servers, unique_name, override, message):
+    from servers import free_port
+
+    pg = study_servers.optuna_url.rsplit("/", 1)[0]
+    values = {"free": free_port(), "pg": pg, "port": study_servers.postgres.port}
+    argv = [sys.executable, "src/train.py", "-m", "hparams_search=nmf_k", "dataset=digits",
+            f"hydra.sweep.dir={tmp_path}/m", f"hydra.sweeper.study_name={unique_name}",
+            f"hydra.sweeper.storage={study_servers.optuna_url}", f"tracking.uri={study_servers.mlflow_url}",
+            f"tracking.experiment={unique_name}", override.format(**values)]
+    result = _run(argv, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message.format(**values) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m" / "0").exists()  # no trial ran
+
+
+def test_a_study_that_exists_with_another_objective_is_refused(tmp_path, study_servers, unique_name):
+    argv = _worker_argv(tmp_path, study_servers, unique_name, unique_name, "hydra.sweeper.n_trials=1",
+                        "method.max_iter=5")
+    assert _run(argv).returncode == 0
+    result = _run([*argv, "objective=nmi"])
+    assert result.returncode == 1
+    assert f"study '{unique_name}'" in result.stderr and "optimizes ['accuracy'], not ['nmi']" in result.stderr
+    assert "set another hydra.sweeper.study_name" in result.stderr and "Traceback" not in result.stderr
+    assert len(_load(study_servers, unique_name).get_trials()) == 1

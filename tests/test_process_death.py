@@ -1,0 +1,192 @@
+"""On one machine, no run and no trial outlives its process as RUNNING.
+
+A process killed by SIGKILL (the out-of-memory killer does this) cannot end its MLflow run or
+its Optuna trial. Each case kills the real entry point in a subprocess at a real moment, then
+checks what MLflow and Optuna hold, after the fault or after the next command.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, mlflow_runs, run_train
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+LONG_FIT = ["dataset.n_samples=2000", "method.max_iter=1000000", "method.tol=0", "method.solver=mu",
+            "progress_every_s=0.2"]
+QUICK = ["dataset=digits", "method.max_iter=5"]
+
+
+def _start(tmp: Path, *args: str, multirun: bool = False) -> subprocess.Popen:
+    argv = [sys.executable, "src/train.py", *(["-m", f"hydra.sweep.dir={tmp / 'multirun'}"] if multirun else
+                                               [f"hydra.run.dir={tmp / 'run'}"]),
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *args]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode} before {what}:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _query(db: Path, sql: str) -> list[tuple]:
+    """Read a store with plain sqlite3, read-only: a client here would race the child creating its schema."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute(sql).fetchall()
+    except sqlite3.Error:  # not created yet
+        return []
+
+
+def _fitting(tmp: Path, n: int = 1):
+    """{run id: owner pid} of RUNNING job runs that logged their params (the fit is under way), once there are n."""
+    def check():
+        rows = _query(tmp / "mlflow.db", "select r.run_uuid, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                      "and t.key = 'nmfstudy.pid' where r.status = 'RUNNING' and exists (select 1 from params p "
+                      "where p.run_uuid = r.run_uuid and p.key = 'k')")
+        return dict(rows) if len(rows) >= n else None
+    return check
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return out
+
+
+def test_a_killed_run_is_marked_killed_by_the_next_run(tmp_path):
+    process = _start(tmp_path, *LONG_FIT)
+    try:
+        (victim,) = _wait(_fitting(tmp_path), "the fit to start", process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    (left,) = [r for r in mlflow_runs(tmp_path) if r.info.run_id == victim]
+    assert left.info.status == "RUNNING"  # nothing could end it
+    assert left.data.tags["nmfstudy.pid"] == str(process.pid)
+
+    result = run_train(tmp_path, *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "marked 1 dead run(s) KILLED" in result.stderr + result.stdout
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)}
+    dead = runs[victim]
+    assert dead.info.status == "KILLED" and f"process {process.pid} on" in dead.data.tags["error"]
+    assert dead.data.params["k"] == "10"  # what it logged is kept
+    assert [r.info.status for r in runs.values()].count("FINISHED") == 1
+    assert all(r.info.status != "RUNNING" for r in runs.values())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_joblib_sweep_leaves_no_job_running(tmp_path, signum):
+    process = _start(tmp_path, "k=3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *LONG_FIT, multirun=True)
+    try:
+        _wait(_fitting(tmp_path, 2), "both jobs to fit", process)
+        os.killpg(process.pid, signum) if signum == signal.SIGINT else process.send_signal(signum)
+        out = _finish(process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0 and "Traceback" not in out, out[-3000:]
+    runs = mlflow_runs(tmp_path)
+    jobs = [r for r in runs if r.data.tags["nmfstudy.kind"] == "run"]
+    assert sorted(r.data.params["k"] for r in jobs) == ["3", "4"]
+    assert all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+
+
+def _study(tmp: Path, *extra: str) -> list[str]:
+    return ["hparams_search=nmf_k", "dataset=digits", f"hydra.sweeper.storage=sqlite:///{tmp / 'optuna.db'}",
+            "hydra.sweeper.study_name=s", "method.tol=0", *extra]
+
+
+def _trials(tmp: Path):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp / 'optuna.db'}").get_trials()
+
+
+def _running_trial(tmp: Path) -> dict[int, str] | None:
+    """{trial number: its MLflow run id} of RUNNING trials that have their run."""
+    rows = _query(tmp / "optuna.db", "select t.number, a.value_json from trials t join trial_user_attributes a on "
+                  "a.trial_id = t.trial_id and a.key = 'mlflow_run_id' where t.state = 'RUNNING' and a.value_json != 'null'")
+    return {number: value.strip('"') for number, value in rows} or None
+
+
+def test_a_study_killed_during_a_trial_is_cleaned_up_and_retried_on_resume(tmp_path):
+    process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=3", "method.max_iter=1000000",
+                                       "k=10", "dataset.n_samples=600"), multirun=True)
+    try:
+        ((number, run_id),) = _wait(lambda: _running_trial(tmp_path), "a trial to start", process).items()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert [t.state for t in _trials(tmp_path)] == [TrialState.RUNNING]
+
+    result = run_train(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=2", "method.max_iter=20", "k=10",
+                                         "dataset.n_samples=600"), multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert f"trial 0 FAIL, its worker, process {process.pid}" in out and "retried" in out
+    trials = _trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == trials[0].params
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)}
+    assert number == 0 and runs[run_id].info.status == "KILLED"
+    assert runs[retry.user_attrs["mlflow_run_id"]].data.tags["optuna.retry_of"] == "0"
+    (study_run,) = [r for r in runs.values() if r.data.tags["nmfstudy.kind"] == "study"]
+    assert study_run.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values() if r is not study_run} == {study_run.info.run_id}
+    assert all(r.info.status != "RUNNING" for r in runs.values())
+
+
+def test_a_killed_joblib_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
+    """kill -9 of one joblib worker: its trial FAIL and retried, the batch's other trial keeps its result."""
+    process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=4", "hydra/launcher=joblib",
+                                       "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "k=10",
+                                       "dataset.n_samples=600", "method.max_iter=3000"), multirun=True)
+    try:
+        def worker_run():
+            return {run: pid for run, pid in (_fitting(tmp_path)() or {}).items() if pid != str(process.pid)} or None
+
+        victim, pid = next(iter(_wait(worker_run, "a joblib worker's fit", process).items()))
+        os.kill(int(pid), signal.SIGKILL)
+        out = _finish(process, timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, out[-3000:]
+    assert "Traceback" not in out
+    trials = _trials(tmp_path)
+    killed = [t for t in trials if t.user_attrs.get("mlflow_run_id") == victim]
+    assert len(killed) == 1 and killed[0].state == TrialState.FAIL
+    assert "died" in killed[0].user_attrs["error"] or "Terminated" in killed[0].user_attrs["error"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4  # 4 asked; the lost one came back
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)}
+    assert runs[victim].info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in runs.values())
