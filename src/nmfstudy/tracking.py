@@ -141,13 +141,19 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 # --- which process owns a run, and which runs are dead ------------------------------
 
-def _process_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, Linux), telling a reused pid apart."""
+def _process_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
+            return handle.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (clock ticks since boot, Linux), telling a reused pid apart."""
+    stat = _process_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
 
 
 def process_tags() -> dict[str, str]:
@@ -157,17 +163,20 @@ def process_tags() -> dict[str, str]:
 
 
 def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process `pid` of this host still runs (and is the one that started at `start`)."""
+    """Whether process `pid` of this host still runs (and is the one that started at `start`).
+
+    A zombie (killed, not yet reaped by its parent) is dead.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # it exists, as another user
-    if start:
-        now = _process_start(pid)
-        return now is None or now == start
-    return True
+    stat = _process_stat(pid)
+    if stat is None:  # not Linux: the signal's answer is all there is
+        return True
+    return stat[0] != "Z" and (not start or stat[19] == start)
 
 
 def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: float) -> bool | None:
