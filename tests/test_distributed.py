@@ -201,3 +201,54 @@ def test_a_study_that_exists_with_another_objective_is_refused(tmp_path, study_s
     assert f"study '{unique_name}'" in result.stderr and "optimizes ['accuracy'], not ['nmi']" in result.stderr
     assert "set another hydra.sweeper.study_name" in result.stderr and "Traceback" not in result.stderr
     assert len(_load(study_servers, unique_name).get_trials()) == 1
+
+
+# --- launchers for clusters, and a store that is for one machine only ----------------------------
+
+def test_the_slurm_preset_composes_on_submitit():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=["hparams_search=nmf_k", "hydra/launcher=slurm",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.cpus_per_task, launcher.mem_gb, launcher.signal_delay_s) == ("gpu", 2, 4, 120)
+
+
+@pytest.mark.slow
+def test_a_study_on_submitit_local_jobs(tmp_path):
+    """hydra/launcher=submitit_local: each trial's job is another process, started by submitit."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from conftest import mlflow_runs, run_train
+
+    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", "hydra/launcher=submitit_local",
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.n_trials=2",
+                       "hydra.sweeper.n_jobs=2", "method.max_iter=20", multirun=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="nmf_k-digits", storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)}
+    jobs = [runs[t.user_attrs["mlflow_run_id"]] for t in trials]
+    assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in jobs)
+    # the jobs ran in submitit's processes, not in the sweeper's
+    assert len({r.data.tags["nmfstudy.pid"] for r in jobs} | {str(t.user_attrs["worker_pid"]) for t in trials}) == 3
+    assert (tmp_path / "multirun" / ".submitit").is_dir()
+
+
+def test_sqlite_storage_written_from_another_machine_is_warned_about(tmp_path):
+    from conftest import run_train
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="nmf_k-digits", storage=url, direction="maximize")
+    study.set_user_attr("objective", ["accuracy"])
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"worker_host": "node-17", "worker_pid": 1}))
+    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", f"hydra.sweeper.storage={url}",
+                       "hydra.sweeper.n_trials=1", "method.max_iter=5", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "hydra.sweeper.storage is SQLite, but workers on node-17 also wrote to it" in out
+    assert "use PostgreSQL" in out
