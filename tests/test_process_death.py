@@ -191,3 +191,48 @@ def test_a_killed_joblib_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
     runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)}
     assert runs[victim].info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs.values())
+
+
+def test_which_running_runs_are_dead(tmp_path):
+    """Same host: the process id (and its start time) decides; another host: the heartbeat; else unknown."""
+    import subprocess as sp
+
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.time import get_current_time_millis
+
+    from nmfstudy import tracking
+
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlruns")
+    client = tracking.open_store(store)
+    exp = tracking.experiment_id(client, store, "e")
+    gone = sp.Popen(["true"])
+    gone.wait()
+    me = tracking.process_tags()
+    now = get_current_time_millis()
+    old, fresh = str(now - 600_000), str(now)
+    beating = {tracking.HEARTBEAT_INTERVAL_TAG: "60"}
+    cases = {
+        "dead pid": {**me, tracking.PID_TAG: str(gone.pid)},
+        "reused pid": {**me, tracking.PID_START_TAG: "1"},
+        "alive": me,
+        "other host, old beat": {tracking.HOST_TAG: "elsewhere", tracking.HEARTBEAT_TAG: old, **beating},
+        "other host, fresh beat": {tracking.HOST_TAG: "elsewhere", tracking.HEARTBEAT_TAG: fresh, **beating},
+        "other host, no heartbeat": {tracking.HOST_TAG: "elsewhere", tracking.PID_TAG: "1"},
+    }
+    ids = {name: client.create_run(exp, run_name=name, tags=tags).info.run_id for name, tags in cases.items()}
+    # a study's run lives while one of its trials' runs lives, whoever created it
+    dead_owner = {**me, tracking.PID_TAG: str(gone.pid), tracking.KIND_TAG: "study"}
+    busy = client.create_run(exp, run_name="busy study", tags=dead_owner).info.run_id
+    client.create_run(exp, run_name="its live trial", tags={**me, "mlflow.parentRunId": busy})
+    idle = client.create_run(exp, run_name="idle study", tags=dead_owner).info.run_id
+    client.create_run(exp, run_name="its dead trial", tags={**cases["dead pid"], "mlflow.parentRunId": idle})
+
+    killed = set(tracking.end_dead_runs(client, [exp], grace_s=300))
+    names = {client.get_run(run_id).info.run_name for run_id in killed}
+    assert names == {"dead pid", "reused pid", "other host, old beat", "idle study", "its dead trial"}
+    for run_id in killed:
+        run = MlflowClient(store.tracking_uri).get_run(run_id)
+        assert run.info.status == "KILLED" and "ended without closing the run" in run.data.tags["error"]
+    assert client.get_run(ids["alive"]).info.status == "RUNNING"
+    assert client.get_run(busy).info.status == "RUNNING"
+    assert tracking.end_dead_runs(client, [exp], grace_s=300) == []  # nothing twice

@@ -182,13 +182,13 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: float) -> bool | None:
     """Whether the process that owns a RUNNING run lives: True, False, or None when nothing tells.
 
-    On this host the process id answers; for another host, the run's heartbeat (or its start,
-    before the first beat) older than `grace_s` means dead. Runs without an owner are unknown.
+    On this host the process id answers; for another host, the run's last heartbeat (or its start)
+    older than `grace_s` means dead. Runs without an owner or a heartbeat are unknown.
     """
     if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
         return process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG) or None)
     if HEARTBEAT_INTERVAL_TAG in tags:
-        last = max(int(tags.get(HEARTBEAT_TAG) or 0), start_time_ms or 0)
+        last = int(tags.get(HEARTBEAT_TAG) or start_time_ms or 0)
         return now_ms - last <= grace_s * 1000
     return None
 
