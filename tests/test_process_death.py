@@ -236,3 +236,27 @@ def test_which_running_runs_are_dead(tmp_path):
     assert client.get_run(ids["alive"]).info.status == "RUNNING"
     assert client.get_run(busy).info.status == "RUNNING"
     assert tracking.end_dead_runs(client, [exp], grace_s=300) == []  # nothing twice
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_parallel_study_leaves_nothing_running(tmp_path, signum):
+    """A study with two joblib jobs: SIGTERM (a scheduler) queues the trials again, Ctrl-C does not."""
+    process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
+                                       "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "k=10",
+                                       "dataset.n_samples=600", "method.max_iter=1000000"), multirun=True)
+    try:
+        _wait(_fitting(tmp_path, 2), "both trials to fit", process)
+        os.killpg(process.pid, signum) if signum == signal.SIGINT else process.send_signal(signum)
+        out = _finish(process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0 and "Traceback" not in out, out[-3000:]
+    trials = _trials(tmp_path)
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL] * 2
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(queued) == (2 if signum == signal.SIGTERM else 0)
+    assert {t.system_attrs["failed_trial"] for t in queued} == ({0, 1} if queued else set())
+    runs = mlflow_runs(tmp_path)
+    assert {r.data.tags["nmfstudy.kind"] for r in runs} == {"run", "study"}
+    assert all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]

@@ -134,10 +134,10 @@ class StudyRun:
         self.heartbeat.stop()
         self._safely("logging the best trial", self._log_best, study, objective_names)
         self._safely("logging the plots", self._log_plots, study, objective_names, n_params)
-        others = self._safely("listing running trials", study.get_trials, deepcopy=False,
-                              states=(TrialState.RUNNING, TrialState.WAITING))
+        # This worker's trials are all told by now; queued retries wait for a worker, not in one.
+        others = self._safely("listing running trials", study.get_trials, deepcopy=False, states=(TrialState.RUNNING,))
         if others:
-            log.info("study %r: %d trial(s) of other workers still running or queued: its MLflow run stays RUNNING",
+            log.info("study %r: %d trial(s) of other workers still running: its MLflow run stays RUNNING",
                      study.study_name, len(others))
             return
         self._safely("ending the study's run", self.client.set_terminated, self.run_id, status)
