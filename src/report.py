@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> None:
             raise report.ReportError(f"report.references: each needs method, k, value and metric accuracy or "
                                      f"hungarian_accuracy; got {bad[0]}")
         store = tracking.resolve_store(conf["tracking"]["uri"], root)
-        if store.tracking_uri.startswith("sqlite:///") and not Path(store.tracking_uri[len("sqlite:///"):]).is_file():
+        if store.tracking_uri.startswith("sqlite:///") and not Path(store.tracking_uri[len("sqlite:///"):]).exists():
             # Opening a missing SQLite store would create an empty one.
             raise report.ReportError(f"tracking.experiment={experiment!r}: no MLflow store at {store.tracking_uri} "
                                      "(tracking.uri); run train.py first")

@@ -91,7 +91,9 @@ def prepare(run_cfg: dict, root):
                             test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
         settings.check_data(run_cfg, data.X_train)
         store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
-        return data, store, tracking.open_store(store)
+        client = tracking.open_store(store)
+        tracking.experiment_id(client, store, run_cfg["tracking"]["experiment"])  # a deleted one stops here
+        return data, store, client
     except (settings.ConfigError, DataError, tracking.TrackingError) as err:
         raise UserError(str(err)) from None
 

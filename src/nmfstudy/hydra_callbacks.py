@@ -60,9 +60,15 @@ class MlflowParentRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         root = project_root(config.hydra)
-        store = tracking.resolve_store(config.tracking.uri, root)
-        # Creating the store here, once, keeps parallel jobs from racing to create its schema.
-        self._client = tracking.open_store(store)
+        try:
+            store = tracking.resolve_store(config.tracking.uri, root)
+            # Creating the store here, once, keeps parallel jobs from racing to create its schema.
+            self._client = tracking.open_store(store)
+            tracking.experiment_id(self._client, store, config.tracking.experiment)  # a deleted one stops here
+        except tracking.TrackingError as err:
+            # Hydra turns a callback's exception into a warning and runs the jobs anyway: exit instead.
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period") or 300)
         if "nmfstudy_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
             return

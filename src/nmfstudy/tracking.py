@@ -73,12 +73,43 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    """A folder or a file that is not SQLite makes MLflow retry for minutes, then fail in 100 lines."""
+    if db.is_dir():
+        raise TrackingError(f"tracking.uri {uri} is a folder, not a database file: point it at a file, "
+                            f"e.g. sqlite:///{db / DB_NAME}")
+    if db.is_file() and db.stat().st_size > 0:
+        with open(db, "rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise TrackingError(f"tracking.uri {uri}: {db} is not an SQLite database; move it away "
+                                    "or point tracking.uri at another file")
+
+
+def _store_problem(store: Store, err: BaseException) -> TrackingError:
+    """One line for an error of opening a store, with what to do where we know it."""
+    first = (getattr(err, "message", None) or str(getattr(err, "orig", None) or err)).strip().splitlines()
+    first_line = first[0] if first else type(err).__name__
+    hint = ""
+    if "already exists" in first_line or "no such table" in first_line or "alembic" in first_line.lower():
+        where = store.tracking_uri.removeprefix("sqlite:///")
+        hint = (f"; its schema is half-made (an earlier start that failed, e.g. on a full disk): move {where} "
+                "away (mv it to a backup name) and run again to start a new store") if store.tracking_uri.startswith(
+                    "sqlite") else "; its schema is half-made: ask its administrator to run `mlflow db upgrade`"
+    return TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}{hint}")
+
+
 def open_store(store: Store) -> MlflowClient:
     """A client whose store is ready: schema created (once, under a lock) and reachable."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     mlflow.set_tracking_uri(store.tracking_uri)
     try:
         if store.tracking_uri.startswith("sqlite:///"):
             db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+            _check_sqlite_file(store.tracking_uri, db)
             db.parent.mkdir(parents=True, exist_ok=True)
             # Two processes creating the schema of a new SQLite store at once break its migration,
             # and MLflow creates it as soon as a client is made: so make the client under the lock.
@@ -89,9 +120,8 @@ def open_store(store: Store) -> MlflowClient:
             client = MlflowClient(store.tracking_uri)
             with _quick_http_probe():
                 client.search_experiments(max_results=1)
-    except (MlflowException, OSError) as err:
-        first_line = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
-        raise TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}") from None
+    except (MlflowException, OSError, SQLAlchemyError) as err:
+        raise _store_problem(store, err) from None
     return client
 
 
@@ -115,6 +145,11 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
     """The id of experiment `name`, created if missing (safe when parallel jobs race to create it)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"tracking.experiment {name!r} was deleted (experiment id {found.experiment_id}): restore it with "
+                f"`mlflow experiments restore --experiment-id {found.experiment_id}`, or choose another "
+                "tracking.experiment")
         return found.experiment_id
     location = None
     if store.artifact_root is not None:
