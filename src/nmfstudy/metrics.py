@@ -30,12 +30,16 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
     `rtol` ||X||_F (above 0 without X); a centroid or cluster image when its norm is above 0 (an
     empty SymNMF cluster has none).
     """
+    def norms(M, axis):  # accumulated in float64 without a float64 copy of M
+        M = np.asarray(M)
+        return np.sqrt(np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", M, M, dtype=np.float64))
+
     W = getattr(model, "W_", None)
     if W is None:
-        return np.linalg.norm(np.asarray(model.components_, dtype=np.float64), axis=1) > 0
-    size = (np.linalg.norm(np.asarray(W, dtype=np.float64), axis=0)
-            * np.linalg.norm(np.asarray(model.components_, dtype=np.float64), axis=1))
-    floor = 0.0 if X is None else rtol * float(np.linalg.norm(np.asarray(X, dtype=np.float64)))
+        return norms(model.components_, 1) > 0
+    size = norms(W, 0) * norms(model.components_, 1)
+    floor = 0.0 if X is None else rtol * float(np.sqrt(sum(
+        np.einsum("ij,ij->", block, block, dtype=np.float64) for block in np.array_split(X, max(1, len(X) // 8192)))))
     return size > floor
 
 
