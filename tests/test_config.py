@@ -79,3 +79,78 @@ def test_graph_methods_compose_and_check(compose):
         settings.check(compose("method=gnmf", "method.lam=-1"))
     with pytest.raises(settings.ConfigError, match=r"graph.n_neighbors must be below the number of training samples \(20\)"):
         settings.check_data(compose("method=symnmf", "graph.n_neighbors=20", "k=3"), np.ones((20, 4), np.float32))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective=foo"], "objective must be one of accuracy, hungarian_accuracy, nmi, ari, test_accuracy, loss, "
+                            "j_clust, fit_time_s, n_iter, n_clusters_used, n_live_components, silhouette, sparsity_W, "
+                            "sparsity_H (the metrics a run of method=nmf logs), or a list of them; got 'foo'"),
+        (["objective=[accuracy,foo]"], "got 'foo' (in ['accuracy', 'foo'])"),
+        (["objective=[]"], "or a list of them; got []"),
+        (["method=kmeans", "objective=sparsity_H"], "silhouette (the metrics a run of method=kmeans logs)"),
+        (["method=symnmf", "objective=sparsity_W"], "(the metrics a run of method=symnmf logs), or a list of them; "
+                                                    "got 'sparsity_W'"),
+        (["seed=4294967296"], "seed must be an integer in [0, 4294967295], got 4294967296"),
+        (["progress_every_s=abc"], "progress_every_s must be a number, got 'abc'"),
+    ],
+)
+def test_settings_a_run_would_trip_on_after_its_fit_are_refused_at_the_door(compose, overrides, message):
+    with pytest.raises(settings.ConfigError) as err:
+        settings.check(compose(*overrides))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective=n_live_components"], ["objective=[accuracy,fit_time_s]"], ["method=gnmf", "objective=sparsity_H"],
+    ["method=kmeans", "objective=j_clust"], ["seed=4294967295"],
+])
+def test_every_metric_a_run_logs_can_be_the_objective(compose, overrides):
+    settings.check(compose(*overrides))
+
+
+def test_objective_names_are_the_metrics_evaluate_returns():
+    from nmfstudy.data import load_dataset
+    from nmfstudy.metrics import evaluate, metric_names
+
+    data = load_dataset("digits", n_samples=200)
+    for method, has_basis in ((NMFClustering(4, max_iter=5), True), (KMeansClustering(4, n_init=1, max_iter=5), False)):
+        method.fit(data.X_train)
+        scores = evaluate(method, data.X_train, data.y_train, data.X_test, data.y_test)
+        assert sorted(scores) == sorted(metric_names(has_basis=has_basis))
+
+
+DIGITS = np.ones((1437, 64), dtype=np.float32)  # the shape of digits' training part
+
+
+@pytest.mark.parametrize(
+    "overrides, X, message",
+    [
+        (["k=65"], DIGITS, "k must be at most the number of pixels (64) with init=nndsvda, an SVD-based start; "
+                           "got 65 (init=random allows any k)"),
+        (["k=65", "init=nndsvd", "method.solver=sklearn-cd"], DIGITS, "with init=nndsvd, an SVD-based start; got 65"),
+        (["method=gnmf", "k=65"], DIGITS, "k must be at most the number of pixels (64) with init=nndsvda"),
+        (["k=40"], np.ones((30, 784), np.float32), "k must be at most the number of training samples (30); got 40"),
+        (["method=gnmf", "graph.pca=5000"], DIGITS, "graph.pca must be at most the number of pixels (64); got 5000"),
+        (["method=symnmf", "graph.pca=100", "k=3"], np.ones((50, 784), np.float32),
+         "graph.pca must be at most the number of training samples (50); got 100"),
+        (["method=symnmf", "k=5", "graph.n_neighbors=1437"], DIGITS,
+         "graph.n_neighbors must be below the number of training samples (1437); got 1437"),
+        (["method=symnmf", "k=2000"], DIGITS, "k must be at most the number of training samples (1437); got 2000"),
+    ],
+)
+def test_check_data_refuses_settings_the_data_cannot_take(compose, overrides, X, message):
+    cfg = compose(*overrides)
+    settings.check(cfg)
+    with pytest.raises(settings.ConfigError) as err:
+        settings.check_data(cfg, X)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["k=64"], ["k=65", "init=random"], ["method=kmeans", "k=65"], ["method=gnmf", "graph.pca=64"],
+    ["method=minibatch_kmeans", "method.batch_size=100000"],
+])
+def test_check_data_takes_the_limits_themselves(compose, overrides):
+    settings.check_data(compose(*overrides), DIGITS)

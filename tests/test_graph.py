@@ -308,3 +308,48 @@ def test_gnmf_clusters_mnist5k_better_than_plain_nmf(mnist5k):
     # GNMF 0.64-0.67, a margin of 0.10 or more every time; assert 0.06
     assert acc["gnmf"] > acc["nmf"] + 0.06, acc
     assert acc["gnmf"] > 0.6, acc
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "flipped bytes", "asymmetric graph", "negative"])
+def test_a_damaged_cache_file_is_rebuilt_with_a_warning(digits, tmp_path, caplog, damage):
+    import logging
+
+    S = cached_knn_graph(digits, "digits-abc", tmp_path, n_neighbors=5)
+    (path,) = tmp_path.glob("*.npz")
+    good = path.read_bytes()
+    if damage == "garbage":
+        path.write_bytes(b"not a graph")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "flipped bytes":
+        path.write_bytes(good[:300] + bytes(b ^ 0xFF for b in good[300:340]) + good[340:])
+    elif damage == "asymmetric graph":
+        sp.save_npz(path, sp.random(len(digits), len(digits), density=0.01, format="csr", random_state=0))
+    else:
+        sp.save_npz(path, -S)
+    with caplog.at_level(logging.WARNING, logger="nmfstudy"):
+        again = cached_knn_graph(digits, "digits-abc", tmp_path, n_neighbors=5)
+    assert (again != S).nnz == 0
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith(f"graph cache {path} is damaged (") and "rebuilding it" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    assert sorted(tmp_path.iterdir()) == [path]  # replaced in place, no temporary file left
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nmfstudy"):
+        cached_knn_graph(digits, "digits-abc", tmp_path, n_neighbors=5)  # the rebuilt file is read as is
+    assert not caplog.records
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(digits, tmp_path, caplog):
+    import logging
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="nmfstudy"):
+        S = cached_knn_graph(digits, "digits-abc", blocked / "graphs", n_neighbors=5)
+    assert (S != knn_graph(digits, 5)).nnz == 0
+    (record,) = caplog.records
+    assert "cannot be written" in record.getMessage() and "going on without caching it" in record.getMessage()

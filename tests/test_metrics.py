@@ -25,3 +25,89 @@ def test_hoyer_sparseness_is_zero_when_flat_and_one_with_one_nonzero():
     x = np.array([[1.0, 2.0, 0.0, 0.0]])
     expected = (2 - 3 / np.sqrt(5)) / (2 - 1)
     np.testing.assert_allclose(hoyer_sparseness(x, axis=1), [expected])
+
+
+# --- dead components and single clusters: a degenerate fit scores, it does not crash --------------
+
+import logging  # noqa: E402
+
+from nmfstudy.data import load_dataset  # noqa: E402
+from nmfstudy.methods import GNMFClustering, KMeansClustering, NMFClustering, SymNMFClustering  # noqa: E402
+from nmfstudy.metrics import evaluate, live_components, metric_names, silhouette  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mnist300():
+    return load_dataset("mnist_5k", n_samples=300)
+
+
+STRONG_L1 = dict(alpha_W=0.1, alpha_H=0.01, l1_ratio=1.0)  # inside the nmf_sparse preset's search space
+
+
+@pytest.mark.parametrize("solver, assign", [("hals", "argmax"), ("hals", "kmeans"), ("mu", "argmax"),
+                                            ("sklearn-cd", "argmax"), ("sklearn-mu", "kmeans")])
+def test_a_fit_whose_components_all_die_scores_poorly_and_says_so(mnist300, caplog, solver, assign):
+    data = mnist300
+    model = NMFClustering(10, solver=solver, assign_rule=assign, max_iter=30, **STRONG_L1).fit(data.X_train)
+    with caplog.at_level(logging.WARNING, logger="nmfstudy"):
+        scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test)
+    assert sorted(scores) == sorted(metric_names(has_basis=True))
+    assert scores["n_live_components"] <= 1 and scores["n_clusters_used"] == 1
+    assert scores["accuracy"] == pytest.approx(0.1) and 0 <= scores["test_accuracy"] <= 0.15
+    assert np.isnan(scores["silhouette"]) and scores["nmi"] == pytest.approx(0.0, abs=1e-9)
+    (record,) = [r for r in caplog.records if "components died" in r.getMessage()]
+    assert record.levelname == "WARNING" and record.getMessage().startswith(f"{10 - int(scores['n_live_components'])} of 10")
+    # the galleries' inputs: reconstructions of held-out samples, basis images
+    assert model.reconstruct(data.X_test[:5]).shape == (5, 784)
+
+
+def test_coefficients_skip_dead_components_and_are_zero_when_all_died(mnist300):
+    X = mnist300.X_train
+    model = NMFClustering(4, max_iter=20).fit(X)
+    model.components_[1] = 0.0
+    W = model.coefficients(X[:20])
+    assert W.shape == (20, 4) and (W[:, 1] == 0).all() and W[:, [0, 2, 3]].any()
+    model.components_[:] = 0.0
+    assert (model.coefficients(X[:20]) == 0).all() and (model.assign(X[:20]) == 0).all()
+
+
+def test_live_components_counts_what_still_contributes():
+    class Fake:
+        W_ = np.array([[1.0, 0.0, 1e-20], [2.0, 0.0, 1e-20]])
+        components_ = np.array([[1.0, 1.0], [3.0, 0.0], [1.0, 1.0]])
+
+    X = np.ones((2, 2))
+    np.testing.assert_array_equal(live_components(Fake(), X), [True, False, False])  # the third underflows
+    np.testing.assert_array_equal(live_components(Fake()), [True, False, True])  # without X: non-zero only
+
+    class Centroids:
+        components_ = np.array([[0.0, 0.0], [0.5, 0.0]])  # an empty SymNMF cluster has a zero image
+
+    np.testing.assert_array_equal(live_components(Centroids()), [False, True])
+
+
+def test_silhouette_is_nan_when_its_sample_holds_one_cluster():
+    X = np.random.default_rng(0).random((4000, 3))
+    clusters = np.zeros(4000, dtype=np.int64)
+    clusters[7] = 1  # two clusters, but a 2000-sample draw may miss the lone member
+    picks = np.random.RandomState(0).permutation(4000)[:2000]
+    assert 7 not in picks  # this seed's draw misses it: scikit-learn would raise
+    assert np.isnan(silhouette(X, clusters, 2000, seed=0))
+    assert np.isnan(silhouette(X[:5], np.arange(5)))  # every sample its own cluster
+    from sklearn.metrics import silhouette_score
+
+    two = (X[:, 0] > 0.5).astype(np.int64)
+    assert silhouette(X, two, 2000, seed=3) == pytest.approx(silhouette_score(X, two, sample_size=2000, random_state=3))
+
+
+@pytest.mark.parametrize("model", [
+    KMeansClustering(1, n_init=1, max_iter=5), NMFClustering(1, max_iter=5),
+    SymNMFClustering(1, max_iter=5, n_neighbors=5), GNMFClustering(1, max_iter=5, n_neighbors=5),
+    SymNMFClustering(150, max_iter=5, n_neighbors=5),  # many empty clusters
+], ids=["kmeans k=1", "nmf k=1", "symnmf k=1", "gnmf k=1", "symnmf k=150"])
+def test_every_method_scores_a_single_cluster_or_empty_ones(mnist300, model):
+    data = mnist300
+    model.fit(data.X_train)
+    scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test)
+    assert 0 < scores["accuracy"] <= 1 and 1 <= scores["n_live_components"] <= model.k
+    assert model.reconstruct(data.X_test[:3]).shape == (3, 784)

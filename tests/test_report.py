@@ -281,3 +281,17 @@ def test_empty_and_unknown_experiments_name_tracking_experiment(study):
         report.collect(client, "empty-report-test", study["uri"])
     with pytest.raises(report.ReportError, match=r"tracking.experiment='missing': no such experiment.*report-test"):
         report.collect(client, "missing", study["uri"])
+
+
+def test_rank_by_must_be_a_metric_of_the_completed_runs():
+    runs = [run("a", accuracy=0.5, loss=3.0), run("b", method="kmeans", accuracy=0.6, j_clust=1.0),
+            run("failed", status="FAILED", only_failed=1.0), run("nan", silhouette=math.nan)]
+    assert report.rankable_metrics(runs) == ["accuracy", "j_clust", "loss"]
+    report.check_rank_by(runs, "j_clust", "x")
+    with pytest.raises(report.ReportError) as err:
+        report.check_rank_by(runs, "foo", "x")
+    assert str(err.value) == ("report.rank_by must be one of accuracy, j_clust, loss (the metrics of the completed "
+                              "runs of experiment 'x'); got 'foo'")
+    with pytest.raises(report.ReportError, match="got 'only_failed'"):
+        report.check_rank_by(runs, "only_failed", "x")
+    report.check_rank_by([run("broken", status="FAILED")], "foo", "x")  # nothing to choose from: the page says so

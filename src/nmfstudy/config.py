@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import initialization
+from . import initialization, metrics
 from .data import DATASETS
 from .methods import ASSIGN_RULES, NMF_SOLVERS, GNMFClustering, KMeansClustering, NMFClustering, SymNMFClustering
 
@@ -29,9 +29,10 @@ class ConfigError(ValueError):
     """A setting out of range or of the wrong kind; the message names the key."""
 
 
-def _int(value: Any, key: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+def _int(value: Any, key: str, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{key} must be an integer {allowed}, got {value!r}")
     return int(value)
 
 
@@ -53,7 +54,8 @@ def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
 def check(cfg: dict) -> None:
     """Raise ConfigError for the first setting that cannot work; data-dependent checks are in `check_data`."""
     _int(cfg.get("k"), "k")
-    _int(cfg.get("seed"), "seed", low=0)
+    _int(cfg.get("seed"), "seed", low=0, high=2**32 - 1)  # numpy's and scikit-learn's seeds
+    _real(cfg.get("progress_every_s", 2.0), "progress_every_s")
     dataset, method, init, sparsity = (cfg.get(key) or {} for key in ("dataset", "method", "init", "sparsity"))
     _choice(dataset.get("name"), "dataset", DATASETS)
     if dataset.get("n_samples") is not None:
@@ -68,6 +70,7 @@ def check(cfg: dict) -> None:
     if init.get("name") not in allowed_inits:
         raise ConfigError(f"init must be one of {', '.join(allowed_inits)} for method={name}; got {init.get('name')!r}")
     sparse = _choice(sparsity.get("name"), "sparsity", SPARSITIES)
+    _check_objective(cfg.get("objective", "accuracy"), name)
     if name in GRAPH_METHODS:
         graph = cfg.get("graph") or {}
         _int(graph.get("n_neighbors"), "graph.n_neighbors")
@@ -109,16 +112,37 @@ def check(cfg: dict) -> None:
             _int(method.get("batch_size"), "method.batch_size")
 
 
+def _check_objective(objective: Any, method: str) -> None:
+    """`objective` names a metric (or a list of them) that a run of `method` logs."""
+    allowed = metrics.metric_names(has_basis=method in NMF_METHODS)
+    several = isinstance(objective, (list, tuple))
+    for name in (objective or [None]) if several else [objective]:
+        if not isinstance(name, str) or name not in allowed:
+            given = repr(name) if not several else f"{name!r} (in {list(objective)})" if objective else "[]"
+            raise ConfigError(f"objective must be one of {', '.join(allowed)} (the metrics a run of method={method} "
+                              f"logs), or a list of them; got {given}")
+
+
 def check_data(cfg: dict, X: np.ndarray) -> None:
-    """Checks that need the loaded training data."""
-    n = len(X)
-    if cfg["k"] > n:
-        raise ConfigError(f"k must be at most the number of training samples ({n}); got {cfg['k']}")
-    if cfg["method"]["name"] in GRAPH_METHODS and cfg["graph"]["n_neighbors"] >= n:
-        raise ConfigError(f"graph.n_neighbors must be below the number of training samples ({n}); "
-                          f"got {cfg['graph']['n_neighbors']}")
-    if cfg["method"]["name"] not in KMEANS_METHODS and X.min() < 0:
+    """Checks that need the loaded training data (X: n_samples x n_pixels)."""
+    n, p = X.shape
+    k, method, init = cfg["k"], cfg["method"]["name"], cfg["init"]["name"]
+    if k > n:
+        raise ConfigError(f"k must be at most the number of training samples ({n}); got {k}")
+    if method not in KMEANS_METHODS and X.min() < 0:
         raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
+    # an SVD-based start takes k singular vectors: at most min(n_samples, n_pixels) exist
+    smaller = f"the number of pixels ({p})" if p <= n else f"the number of training samples ({n})"
+    if method in NMF_METHODS and init in initialization.SVD_INITS and k > min(n, p):
+        raise ConfigError(f"k must be at most {smaller} with init={init}, an SVD-based start; got {k} "
+                          f"(init=random allows any k)")
+    if method in GRAPH_METHODS:
+        graph = cfg["graph"]
+        if graph["n_neighbors"] >= n:
+            raise ConfigError(f"graph.n_neighbors must be below the number of training samples ({n}); "
+                              f"got {graph['n_neighbors']}")
+        if graph.get("pca") is not None and graph["pca"] > min(n, p):
+            raise ConfigError(f"graph.pca must be at most {smaller}; got {graph['pca']}")
 
 
 def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None, cache_dir: str | None = None):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,9 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# The IDX format's other value types (the third byte of the magic number); MNIST uses 0x08.
+IDX_OTHER_TYPES = {0x09: "signed-byte", 0x0B: "16-bit integer", 0x0C: "32-bit integer", 0x0D: "float32",
+                   0x0E: "float64"}
 
 
 class DataError(ValueError):
@@ -40,20 +45,33 @@ class Dataset:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into a numpy array of its stored shape."""
+    """Read one unsigned-byte IDX file (gzipped or not) into a uint8 array of its stored shape.
+
+    Whatever is wrong with the file (unreadable, damaged or truncated gzip data, another value
+    type, a header or data cut short) is a DataError naming the file and the fault.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        # zlib.error: a corrupted deflate stream; EOFError: the gzip data end too soon
+        raise DataError(f"dataset.dir: cannot read IDX file {path}: damaged or truncated gzip data ({err})") from None
+    except OSError as err:
         raise DataError(f"dataset.dir: cannot read IDX file {path}: {err}") from None
+    if len(raw) >= 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in IDX_OTHER_TYPES:
+        raise DataError(f"dataset.dir: {path} holds {IDX_OTHER_TYPES[raw[2]]} values (IDX type 0x{raw[2]:02X}); "
+                        f"MNIST IDX files hold unsigned bytes (type 0x08)")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"dataset.dir: {path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"dataset.dir: {path} is cut short: {len(raw)} bytes, less than the {header}-byte header "
+                        f"of a {ndim}-dimensional IDX file")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
-    if len(raw) - header != int(np.prod(shape)):
+    if len(raw) - header != math.prod(shape):
         raise DataError(f"dataset.dir: {path} holds {len(raw) - header} bytes of data, its header says {shape}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -65,18 +83,42 @@ def _find_idx(folder: Path, stem: str) -> Path:
     raise DataError(f"dataset.dir: {folder} has no {stem}[.gz]; it must hold the four MNIST IDX files")
 
 
-def load_mnist_idx(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The standard split from a folder of MNIST IDX files: X_train, y_train, X_test, y_test (uint8)."""
+def _read_mnist_folder(folder: str | Path):
+    """X_train, y_train, X_test, y_test (uint8, images flattened) and the image shape (rows, columns)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"dataset.dir: {folder} is not a folder (it must hold the MNIST IDX files)")
-    arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
+    paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     for part in ("train", "test"):
-        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"dataset.dir: {part} images {images.shape} and labels {labels.shape} do not match")
+        (images, image_path), (labels, label_path) = ((arrays[f"{part}_{what}"], paths[f"{part}_{what}"])
+                                                      for what in ("images", "labels"))
+        if images.ndim != 3:
+            raise DataError(f"dataset.dir: {image_path} holds an array of shape {images.shape}; "
+                            f"images must be count x rows x columns")
+        if images.size == 0:
+            raise DataError(f"dataset.dir: {image_path} holds no images (shape {images.shape})")
+        if labels.ndim != 1:
+            raise DataError(f"dataset.dir: {label_path} holds an array of shape {labels.shape}; "
+                            f"labels must be one number per image")
+        if len(images) != len(labels):
+            raise DataError(f"dataset.dir: {label_path} holds {len(labels)} labels but {image_path} holds "
+                            f"{len(images)} images; each image needs one label")
+    shape, test_shape = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if test_shape != shape:
+        raise DataError(f"dataset.dir: {paths['test_images']} holds {test_shape[0]}x{test_shape[1]} images but "
+                        f"{paths['train_images']} holds {shape[0]}x{shape[1]}; train and test images must be "
+                        f"the same size")
     flat = {k: v.reshape(len(v), -1) if v.ndim == 3 else v for k, v in arrays.items()}
-    return flat["train_images"], flat["train_labels"], flat["test_images"], flat["test_labels"]
+    return flat["train_images"], flat["train_labels"], flat["test_images"], flat["test_labels"], shape
+
+
+def load_mnist_idx(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The standard split from a folder of MNIST IDX files: X_train, y_train, X_test, y_test (uint8).
+
+    Images of any size are read (all of one size); every fault of a file is a DataError naming it.
+    """
+    return _read_mnist_folder(folder)[:4]
 
 
 def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +132,14 @@ def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 def _stratified_subsample(X: np.ndarray, y: np.ndarray, n_samples: int, seed: int):
     if n_samples >= len(y):
         return X, y
-    keep, _ = train_test_split(np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed)
+    n_labels = len(np.unique(y))
+    if n_samples < n_labels:
+        raise DataError(f"dataset.n_samples must be at least the number of labels ({n_labels}), so that the "
+                        f"subsample keeps every one; got {n_samples}")
+    try:
+        keep, _ = train_test_split(np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed)
+    except ValueError as err:  # e.g. a label with a single sample cannot be stratified
+        raise DataError(f"dataset.n_samples={n_samples}: no stratified subsample of these labels: {err}") from None
     keep.sort()
     return X[keep], y[keep]
 
@@ -121,8 +170,11 @@ def load_dataset(
         X = X * (255.0 / 16.0)
         shape = (8, 8)
     elif name == "mnist":
-        X_tr, y_tr, X_te, y_te = load_mnist_idx(dir) if dir else _load_openml_mnist()
-        shape = (28, 28)
+        if dir:
+            X_tr, y_tr, X_te, y_te, shape = _read_mnist_folder(dir)
+        else:
+            X_tr, y_tr, X_te, y_te = _load_openml_mnist()
+            shape = (28, 28)
     else:
         raise DataError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 

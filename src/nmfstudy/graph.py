@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -30,6 +31,8 @@ _CHUNK_BYTES = 64 * 2**20
 # float32 screening keeps this many spare candidates for the exact float64 re-ranking.
 _SPARE = 8
 _CACHE_VERSION = 1  # bump when the graph construction changes
+
+log = logging.getLogger(__name__)
 
 
 def _check_X(X, name: str = "X") -> np.ndarray:
@@ -189,6 +192,8 @@ def cached_knn_graph(X, fingerprint: str, cache_dir, **settings) -> sp.csr_matri
     (defaults filled in; the seed counts only with `pca`), so another setting never
     reads a stale graph. Writes go to a temporary file then `os.replace`, so parallel
     jobs never read half a file (two may build the same graph; the last write wins).
+    A cached file that cannot be read or is no valid graph (damaged on disk) is rebuilt
+    and replaced, with a warning; a cache that cannot be written is a warning, not an error.
     """
     if not isinstance(fingerprint, str) or not fingerprint:
         raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
@@ -206,14 +211,42 @@ def cached_knn_graph(X, fingerprint: str, cache_dir, **settings) -> sp.csr_matri
                         f"-pca{full['pca']}-{digest}.npz")
     n = np.shape(X)[0]
     if path.exists():
-        S = sp.load_npz(path).tocsr()
-        if S.shape != (n, n):
-            raise ValueError(f"fingerprint {fingerprint!r} names a cached graph of {S.shape[0]} "
-                             f"samples, but X has {n}: {path}")
-        return S.astype(np.float32, copy=False)
+        try:
+            S = _load_graph(path)
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises (zip, zlib, numpy, OS errors)
+            kind = type(err).__name__ if type(err).__module__ == "builtins" else \
+                f"{type(err).__module__}.{type(err).__name__}"
+            log.warning("graph cache %s is damaged (%s: %.200s); rebuilding it", path, kind,
+                        (str(err).splitlines() or [""])[0])
+        else:
+            if S.shape != (n, n):
+                raise ValueError(f"fingerprint {fingerprint!r} names a cached graph of {S.shape[0]} "
+                                 f"samples, but X has {n}: {path}")
+            return S
     S = knn_graph(X, **full)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".tmp")
+    try:
+        _save_graph(S, path)
+    except OSError as err:
+        log.warning("graph cache %s cannot be written (%s); going on without caching it", path, err)
+    return S
+
+
+def _load_graph(path: Path) -> sp.csr_matrix:
+    """A cached graph, checked to be one: square, finite, non-negative and symmetric; ValueError if not."""
+    S = sp.load_npz(path).tocsr().astype(np.float32, copy=False)
+    S.check_format(full_check=True)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"not a square matrix but {S.shape}")
+    if S.nnz and (not np.isfinite(S.data).all() or S.data.min() < 0):
+        raise ValueError("weights not finite and non-negative")
+    if S.nnz and abs(S - S.T).max() > 1e-6 * abs(S).max():
+        raise ValueError("not symmetric")
+    return S
+
+
+def _save_graph(S: sp.csr_matrix, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             sp.save_npz(f, S)
@@ -221,4 +254,3 @@ def cached_knn_graph(X, fingerprint: str, cache_dir, **settings) -> sp.csr_matri
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return S

@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.decomposition._nmf import _initialize_nmf
 
 NMF_INITS = ("random", "nndsvd", "nndsvda", "nndsvdar")
+# SVD-based starts: they need k <= min(n_samples, n_features)
+SVD_INITS = ("nndsvd", "nndsvda", "nndsvdar")
 KMEANS_INITS = ("kmeans++", "random", "data", "gaussian")
 
 

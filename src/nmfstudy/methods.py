@@ -40,11 +40,19 @@ class _BasisModel:
         return self.W_.argmax(axis=1)
 
     def coefficients(self, X: np.ndarray) -> np.ndarray:
-        """Non-negative coefficients of new samples against the fitted basis (H held fixed)."""
-        W, _, _ = non_negative_factorization(
-            X, H=self.components_.astype(X.dtype), n_components=self.k, init="custom",
-            update_H=False, solver="cd", max_iter=500, tol=1e-5,
-        )
+        """Non-negative coefficients of new samples against the fitted basis (H held fixed).
+
+        A dead component (an all-zero basis image, e.g. under a strong L1 penalty) gets zero
+        coefficients; when every component died, all coefficients are zero.
+        """
+        H = self.components_.astype(X.dtype)
+        live = H.any(axis=1)
+        W = np.zeros((len(X), self.k), dtype=X.dtype)
+        if live.any():
+            W[:, live], _, _ = non_negative_factorization(
+                X, H=np.ascontiguousarray(H[live]), n_components=int(live.sum()), init="custom",
+                update_H=False, solver="cd", max_iter=500, tol=1e-5,
+            )
         return W
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:

@@ -1,9 +1,46 @@
 """Clustering scores: plain functions of labels, arrays and factors."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
+
+log = logging.getLogger(__name__)
+
+# Every metric a run logs (what `evaluate` returns), by name: the names `objective` may use.
+LABEL_METRICS = ("accuracy", "hungarian_accuracy", "nmi", "ari", "test_accuracy")  # need the true labels
+RUN_METRICS = ("loss", "j_clust", "fit_time_s", "n_iter", "n_clusters_used", "n_live_components", "silhouette")
+BASIS_METRICS = ("sparsity_W", "sparsity_H")  # only factorizations with basis images (W and H)
+# A component whose contribution ||w_j|| ||h_j|| is below this share of ||X||_F counts as dead:
+# multiplicative updates shrink a dying component towards zero without ever reaching it.
+DEAD_RTOL = 1e-6
+
+
+def metric_names(has_basis: bool, has_labels: bool = True) -> tuple[str, ...]:
+    """The names of the metrics `evaluate` returns for a method with (or without) basis images."""
+    return ((LABEL_METRICS if has_labels else ()) + RUN_METRICS + (BASIS_METRICS if has_basis else ()))
+
+
+def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL) -> np.ndarray:
+    """Which of the k components are alive (a boolean mask).
+
+    A factorization's component j is alive when it contributes to X ~ W H, ||w_j|| ||h_j|| above
+    `rtol` ||X||_F (above 0 without X); a centroid or cluster image when its norm is above 0 (an
+    empty SymNMF cluster has none).
+    """
+    def norms(M, axis):  # accumulated in float64 without a float64 copy of M
+        M = np.asarray(M)
+        return np.sqrt(np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", M, M, dtype=np.float64))
+
+    W = getattr(model, "W_", None)
+    if W is None:
+        return norms(model.components_, 1) > 0
+    size = norms(W, 0) * norms(model.components_, 1)
+    floor = 0.0 if X is None else rtol * float(np.sqrt(sum(
+        np.einsum("ij,ij->", block, block, dtype=np.float64) for block in np.array_split(X, max(1, len(X) // 8192)))))
+    return size > floor
 
 
 def contingency(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -57,6 +94,17 @@ def mean_residual_norm(X: np.ndarray, approximation, chunk: int = 8192) -> float
     return total / len(X)
 
 
+def silhouette(X: np.ndarray, clusters: np.ndarray, sample_size: int = 2000, seed: int = 0) -> float:
+    """Silhouette on a seeded sample of `sample_size` samples (the sample scikit-learn's
+    `silhouette_score(sample_size=..., random_state=seed)` draws); NaN when the sample holds a
+    single cluster or every sample is its own cluster, where it is not defined."""
+    picks = np.random.RandomState(seed).permutation(len(X))[:sample_size]
+    n_found = len(np.unique(clusters[picks]))
+    if not 1 < n_found < len(picks):
+        return float("nan")
+    return float(skm.silhouette_score(X[picks], clusters[picks]))
+
+
 def evaluate(
     model,
     X_train: np.ndarray,
@@ -83,12 +131,14 @@ def evaluate(
         "n_iter": float(model.n_iter_),
         "n_clusters_used": float(len(np.unique(clusters))),
     }
-    n_found = len(np.unique(clusters))
-    scores["silhouette"] = (
-        float(skm.silhouette_score(X_train, clusters, sample_size=min(silhouette_size, len(X_train)), random_state=seed))
-        if 1 < n_found < len(X_train)
-        else float("nan")
-    )
+    scores["silhouette"] = silhouette(X_train, clusters, silhouette_size, seed)
+    live = live_components(model, X_train)
+    scores["n_live_components"] = float(live.sum())
+    if not live.all():
+        n_live = int(live.sum())
+        log.warning("%d of %d components died (all-zero factors or an empty cluster; n_live_components=%d): %s",
+                    k - n_live, k, n_live, "the scores are those of a degenerate fit" if n_live == 0
+                    else f"the scores are those of the {n_live} live one{'s' * (n_live > 1)}")
     W = getattr(model, "W_", None)
     if W is not None:
         H = model.components_

@@ -106,6 +106,22 @@ def best_runs(runs: Iterable[RunRecord], rank_by: str = "accuracy") -> list[RunR
     return [best[key] for key in sorted(best)]
 
 
+def rankable_metrics(runs: Iterable[RunRecord]) -> list[str]:
+    """The metrics a report can rank by: those that some completed run has (with a finite value)."""
+    return sorted({name for run in runs for name in run.metrics if run.complete(name)})
+
+
+def check_rank_by(runs: Iterable[RunRecord], rank_by: str, experiment: str) -> None:
+    """ReportError naming the metrics to choose from when no completed run has `rank_by`.
+
+    Without any completed run there is nothing to choose from: the report then says so itself.
+    """
+    names = rankable_metrics(runs)
+    if names and rank_by not in names:
+        raise ReportError(f"report.rank_by must be one of {', '.join(names)} (the metrics of the completed runs "
+                          f"of experiment {experiment!r}); got {rank_by!r}")
+
+
 def group_counts(runs: Iterable[RunRecord]) -> dict[tuple[str, int | None], int]:
     counts: dict[tuple[str, int | None], int] = {}
     for run in runs:
@@ -381,7 +397,9 @@ def log_report_run(client, store, experiment: str, report: Report, out: Path, ta
 
 
 def build(client, store, experiment: str, out: Path, settings: Settings) -> Report:
-    """collect + render, with artifacts downloaded to a temporary folder."""
+    """collect + render, with artifacts downloaded to a temporary folder; nothing is written when
+    `settings.rank_by` is no metric of the experiment's runs."""
     exp = collect(client, experiment, store.tracking_uri)
+    check_rank_by(exp.runs, settings.rank_by, experiment)
     with tempfile.TemporaryDirectory(prefix="nmfstudy-report-") as tmp:
         return render(exp, artifact_fetcher(store.tracking_uri, Path(tmp)), out, settings)

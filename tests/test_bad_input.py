@@ -1,0 +1,169 @@
+"""Bad input, round two (issue 13), through the real command line: every mistake ends in one line
+before any work, with a non-zero exit and no traceback; a damaged cache is rebuilt; a degenerate fit,
+alone or as trials of an Optuna study, is scored, not raised.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, mlflow_runs, run_train
+from test_data import corrupt_deflate, make_mnist_folder, write_idx, write_typed_idx
+
+# One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Inside the nmf_sparse preset's own search space: on mnist_5k every component dies.
+DEGENERATE = ["sparsity=l1", "sparsity.alpha_W=0.1", "sparsity.alpha_H=0.01", "sparsity.l1_ratio=1"]
+
+
+def the_one_line(result) -> str:
+    """The run ended in exactly one line on stderr, with a non-zero exit and no traceback."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --- settings checked at the door, before any data is fitted or any MLflow run made ---------------
+
+AT_THE_DOOR = [
+    (["objective=foo"], "error: objective must be one of accuracy, hungarian_accuracy, nmi, ari, test_accuracy, loss, "
+                        "j_clust, fit_time_s, n_iter, n_clusters_used, n_live_components, silhouette, sparsity_W, "
+                        "sparsity_H (the metrics a run of method=nmf logs), or a list of them; got 'foo'"),
+    (["dataset=digits", "k=65"], "error: k must be at most the number of pixels (64) with init=nndsvda, an SVD-based "
+                                 "start; got 65 (init=random allows any k)"),
+    (["dataset=digits", "method=gnmf", "graph.pca=5000"],
+     "error: graph.pca must be at most the number of pixels (64); got 5000"),
+    (["seed=4294967296"], "error: seed must be an integer in [0, 4294967295], got 4294967296"),
+    (["dataset.n_samples=5"], "error: dataset.n_samples must be at least the number of labels (10), so that the "
+                              "subsample keeps every one; got 5"),
+]
+
+
+@pytest.mark.parametrize("overrides, line", AT_THE_DOOR, ids=[" ".join(o) for o, _ in AT_THE_DOOR])
+def test_settings_are_refused_before_any_fit_or_run(tmp_path, overrides, line):
+    result = run_train(tmp_path, *overrides, env=ONE_THREAD)
+    assert the_one_line(result) == line
+    assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run made
+
+
+# --- damaged or unusual IDX files ------------------------------------------------------------------
+
+def _deflate(folder):
+    corrupt_deflate(folder / "train-images-idx3-ubyte.gz")
+    return "train-images-idx3-ubyte.gz", "damaged or truncated gzip data (Error -3 while decompressing data"
+
+
+def _sizes(folder):
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((60, 20, 20)))
+    return "t10k-images-idx3-ubyte.gz", f"holds 28x28 images but {folder}/train-images-idx3-ubyte.gz holds 20x20"
+
+
+def _labels(folder):
+    write_typed_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(60) * 300, 0x0C, ">i4")
+    return "train-labels-idx1-ubyte.gz", "holds 32-bit integer values (IDX type 0x0C)"
+
+
+@pytest.mark.parametrize("damage", [_deflate, _sizes, _labels], ids=["corrupt deflate", "20x20 vs 28x28", "int32 labels"])
+def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
+    folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
+    name, what = damage(folder)
+    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD)
+    line = the_one_line(result)
+    assert line.startswith(f"error: dataset.dir: ") and str(folder / name) in line and what in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- a degenerate fit is scored ------------------------------------------------------------------
+
+def test_a_fit_whose_components_all_die_is_scored_and_logged(tmp_path):
+    result = run_train(tmp_path, *DEGENERATE, "dataset.n_samples=300", "method.max_iter=30", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr
+    assert "[WARNING] - 10 of 10 components died (all-zero factors or an empty cluster; n_live_components=0): " \
+           "the scores are those of a degenerate fit" in output
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["n_live_components"] == 0 and metrics["n_clusters_used"] == 1
+    assert metrics["accuracy"] == pytest.approx(0.1) and metrics["test_accuracy"] <= 0.15
+    from mlflow.tracking import MlflowClient
+
+    figures = {a.path for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(run.info.run_id,
+                                                                                               "figures")}
+    assert {f"figures/{n}.png" for n in ("components", "confusion", "reconstructions", "cluster_samples")} <= figures
+
+
+def test_a_study_over_the_degenerate_region_completes_every_trial(tmp_path):
+    """nmf_sparse at k=30 on digits over alpha_W x l1_ratio (brute force, 4 trials): at alpha_W=0.1, l1_ratio=1
+    every component dies (the crash of issue 13); at the others some do."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.trial import TrialState
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_train(tmp_path, "hparams_search=nmf_sparse", f"hydra.sweeper.storage={storage}", "dataset=digits",
+                       "method.max_iter=20", "k=30", "sparsity.alpha_H=0.01", "sparsity.alpha_W=choice(0.01,0.1)",
+                       "sparsity.l1_ratio=choice(0.0,1.0)", "hydra/sweeper/sampler=bruteforce",
+                       "hydra.sweeper.n_trials=4", multirun=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    trials = optuna.load_study(study_name="nmf_sparse-digits", storage=storage).get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    value = {(t.params["sparsity.alpha_W"], t.params["sparsity.l1_ratio"]): t.value for t in trials}
+    assert value.pop((0.1, 1.0)) == pytest.approx(0.1, abs=0.01)  # one cluster: the share of its majority digit
+    assert min(value.values()) > 0.3
+    runs = {(r.data.params["sparsity.alpha_W"], r.data.params["sparsity.l1_ratio"]): r
+            for r in mlflow_runs(tmp_path) if r.data.tags["nmfstudy.kind"] == "run"}
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
+    assert runs[("0.1", "1.0")].data.metrics["n_live_components"] == 0
+    assert runs[("0.01", "0.0")].data.metrics["n_live_components"] > 20
+    assert (result.stdout + result.stderr).count("[WARNING] - 30 of 30 components died") == 1
+
+
+# --- caches and the report -----------------------------------------------------------------------
+
+def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
+    from nmfstudy.data import load_dataset
+    from nmfstudy.graph import _load_graph, cached_knn_graph
+
+    cache = tmp_path / "graphs"
+    data = load_dataset("digits", n_samples=400, test_size=0.2, seed=0)  # what train.py loads
+    cached_knn_graph(data.X_train, data.fingerprint, cache, n_neighbors=10, weight="binary", pca=None, seed=0)
+    (path,) = cache.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
+    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=400", "method=gnmf", "k=5",
+                       "method.max_iter=20", f"graph.cache_dir={cache}", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [l for l in (result.stdout + result.stderr).splitlines() if "graph cache" in l]
+    assert f"[WARNING] - graph cache {path} is damaged (" in line and line.endswith("; rebuilding it")
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] > 0.3
+    assert _load_graph(path).shape == (400, 400)  # replaced by a sound file
+
+
+def test_report_rank_by_an_unknown_metric_is_one_line_and_writes_nothing(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nmfstudy import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = tracking.experiment_id(client, tracking.resolve_store(uri, ROOT), "nmfstudy")
+    run = client.create_run(exp_id, run_name="nmf k=10", tags={"nmfstudy.kind": "run"})
+    for key, value in {"method": "nmf", "k": "10", "sparsity": "none"}.items():
+        client.log_param(run.info.run_id, key, value)
+    for key, value in {"accuracy": 0.5, "nmi": 0.4, "n_live_components": 10}.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    out = tmp_path / "report"
+    result = run_train(tmp_path, "report.rank_by=foo", f"report.out={out}", script="src/report.py", env=ONE_THREAD)
+    assert the_one_line(result) == ("error: report.rank_by must be one of accuracy, n_live_components, nmi (the metrics "
+                                    "of the completed runs of experiment 'nmfstudy'); got 'foo'")
+    assert not out.exists()
+    assert [r.info.run_id for r in mlflow_runs(tmp_path)] == [run.info.run_id]  # no report run logged
