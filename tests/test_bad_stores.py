@@ -88,3 +88,11 @@ def test_two_studies_get_folders_of_their_own(compose):
                                       return_hydra_config=True).hydra.sweep.dir
                 for preset in ("nmf_k", "kmeans_k")}
     assert dirs["nmf_k"].endswith("-nmf_k-mnist_5k") and dirs["kmeans_k"].endswith("-kmeans_k-mnist_5k")
+
+
+def test_a_study_with_a_bad_objective_stops_before_any_trial(tmp_path):
+    result = run_train(tmp_path, "hparams_search=nmf_k", *QUICK, "objective=foo",
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "objective must be one of accuracy, hungarian_accuracy" in result.stderr and "got 'foo'" in result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "0").exists()

@@ -40,7 +40,7 @@ from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -183,7 +183,7 @@ class OptunaSweeperImpl(Sweeper):
     def __init__(self, *, sampler: Any, pruner: Any, direction: Any, study_name: str | None, storage: str | None,
                  n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
                  max_trials: int | None = None, heartbeat_interval: int = 60, grace_period: int | None = None,
-                 max_retry: int = 3) -> None:
+                 max_retry: int = 3, check: str | None = None) -> None:
         self.sampler_spec = _container(sampler) or {"_target_": "optuna.samplers.TPESampler", "seed": 0}
         self.pruner_spec = _container(pruner) or None
         direction = _container(direction)
@@ -205,6 +205,7 @@ class OptunaSweeperImpl(Sweeper):
         self.max_trials, self.max_retry = max_trials, max_retry
         self.heartbeat_interval, self.grace_period = int(heartbeat_interval), grace_period
         self.params = _container(params) or {}
+        self.check = check
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
@@ -246,6 +247,20 @@ class OptunaSweeperImpl(Sweeper):
     def _default_study_name(self) -> str:
         choices = self.config.hydra.runtime.choices
         return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c)
+
+    def _check_fixed_settings(self, fixed: list[str]) -> None:
+        """The application's check (`check`) on a job's config with the fixed overrides, before any trial."""
+        if not self.check:
+            return
+        from hydra.utils import get_method
+
+        job = self.hydra_context.config_loader.load_sweep_config(self.config, list(fixed))
+        with open_dict(job):
+            del job["hydra"]  # its job-level keys (hydra.job.num) exist only once a job runs
+        try:
+            get_method(self.check)(OmegaConf.to_container(job, resolve=True))
+        except ValueError as err:
+            raise SweeperError(str(err)) from None
 
     def _open_storage(self, url: str | None) -> Any:
         """The RDB storage with heartbeats and retries of stale trials; one line on any failure."""
@@ -318,6 +333,7 @@ class OptunaSweeperImpl(Sweeper):
         except ValueError as err:
             raise SweeperError(str(err)) from None
         names = self._objective_names()
+        self._check_fixed_settings(fixed)
         name = self.study_name or self._default_study_name()
         url = self._storage_url()
         label = safe_url(url) if url else "memory"

@@ -52,6 +52,10 @@ class OptunaSweeperConf:
     grace_period: Optional[int] = None
     # times a trial whose worker died (or was preempted with SIGTERM) is queued again
     max_retry: int = 3
+    # dotted path of a function that checks a job's resolved config (a dict, without `hydra`) and
+    # raises ValueError with one line: run once on the fixed settings before any trial is asked,
+    # so that a mistake outside the search space (objective=foo) stops the study, not every trial
+    check: Optional[str] = None
 
 
 _SAMPLERS = {

@@ -16,14 +16,14 @@ class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, study_name: Optional[str], storage: Optional[str],
                  n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
                  max_trials: Optional[int] = None, heartbeat_interval: int = 60, grace_period: Optional[int] = None,
-                 max_retry: int = 3) -> None:
+                 max_retry: int = 3, check: Optional[str] = None) -> None:
         from ._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler=sampler, pruner=pruner, direction=direction, study_name=study_name, storage=storage,
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, report_every=report_every,
             params=params, max_trials=max_trials, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry,
+            max_retry=max_retry, check=check,
         )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
