@@ -20,8 +20,10 @@ def _make(kind: str, tmp_path):
     if kind == "a folder":
         path.mkdir()
         return path, "is a folder, not a database file"
-    with sqlite3.connect(path) as connection:  # what a first start that hit a full disk leaves
+    with sqlite3.connect(path) as connection:  # what a first start that hit a full disk leaves, with runs
         connection.execute("create table spans (x int)")
+        connection.execute("create table runs (run_uuid text)")
+        connection.execute("insert into runs values ('kept')")
     return path, "its schema is half-made"
 
 
@@ -96,3 +98,15 @@ def test_a_study_with_a_bad_objective_stops_before_any_trial(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "objective must be one of accuracy, hungarian_accuracy" in result.stderr and "got 'foo'" in result.stderr
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "0").exists()
+
+
+def test_a_half_made_store_without_runs_is_set_aside_and_made_anew(tmp_path):
+    """A first start that hit a full disk left a partial schema: once space is back, the next run works."""
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        connection.execute("create table spans (x int)")
+    result = run_train(tmp_path, *QUICK)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "had a half-made schema and no runs" in result.stdout + result.stderr
+    (aside,) = tmp_path.glob("mlflow.db.half-made-*")
+    with sqlite3.connect(aside) as connection:
+        assert connection.execute("select name from sqlite_master").fetchall() == [("spans",)]

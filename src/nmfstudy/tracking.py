@@ -13,7 +13,7 @@ import re
 import socket
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,12 +93,38 @@ def _store_problem(store: Store, err: BaseException) -> TrackingError:
     first = (getattr(err, "message", None) or str(getattr(err, "orig", None) or err)).strip().splitlines()
     first_line = first[0] if first else type(err).__name__
     hint = ""
-    if "already exists" in first_line or "no such table" in first_line or "alembic" in first_line.lower():
+    if any(sign in first_line for sign in ("already exists", "no such table", "no such column", "alembic")):
         where = store.tracking_uri.removeprefix("sqlite:///")
         hint = (f"; its schema is half-made (an earlier start that failed, e.g. on a full disk): move {where} "
                 "away (mv it to a backup name) and run again to start a new store") if store.tracking_uri.startswith(
                     "sqlite") else "; its schema is half-made: ask its administrator to run `mlflow db upgrade`"
     return TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}{hint}")
+
+
+def _set_aside_if_half_made(db: Path) -> None:
+    """A store whose first start failed midway (a full disk) holds tables but no schema version, and
+    MLflow cannot finish it ("table spans already exists"): without runs, move it aside for a new one.
+
+    Checked before MLflow opens the file: its engine, once made, keeps the file open.
+    """
+    import sqlite3
+    import time
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
+            if not tables or "alembic_version" in tables:
+                return
+            if "runs" in tables and connection.execute("select count(*) from runs").fetchone()[0]:
+                return  # it holds runs: never move those away; opening it says what to do
+    except sqlite3.Error:
+        return
+    aside = db.with_name(f"{db.name}.half-made-{time.strftime('%Y%m%d-%H%M%S')}")
+    db.rename(aside)
+    log.warning("the MLflow store %s had a half-made schema and no runs (an earlier first start failed, e.g. on a "
+                "full disk): moved it to %s and made a new store", db, aside)
 
 
 def open_store(store: Store) -> MlflowClient:
@@ -114,6 +140,7 @@ def open_store(store: Store) -> MlflowClient:
             # Two processes creating the schema of a new SQLite store at once break its migration,
             # and MLflow creates it as soon as a client is made: so make the client under the lock.
             with _file_lock(db.with_name(db.name + ".lock")):
+                _set_aside_if_half_made(db)
                 client = MlflowClient(store.tracking_uri)
                 client.search_experiments(max_results=1)
         else:
