@@ -396,18 +396,20 @@ class OptunaSweeperImpl(Sweeper):
                     study.tell(trial.number, state=TrialState.FAIL)
                 except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
                     continue  # another worker got there first
-                self._retry(study, storage, trial.number)
+                self._retry(study, trial.number)
                 dead.append((trial, reason))
         if isinstance(storage, optuna.storages.RDBStorage):
-            ids = {t.number: t for t in running if t.number not in {d.number for d, _ in dead}}
+            # Optuna's own check (and its retry callback) for the trials of any host.
+            failed_here = {trial.number for trial, _ in dead}
+            others = {t.number: t for t in running if t.number not in failed_here}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 _retrying("failing stale trials", lambda: optuna.storages.fail_stale_trials(study))
-            if ids:
-                now = {t.number: t.state for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            if others:
+                failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
                 grace = self.grace_period or 2 * self.heartbeat_interval
-                dead += [(ids[n], f"no heartbeat for {grace} s from its worker on {ids[n].user_attrs.get('worker_host')}")
-                         for n in ids if n in now]
+                dead += [(t, f"no heartbeat for {grace} s from its worker on {t.user_attrs.get('worker_host')}")
+                         for n, t in others.items() if n in failed]
         for trial, reason in dead:
             log.warning("study %r: trial %d FAIL, %s; retried (up to %d times)", study.study_name, trial.number,
                         reason, self.max_retry)
@@ -415,8 +417,9 @@ class OptunaSweeperImpl(Sweeper):
             if mlflow_run is not None and run_id:
                 mlflow_run.end_trial(run_id, "FAIL", f"trial {trial.number}: {reason}", status="KILLED")
 
-    def _retry(self, study: optuna.Study, storage: Any, number: int) -> None:
+    def _retry(self, study: optuna.Study, number: int) -> None:
         """Queue a failed trial again (WAITING), as the storage's stale-trial callback does."""
+        storage = self._storage
         callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
         if callback is None:
             return
@@ -625,7 +628,7 @@ class OptunaSweeperImpl(Sweeper):
         if mlflow_run is not None and item.run_id:
             mlflow_run.end_trial(item.run_id, state.name, text, status="KILLED" if retry else status)
         if retry:
-            self._retry(study, self._storage, item.number)
+            self._retry(study, item.number)
         if state == TrialState.PRUNED:
             log.info("trial %d pruned", item.number)
         elif state == TrialState.COMPLETE:
