@@ -252,3 +252,28 @@ def test_sqlite_storage_written_from_another_machine_is_warned_about(tmp_path):
     out = result.stdout + result.stderr
     assert "hydra.sweeper.storage is SQLite, but workers on node-17 also wrote to it" in out
     assert "use PostgreSQL" in out
+
+
+def _open_at_once(url: str, barrier, results) -> None:
+    from nmfstudy.pruning import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url)
+        results.put("ok")
+    except Exception as err:  # what the worker would print
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_workers_starting_at_once_on_a_new_database_all_open_it(fresh_optuna_url):
+    """They race to create Optuna's tables; without retries most of them fail on a duplicate type."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(fresh_optuna_url, barrier, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [results.get(timeout=5) for _ in processes] == ["ok"] * 4

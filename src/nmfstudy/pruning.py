@@ -17,6 +17,7 @@ Knows Optuna but neither Hydra nor MLflow; optuna is imported only when a trial 
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -36,16 +37,34 @@ def _instantiate(spec: Mapping[str, Any] | None):
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def open_storage(url: str, **kwargs: Any):
+def open_storage(url: str, attempts: int = 5, **kwargs: Any):
     """Optuna's RDB storage (keyword arguments: RDBStorage's, e.g. heartbeat_interval).
 
     SQLite waits for a lock (parallel jobs write to one file) instead of failing; a database
     server's pooled connections are checked before use, so a restarted server costs no error.
+    Workers started at once on a new database race to create Optuna's tables, and all but one
+    fail on a duplicate type or table: the losers try again, and then find the tables made.
     """
+    import random
+    import time
+
     import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())
+
+
+@functools.lru_cache(maxsize=8)
+def job_storage(url: str):
+    """One storage per URL and process: in-process jobs of a study then share one connection pool."""
+    return open_storage(url)
 
 
 class TrialReporter:
@@ -119,7 +138,7 @@ class TrialReporter:
         try:
             import optuna
 
-            storage = open_storage(self.storage)
+            storage = job_storage(self.storage)
             study = optuna.load_study(study_name=self.study_name, storage=storage,
                                       sampler=optuna.samplers.RandomSampler(), pruner=_instantiate(self.pruner_spec))
             if len(study.directions) > 1:

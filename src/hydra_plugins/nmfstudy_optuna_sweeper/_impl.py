@@ -498,7 +498,7 @@ class OptunaSweeperImpl(Sweeper):
                         log.info("study %r has reached max_trials=%d", study.study_name, self.max_trials)
                         break
                     # Stay until the others' trials end: a dead worker's trial comes back as a retry.
-                    time.sleep(min(self.heartbeat_interval, 10))
+                    time.sleep(min(self.heartbeat_interval, 2))
                     continue
                 size = min(self.n_jobs, self.n_trials - done, room if room is not None else self.n_jobs)
                 batch = []
