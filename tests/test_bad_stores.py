@@ -77,8 +77,10 @@ def test_study_errors_are_one_line_and_a_new_storage_folder_is_made(tmp_path):
                      f"hydra.sweeper.storage=sqlite:///{storage}", multirun=True)
     assert made.returncode == 0, made.stderr[-2000:]
     assert storage.is_file()
-    failing = run_train(tmp_path, "hparams_search=nmf_k", *QUICK, "k=0", "hydra.sweeper.n_trials=1",
-                        "hydra.sweeper.max_failure_rate=0", f"hydra.sweeper.storage=sqlite:///{storage}", multirun=True)
+    # a missing data folder passes the config check and fails each trial's job
+    failing = run_train(tmp_path, "hparams_search=nmf_k", "dataset=mnist", f"dataset.dir={tmp_path / 'none'}",
+                        "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=0",
+                        f"hydra.sweeper.storage=sqlite:///{storage}", multirun=True)
     assert failing.returncode == 1 and "Traceback" not in failing.stderr
     assert "1 of 1 trials failed, more than hydra.sweeper.max_failure_rate=0.0" in failing.stderr
 
