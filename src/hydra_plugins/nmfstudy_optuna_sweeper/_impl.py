@@ -367,10 +367,13 @@ class OptunaSweeperImpl(Sweeper):
                  _describe(self.sampler_spec), _describe(self.pruner_spec), self.host, self.pid)
 
         heartbeats = _Heartbeats(storage, self.heartbeat_interval) if url else None
-        status = "KILLED"
+        status = "FAILED"
         try:
             self._run_trials(study, storage, space, fixed, url, names, mlflow_run, heartbeats)
             status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             if heartbeats is not None:
                 heartbeats.stop()
@@ -406,7 +409,9 @@ class OptunaSweeperImpl(Sweeper):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 _retrying("failing stale trials", lambda: optuna.storages.fail_stale_trials(study))
             if others:
-                failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+                # Failed meanwhile without an error of its own: Optuna's stale check, not its worker, did it.
+                failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                          if not t.user_attrs.get("error")}
                 grace = self.grace_period or 2 * self.heartbeat_interval
                 dead += [(t, f"no heartbeat for {grace} s from its worker on {t.user_attrs.get('worker_host')}")
                          for n, t in others.items() if n in failed]
