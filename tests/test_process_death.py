@@ -100,16 +100,25 @@ def test_a_killed_run_is_marked_killed_by_the_next_run(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs.values())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_interrupted_joblib_sweep_leaves_no_job_running(tmp_path, signum):
-    process = _start(tmp_path, "k=3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *LONG_FIT, multirun=True)
+def _interrupt_while_two_fit(tmp: Path, process: subprocess.Popen, signum: int) -> str:
+    """Once two jobs fit: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM
+    to the main process (as `kill` or a scheduler sends it); returns the output."""
     try:
-        _wait(_fitting(tmp_path, 2), "both jobs to fit", process)
-        os.killpg(process.pid, signum) if signum == signal.SIGINT else process.send_signal(signum)
-        out = _finish(process)
+        _wait(_fitting(tmp, 2), "two jobs to fit", process)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        return _finish(process)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_joblib_sweep_leaves_no_job_running(tmp_path, signum):
+    process = _start(tmp_path, "k=3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *LONG_FIT, multirun=True)
+    out = _interrupt_while_two_fit(tmp_path, process, signum)
     assert process.returncode != 0 and "Traceback" not in out, out[-3000:]
     runs = mlflow_runs(tmp_path)
     jobs = [r for r in runs if r.data.tags["nmfstudy.kind"] == "run"]
@@ -244,13 +253,7 @@ def test_an_interrupted_parallel_study_leaves_nothing_running(tmp_path, signum):
     process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
                                        "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "k=10",
                                        "dataset.n_samples=600", "method.max_iter=1000000"), multirun=True)
-    try:
-        _wait(_fitting(tmp_path, 2), "both trials to fit", process)
-        os.killpg(process.pid, signum) if signum == signal.SIGINT else process.send_signal(signum)
-        out = _finish(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    out = _interrupt_while_two_fit(tmp_path, process, signum)
     assert process.returncode != 0 and "Traceback" not in out, out[-3000:]
     trials = _trials(tmp_path)
     assert [t.state for t in trials[:2]] == [TrialState.FAIL] * 2
