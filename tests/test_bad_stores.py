@@ -116,3 +116,14 @@ def test_a_half_made_store_without_runs_is_set_aside_and_made_anew(tmp_path):
     (aside,) = tmp_path.glob("mlflow.db.half-made-*")
     with sqlite3.connect(aside) as connection:
         assert connection.execute("select name from sqlite_master").fetchall() == [("spans",)]
+
+
+def test_full_mnist_offline_without_a_folder_says_where_to_get_it(tmp_path):
+    """No dataset.dir, no cached copy, no network (a dead proxy stands in for it): one line, before any run."""
+    dead = "http://127.0.0.1:9"
+    result = run_train(tmp_path, "dataset=mnist", env={"SCIKIT_LEARN_DATA": str(tmp_path / "sk"), "HTTP_PROXY": dead,
+                                                       "HTTPS_PROXY": dead, "https_proxy": dead, "http_proxy": dead})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "dataset.dir: not set, no cached copy of MNIST, and OpenML cannot be reached" in line
+    assert "pass dataset.dir=FOLDER" in line and not (tmp_path / "mlflow.db").exists()

@@ -122,9 +122,18 @@ def load_mnist_idx(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from urllib.error import URLError
+
     from sklearn.datasets import fetch_openml
 
-    X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
+    try:
+        X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
+    except (URLError, OSError, TimeoutError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise DataError(f"dataset.dir: not set, no cached copy of MNIST, and OpenML cannot be reached ({reason}): "
+                        "download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into a folder and pass "
+                        "dataset.dir=FOLDER") from None
     y = y.astype(np.int64)
     return X[:60000], y[:60000], X[60000:], y[60000:]
 
