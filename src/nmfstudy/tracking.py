@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import tempfile
 import threading
+import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +96,12 @@ def _store_problem(store: Store, err: BaseException) -> TrackingError:
     first_line = first[0] if first else type(err).__name__
     hint = ""
     if any(sign in first_line for sign in ("already exists", "no such table", "no such column", "alembic")):
-        where = store.tracking_uri.removeprefix("sqlite:///")
-        hint = (f"; its schema is half-made (an earlier start that failed, e.g. on a full disk): move {where} "
-                "away (mv it to a backup name) and run again to start a new store") if store.tracking_uri.startswith(
-                    "sqlite") else "; its schema is half-made: ask its administrator to run `mlflow db upgrade`"
+        if store.tracking_uri.startswith("sqlite:///"):
+            hint = (f"; its schema is half-made (an earlier start that failed, e.g. on a full disk): move "
+                    f"{store.tracking_uri.removeprefix('sqlite:///')} away (mv it to a backup name) and run again "
+                    "to start a new store")
+        else:
+            hint = "; its schema is half-made: ask its administrator to run `mlflow db upgrade`"
     return TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}{hint}")
 
 
@@ -107,9 +111,6 @@ def _set_aside_if_half_made(db: Path) -> None:
 
     Checked before MLflow opens the file: its engine, once made, keeps the file open.
     """
-    import sqlite3
-    import time
-
     if not db.is_file() or db.stat().st_size == 0:
         return
     try:
