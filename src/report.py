@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
                                      "(tracking.uri); run train.py first")
         client = tracking.open_store(store)
         # A run whose process was killed is reported as what it is (KILLED), not as running.
-        tracking.end_dead_runs_in(client, experiment, conf["tracking"].get("grace_period") or 300)
+        tracking.end_dead_runs_in(client, experiment, conf["tracking"].get("grace_period"))
         settings = report.Settings(rank_by=opts["rank_by"], ui_url=report.ui_base(opts["ui_url"], store.tracking_uri),
                                    references=references, title=opts["title"])
         result = report.build(client, store, experiment, out, settings)

@@ -113,7 +113,7 @@ def main(cfg: DictConfig):
 
     tracking_cfg = run_cfg["tracking"]
     if hydra_cfg.mode == RunMode.RUN:  # a sweep does this once, before its first job
-        tracking.end_dead_runs_in(client, tracking_cfg["experiment"], tracking_cfg.get("grace_period") or 300)
+        tracking.end_dead_runs_in(client, tracking_cfg["experiment"], tracking_cfg.get("grace_period"))
     trial = run_cfg.get("trial") or {}
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))

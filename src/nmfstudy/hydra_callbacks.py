@@ -69,7 +69,7 @@ class MlflowParentRun(Callback):
             # Hydra turns a callback's exception into a warning and runs the jobs anyway: exit instead.
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period") or 300)
+        tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period"))
         if "nmfstudy_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
             return
         sweep_dir = Path(config.hydra.sweep.dir).resolve()

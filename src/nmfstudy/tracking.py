@@ -308,10 +308,10 @@ def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: floa
     return [r.info.run_id for r in dead]
 
 
-def end_dead_runs_in(client: MlflowClient, experiment: str, grace_s: float = 300.0) -> list[str]:
-    """`end_dead_runs` for the experiment named `experiment`, if it exists."""
+def end_dead_runs_in(client: MlflowClient, experiment: str, grace_s: float | None = None) -> list[str]:
+    """`end_dead_runs` for the experiment named `experiment`, if it exists (grace_s None: 300 s)."""
     found = client.get_experiment_by_name(experiment)
-    return end_dead_runs(client, [found.experiment_id], grace_s) if found is not None else []
+    return end_dead_runs(client, [found.experiment_id], grace_s or 300.0) if found is not None else []
 
 
 class Heartbeat:
