@@ -63,10 +63,10 @@ def run_study(tmp: Path, name: str, args, pruner: list[str]) -> dict:
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete]
     per_trial = {t.number: {"params": t.params, "trial_s": seconds, "fit_s": metrics[t.number]["fit_time_s"],
                             "iterations": metrics[t.number]["n_iter"]}
-                 for t, seconds in zip(trials, durations) if t.number in metrics}
+                 for t, seconds in zip(trials, durations, strict=False) if t.number in metrics}
     best = study.best_trial
     elapsed, reached = 0.0, None
-    for trial, seconds in zip(trials, durations):
+    for trial, seconds in zip(trials, durations, strict=False):
         elapsed += seconds
         if trial.number == best.number:
             reached = elapsed

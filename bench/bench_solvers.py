@@ -352,7 +352,7 @@ def main() -> None:
         summary.append((k, L, target, start_loss, t_init, res, mem))
 
     load1 = os.getloadavg()
-    md = [f"# Our NMF solvers against scikit-learn, full MNIST",
+    md = ["# Our NMF solvers against scikit-learn, full MNIST",
           "",
           f"- Command: `{command}` (started {started})",
           f"- Machine: {machine()}",

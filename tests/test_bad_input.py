@@ -4,12 +4,8 @@ alone or as trials of an Optuna study, is scored, not raised.
 """
 from __future__ import annotations
 
-import gzip
-import os
-
 import numpy as np
 import pytest
-
 from conftest import ROOT, mlflow_runs, run_train
 from test_data import corrupt_deflate, make_mnist_folder, write_idx, write_typed_idx
 
@@ -74,7 +70,7 @@ def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
     name, what = damage(folder)
     result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD)
     line = the_one_line(result)
-    assert line.startswith(f"error: dataset.dir: ") and str(folder / name) in line and what in line
+    assert line.startswith("error: dataset.dir: ") and str(folder / name) in line and what in line
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 optuna = pytest.importorskip("optuna")
@@ -209,9 +208,8 @@ def test_a_study_that_exists_with_another_objective_is_refused(tmp_path, study_s
 
 def test_the_slurm_preset_composes_on_submitit():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONF
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=["hparams_search=nmf_k", "hydra/launcher=slurm",

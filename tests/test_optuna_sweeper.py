@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CONF, ROOT, default_sigint, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")

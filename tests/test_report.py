@@ -38,7 +38,7 @@ def python(script: str, *args: str) -> subprocess.Popen:
 def finish(*procs: subprocess.Popen) -> list[str]:
     """Every process's output, once all have ended; the first to fail fails the test."""
     outs = [proc.communicate(timeout=300)[0] for proc in procs]
-    for proc, out in zip(procs, outs):
+    for proc, out in zip(procs, outs, strict=False):
         assert proc.returncode == 0, out[-3000:]
     return outs
 

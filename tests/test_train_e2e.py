@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_runs, run_train
 from test_data import make_mnist_folder
 

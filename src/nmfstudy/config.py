@@ -101,7 +101,7 @@ def check(cfg: dict) -> None:
             targets = [sparsity.get("s_W"), sparsity.get("s_H")]
             if all(t is None for t in targets):
                 raise ConfigError("sparsity=hoyer needs sparsity.s_W or sparsity.s_H, a target in [0, 1)")
-            for key, target in zip(("sparsity.s_W", "sparsity.s_H"), targets):
+            for key, target in zip(("sparsity.s_W", "sparsity.s_H"), targets, strict=False):
                 if target is not None:
                     _real(target, key, high=1.0, high_open=True)
     else:

@@ -21,7 +21,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from nmfstudy.solvers import (
-    _MU_EPS, Callback, NMFResult, _Monitor, _squared_norm, _tdot, _threadpools, _validate,
+    _MU_EPS,
+    Callback,
+    NMFResult,
+    _Monitor,
+    _squared_norm,
+    _tdot,
+    _threadpools,
+    _validate,
     frobenius_loss,
 )
 

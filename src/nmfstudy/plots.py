@@ -28,7 +28,7 @@ def gallery(images: np.ndarray, image_shape: tuple[int, int], titles: list[str],
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.4 * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image.reshape(image_shape), cmap="gray_r", interpolation="nearest")
         ax.set_title(title, fontsize=8)
     fig.suptitle(suptitle, fontsize=10)

@@ -36,9 +36,9 @@ def save(figure: Figure, path: Path) -> Path:
 def _draw(ax, metric: str, best, complete, colors, title: str, log_y: bool = False) -> None:
     """A line through the best run of each label and k, faint dots for its other completed runs."""
     for label, points in series(complete, metric).items():
-        ax.scatter(*zip(*points), s=12, color=colors[label], alpha=0.25, linewidths=0)
+        ax.scatter(*zip(*points, strict=False), s=12, color=colors[label], alpha=0.25, linewidths=0)
     for label, points in series(best, metric).items():
-        ax.plot(*zip(*points), marker="o", color=colors[label], label=label)
+        ax.plot(*zip(*points, strict=False), marker="o", color=colors[label], label=label)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("k")
     ax.grid(True, alpha=0.3)
@@ -62,7 +62,7 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
                   references: list[dict]) -> Figure:
     """Majority-vote and Hungarian accuracy against k, with the reference results as stars on their own panel."""
     fig, row = plt.subplots(1, 2, figsize=(10.4, 3.8))
-    axes = dict(zip(ACCURACIES, row))
+    axes = dict(zip(ACCURACIES, row, strict=False))
     for metric, ax in axes.items():
         _draw(ax, metric, best, complete, colors, ACCURACIES[metric])
     labelled = set()
@@ -108,7 +108,7 @@ def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str,
 def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Figure:
     """Accuracy against the Hoyer sparseness of H and of W, one color per label, each point marked with its k."""
     fig, axes = plt.subplots(1, 2, figsize=(10.4, 3.8), sharey=True)
-    for ax, metric in zip(axes, ("sparsity_H", "sparsity_W")):
+    for ax, metric in zip(axes, ("sparsity_H", "sparsity_W"), strict=False):
         for label in sorted({r.label for r in runs}):
             points = [(r.metric(metric), r.metric(rank_by), r.k) for r in runs
                       if r.label == label and r.metric(metric) is not None]
@@ -131,7 +131,7 @@ def optimization_history(study: Study) -> Figure:
     done = [(n, t.metric(study.objective)) for n, t in numbered if id(t) in scored]
     pruned = [(n, t.metric(study.objective)) for n, t in numbered if t.pruned and t.metric(study.objective) is not None]
     if done:
-        ax.scatter(*zip(*done), s=18, color="tab:blue", label="trial")
+        ax.scatter(*zip(*done, strict=False), s=18, color="tab:blue", label="trial")
         pick = max if study.direction == "maximize" else min
         best, running = [], None
         for _, value in done:
@@ -139,7 +139,7 @@ def optimization_history(study: Study) -> Figure:
             best.append(running)
         ax.step([n for n, _ in done], best, where="post", color="tab:red", label="best so far")
     if pruned:
-        ax.scatter(*zip(*pruned), s=18, marker="x", color="grey", label="pruned (value when stopped)")
+        ax.scatter(*zip(*pruned, strict=False), s=18, marker="x", color="grey", label="pruned (value when stopped)")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{study.objective} ({study.direction})")
     ax.set_title(f"optimization history: {study.name}", fontsize=10)

@@ -580,7 +580,7 @@ class OptunaSweeperImpl(Sweeper):
                 else:
                     outcomes.append((item, *recovered, None))
             return outcomes
-        return [(item, *self._outcome(ret, len(names))) for item, ret in zip(items, returns)]
+        return [(item, *self._outcome(ret, len(names))) for item, ret in zip(items, returns, strict=False)]
 
     @staticmethod
     def _outcome(ret: JobReturn, n_values: int) -> tuple[TrialState, list[float] | None, BaseException | None]:
@@ -650,14 +650,14 @@ class OptunaSweeperImpl(Sweeper):
                                    "states": counts}
         if best is not None:
             results.update({"best_trial": best.number, "best_params": best.params,
-                            "best_values": dict(zip(names, best.values))})
+                            "best_values": dict(zip(names, best.values, strict=False))})
             if len(study.directions) > 1:
                 results["pareto_front"] = [{"number": t.number, "params": t.params, "values": t.values}
                                            for t in study.best_trials]
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         log.info("study %r: %d trials (%s)%s", study.study_name, len(trials),
                  ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
-                 f"; best trial {best.number}: {dict(zip(names, best.values))} with {best.params}" if best else "")
+                 f"; best trial {best.number}: {dict(zip(names, best.values, strict=False))} with {best.params}" if best else "")
 
 
 class _ProcessDied(RuntimeError):

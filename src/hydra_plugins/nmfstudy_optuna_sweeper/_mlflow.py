@@ -159,7 +159,7 @@ class StudyRun:
         tags = []
         best = _best_trial(study)
         if best is not None:
-            metrics += [Metric(f"best_{name}", float(value), now, step) for name, value in zip(names, best.values)]
+            metrics += [Metric(f"best_{name}", float(value), now, step) for name, value in zip(names, best.values, strict=False)]
             tags = [RunTag(f"best.{key}", str(value)) for key, value in best.params.items()]
             tags.append(RunTag("best.trial_number", str(best.number)))
             if len(study.directions) > 1:
