@@ -77,7 +77,7 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
                 "n_iter": n_iter, "peak_gb": _peak_gb(), **(extra or {})}
 
     if name == "graph":
-        from nmfstudy.graph import cached_knn_graph
+        from nmfstudy.nmf.graph import cached_knn_graph
 
         S = cached_knn_graph(X, fp, args["cache"], seed=seed, **graph_settings)
         r, c = S.nonzero()
@@ -90,10 +90,10 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(X)
         return [row("K-means", "n_init=10, k-means++", km.labels_, km.n_iter_)]
 
-    from nmfstudy.graph import cached_knn_graph
-    from nmfstudy.graph_nmf import cluster_rows, gnmf, symnmf
-    from nmfstudy.initialization import nmf_init
-    from nmfstudy.solvers import nmf_mu
+    from nmfstudy.nmf.graph import cached_knn_graph
+    from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, symnmf
+    from nmfstudy.nmf.initialization import nmf_init
+    from nmfstudy.nmf.solvers import nmf_mu
 
     S = cached_knn_graph(X, fp, args["cache"], seed=seed, **graph_settings) if graph_settings else None
     t0, c0 = time.perf_counter(), time.process_time()  # the fit only: the graph is timed on its own

@@ -1,4 +1,4 @@
-"""Our NMF solvers (nmfstudy.solvers) against scikit-learn's on the full MNIST (63,000 x 784).
+"""Our NMF solvers (nmfstudy.nmf.solvers) against scikit-learn's on the full MNIST (63,000 x 784).
 
 Not a test. For each k, in one run:
 
@@ -13,7 +13,7 @@ Not a test. For each k, in one run:
 4. Peak memory of each solver, each in a fresh process: the peak resident set over the run
    minus the resident set just before it (data loaded, start computed).
 
-Starts are computed once outside the timings (nmfstudy.initialization.nmf_init, the same
+Starts are computed once outside the timings (nmfstudy.nmf.initialization.nmf_init, the same
 initializer scikit-learn uses for init='nndsvda'), so no row pays for its initialization.
 Other jobs may share the cores: wall times are compared as ratios within one run, and CPU
 times and the load average are printed alongside.
@@ -152,7 +152,7 @@ def run_sklearn_steps(X, W0, H0, solver, race, max_iter):
     them), timed to the target; the clock stops while we measure the loss."""
     from sklearn.decomposition import _nmf
 
-    from nmfstudy.solvers import frobenius_loss
+    from nmfstudy.nmf.solvers import frobenius_loss
 
     x_sq = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
     W, H = W0.copy(), H0.copy()
@@ -175,7 +175,7 @@ def run_sklearn_steps(X, W0, H0, solver, race, max_iter):
 
 def run_ours(X, W0, H0, solver, race, max_iter):
     """Our solver from the same start, stopped by its callback at the target (or the budget)."""
-    from nmfstudy import solvers
+    from nmfstudy.nmf import solvers
 
     cpu0 = time.process_time()
 
@@ -202,7 +202,7 @@ def _status_kib(field: str) -> int:
 def memory_child(args) -> None:
     """Loads the data and the start, then runs one solver for a few iterations (the loops are
     steady from the first one on) and prints its peak resident memory above the level before it."""
-    from nmfstudy.initialization import nmf_init
+    from nmfstudy.nmf.initialization import nmf_init
 
     k, what = args.k[0], args.child
     X = load_mnist(args.data_dir)
@@ -276,8 +276,8 @@ def main() -> None:
     if args.child:
         return memory_child(args)
 
-    from nmfstudy.initialization import nmf_init
-    from nmfstudy.solvers import frobenius_loss
+    from nmfstudy.nmf.initialization import nmf_init
+    from nmfstudy.nmf.solvers import frobenius_loss
 
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     load0 = os.getloadavg()

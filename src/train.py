@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nmfstudy import config as settings
 from nmfstudy import plots, tracking
-from nmfstudy.data import DataError, load_dataset
+from nmfstudy.data import load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
@@ -53,10 +53,9 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def log_figures(model, data, cfg: dict) -> None:
     k, shape, method = cfg["k"], data.image_shape, cfg["method"]["name"]
-    is_nmf = hasattr(model, "W_")
     titles = plots.component_titles(model.component_members_, data.y_train, k)
-    what = "NMF basis images" if is_nmf else "centroids"
-    tracking.log_figure(plots.gallery(model.components_, shape, titles, f"{method} {what}, k={k} (#: majority digit)"),
+    tracking.log_figure(plots.gallery(model.components_, shape, titles,
+                                      f"{method} {model.images_name}, k={k} (#: majority digit)"),
                         "figures/components.png")
     tracking.log_figure(plots.confusion(data.y_train, model.labels_, k, f"{method}, k={k}: clusters vs digits"),
                         "figures/confusion.png")
@@ -87,14 +86,15 @@ def prepare(run_cfg: dict, root):
     try:
         settings.check(run_cfg)
         ds = run_cfg["dataset"]
-        data = load_dataset(ds["name"], dir=ds.get("dir"), n_samples=ds.get("n_samples"),
-                            test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
+        with settings.config_keys(settings.DATASET_KEYS):
+            data = load_dataset(ds["name"], dir=ds.get("dir"), n_samples=ds.get("n_samples"),
+                                test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
         settings.check_data(run_cfg, data.X_train)
         store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
         client = tracking.open_store(store)
         tracking.experiment_id(client, store, run_cfg["tracking"]["experiment"])  # a deleted one stops here
         return data, store, client
-    except (settings.ConfigError, DataError, tracking.TrackingError) as err:
+    except (settings.ConfigError, tracking.TrackingError) as err:
         raise UserError(str(err)) from None
 
 

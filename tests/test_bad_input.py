@@ -125,7 +125,7 @@ def test_a_study_over_the_degenerate_region_completes_every_trial(tmp_path):
 
 def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
     from nmfstudy.data import load_dataset
-    from nmfstudy.graph import _load_graph, cached_knn_graph
+    from nmfstudy.nmf.graph import _load_graph, cached_knn_graph
 
     cache = tmp_path / "graphs"
     data = load_dataset("digits", n_samples=400, test_size=0.2, seed=0)  # what train.py loads

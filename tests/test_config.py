@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from nmfstudy import config as settings
-from nmfstudy.methods import KMeansClustering, NMFClustering
+from nmfstudy.methods.kmeans import KMeansClustering, MiniBatchKMeansClustering
+from nmfstudy.methods.nmf import NMFClustering
 
 
 def test_default_run_is_nmf_k10_on_mnist_5k(compose):
@@ -27,9 +28,9 @@ def test_build_method_maps_config_keys(compose):
     assert isinstance(nmf, NMFClustering)
     assert (nmf.k, nmf.solver, nmf.alpha_W, nmf.alpha_H, nmf.l1_ratio) == (7, "mu", 0.01, "same", 1.0)
     hoyer = settings.build_method(compose("sparsity=hoyer", "sparsity.s_H=0.8"))
-    assert (hoyer.hoyer_H, hoyer.hoyer_W) == (0.8, None)
+    assert (hoyer.s_H, hoyer.s_W) == (0.8, None)
     mbk = settings.build_method(compose("method=minibatch_kmeans", "k=50", "init=gaussian"))
-    assert isinstance(mbk, KMeansClustering) and mbk.minibatch and (mbk.k, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
+    assert isinstance(mbk, MiniBatchKMeansClustering) and (mbk.k, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_build_method_maps_config_keys(compose):
         (["method.assign=nearest"], "method.assign must be one of argmax, kmeans; got 'nearest'"),
         (["method.tol=-1"], "method.tol must be in [0.0, inf], got -1"),
         (["sparsity=hoyer", "sparsity.s_H=1.0"], "sparsity.s_H must be in [0.0, 1.0), got 1.0"),
-        (["sparsity=hoyer", "method.solver=sklearn-cd"], "sparsity=hoyer needs method.solver=hals or mu"),
+        (["sparsity=hoyer", "method.solver=sklearn-cd"], "method.solver must be hals or mu with a Hoyer sparseness target"),
         (["method=kmeans", "sparsity=l1"], "sparsity must be none for method=kmeans; got 'l1'"),
         (["dataset.n_samples=1"], "dataset.n_samples must be an integer >= 2, got 1"),
         (["sparsity=l1", "sparsity.l1_ratio=2"], "sparsity.l1_ratio must be in [0.0, 1.0], got 2"),
@@ -69,7 +70,7 @@ def test_check_data_rejects_k_above_samples_and_negative_pixels(compose):
 def test_graph_methods_compose_and_check(compose):
     gnmf = settings.build_method(compose("method=gnmf", "method.lam=5", "graph.n_neighbors=7"), fingerprint="fp",
                                  cache_dir="/tmp/x")
-    assert (gnmf.k, gnmf.lam, gnmf.n_neighbors, gnmf.init, gnmf.assign_rule) == (10, 5.0, 7, "nndsvda", "kmeans")
+    assert (gnmf.k, gnmf.lam, gnmf.n_neighbors, gnmf.init, gnmf.assign) == (10, 5.0, 7, "nndsvda", "kmeans")
     symnmf_cfg = compose("method=symnmf")
     assert symnmf_cfg["init"]["name"] == "random"
     settings.check(symnmf_cfg)

@@ -41,8 +41,8 @@ def test_mnist_from_an_idx_folder_keeps_its_split_and_scales_to_unit(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("missing_dir", "dataset.dir: .* is not a folder"),
-        ("missing_file", "dataset.dir: .* has no t10k-labels-idx1-ubyte"),
+        ("missing_dir", "dir: .* is not a folder"),
+        ("missing_file", "dir: .* has no t10k-labels-idx1-ubyte"),
         ("bad_magic", "is not an unsigned-byte IDX file"),
         ("truncated", "holds .* bytes of data, its header says"),
         ("not_gzip", "cannot read IDX file"),
@@ -139,7 +139,7 @@ def test_damaged_or_unusual_idx_files_are_one_line_naming_the_file(tmp_path, dam
     with pytest.raises(DataError) as err:
         load_dataset("mnist", dir=str(folder))
     line = str(err.value)
-    assert "\n" not in line and line.startswith("dataset.dir: ")
+    assert "\n" not in line and line.startswith("dir: ")
     assert f"{folder / name}" in line and message.format(folder=folder) in line
 
 
@@ -152,10 +152,10 @@ def test_idx_images_of_another_size_are_read_with_their_shape(tmp_path):
 
 
 def test_a_subsample_too_small_to_stratify_names_dataset_n_samples(tmp_path):
-    with pytest.raises(DataError, match=r"dataset.n_samples must be at least the number of labels \(10\), so that "
+    with pytest.raises(DataError, match=r"n_samples must be at least the number of labels \(10\), so that "
                                         r"the subsample keeps every one; got 5"):
         load_dataset("digits", n_samples=5)
     folder = make_mnist_folder(tmp_path / "mnist")
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.array([0] * 39 + [1]))  # digit 1 has one image
-    with pytest.raises(DataError, match=r"dataset.n_samples=20: no stratified subsample of these labels: "):
+    with pytest.raises(DataError, match=r"n_samples=20: no stratified subsample of these labels: "):
         load_dataset("mnist", dir=str(folder), n_samples=20)

@@ -1,4 +1,4 @@
-"""kNN graphs (nmfstudy.graph) and graph-aware NMF (nmfstudy.graph_nmf): structure, promises, accuracy."""
+"""kNN graphs (nmfstudy.nmf.graph) and graph-aware NMF (nmfstudy.nmf.graph_nmf): structure, promises, accuracy."""
 from __future__ import annotations
 
 import os
@@ -11,12 +11,12 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 from threadpoolctl import threadpool_limits
 
-from nmfstudy import graph
-from nmfstudy.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
-from nmfstudy.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, symnmf
-from nmfstudy.initialization import nmf_init
+from nmfstudy.nmf import graph
+from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
+from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, symnmf
+from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.metrics import hungarian_accuracy
-from nmfstudy.solvers import frobenius_loss, nmf_mu
+from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
 
 @pytest.fixture(autouse=True)

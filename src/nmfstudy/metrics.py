@@ -34,10 +34,9 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
         M = np.asarray(M)
         return np.sqrt(np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", M, M, dtype=np.float64))
 
-    W = getattr(model, "W_", None)
-    if W is None:
+    if not model.has_basis:
         return norms(model.components_, 1) > 0
-    size = norms(W, 0) * norms(model.components_, 1)
+    size = norms(model.W_, 0) * norms(model.components_, 1)
     floor = 0.0 if X is None else rtol * float(np.sqrt(sum(
         np.einsum("ij,ij->", block, block, dtype=np.float64) for block in np.array_split(X, max(1, len(X) // 8192)))))
     return size > floor
@@ -119,7 +118,7 @@ def evaluate(
     k = model.k
     clusters = model.labels_
     mapping = majority_mapping(y_train, clusters, k)
-    test_clusters = model.assign(X_test)
+    test_clusters = model.predict(X_test)
     scores = {
         "accuracy": majority_accuracy(y_train, clusters, k),
         "hungarian_accuracy": hungarian_accuracy(y_train, clusters, k),
@@ -139,9 +138,8 @@ def evaluate(
         log.warning("%d of %d components died (all-zero factors or an empty cluster; n_live_components=%d): %s",
                     k - n_live, k, n_live, "the scores are those of a degenerate fit" if n_live == 0
                     else f"the scores are those of the {n_live} live one{'s' * (n_live > 1)}")
-    W = getattr(model, "W_", None)
-    if W is not None:
-        H = model.components_
+    if model.has_basis:
+        W, H = model.W_, model.components_
         scores["j_clust"] = mean_residual_norm(X_train, lambda start, block: W[start : start + len(block)] @ H)
         scores["sparsity_W"] = float(hoyer_sparseness(W, axis=0).mean())
         scores["sparsity_H"] = float(hoyer_sparseness(H, axis=1).mean())

@@ -22,67 +22,34 @@ scikit-learn's ``reconstruction_err_``.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-__all__ = ["NMFResult", "nmf_mu", "nmf_hals", "nmf_hals_extrapolated", "project_hoyer", "frobenius_loss", "nmf_objective"]
+from ..params import Interval, check
+from ._common import (
+    SPARSENESS,
+    Callback,
+    Monitor,
+    NMFResult,
+    check_nmf_arguments,
+    loss_from_products,
+    squared_norm,
+    tdot,
+    threadpools,
+)
+
+__all__ = [
+    "NMFResult", "nmf_mu", "nmf_hals", "nmf_hals_extrapolated", "project_hoyer", "frobenius_loss", "nmf_objective",
+]
 
 # scikit-learn's MU guard for a zero denominator.
-_MU_EPS = np.finfo(np.float32).eps
+MU_EPS = np.finfo(np.float32).eps
 # Value given to a factor vector that died (all zeros), so the other factor's Gram matrix keeps a
 # non-zero diagonal; also the floor under a Hoyer-projected factor in MU, where zeros would lock.
 _REVIVE_EPS = 1e-10
 
-_threadpools = ThreadpoolController()
-
-Callback = Callable[[int, float, float], "bool | None"]
-
-
-@dataclass
-class NMFResult:
-    """What a solver returns.
-
-    loss_history[i] is ||X - WH||_F after iteration i + 1 and time_history[i] the seconds
-    elapsed since the solver was entered at that point (float64, len == n_iter).
-    """
-
-    W: np.ndarray
-    H: np.ndarray
-    n_iter: int
-    loss_history: np.ndarray
-    time_history: np.ndarray
-    stopped_by_callback: bool = False
-
-    @property
-    def loss(self) -> float:
-        """The final ||X - WH||_F."""
-        return float(self.loss_history[-1]) if len(self.loss_history) else float("nan")
-
-
 # --------------------------------------------------------------------------- losses
-
-
-def _squared_norm(X: np.ndarray, chunk_rows: int = 4096) -> float:
-    """||X||_F^2 accumulated in float64, in row blocks so no float64 copy of X is made."""
-    X2 = X.reshape(X.shape[0], -1)
-    return float(sum(np.einsum("ij,ij->", b, b, dtype=np.float64)
-                     for b in (X2[i:i + chunk_rows] for i in range(0, X2.shape[0], chunk_rows))))
-
-
-def _tdot(A: np.ndarray, B: np.ndarray) -> float:
-    """sum(A * B) accumulated in float64 (einsum casts in small buffers, no float64 copies)."""
-    return float(np.einsum("ij,ij->", A, B, dtype=np.float64))
-
-
-def _loss_from_products(x_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
-    """sqrt(||X||^2 - 2 tr(W^T X H^T) + tr(W^T W H H^T)), clipped at 0 against cancellation."""
-    return float(np.sqrt(max(x_sq - 2.0 * cross + _tdot(WtW, HHt), 0.0)))
-
 
 def frobenius_loss(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, x_sq: float | None = None) -> float:
     """||X - WH||_F from the trace identity: one product X^T W, never the n x p residual.
@@ -91,9 +58,9 @@ def frobenius_loss(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, x_sq: float |
     """
     X, W, H = (np.asarray(a, dtype=np.float32) for a in (X, W, H))
     if x_sq is None:
-        x_sq = _squared_norm(X)
+        x_sq = squared_norm(X)
     XtW = X.T @ W  # (p x k); X.T @ W is the fast BLAS path for a tall X
-    return _loss_from_products(x_sq, _tdot(XtW, H.T), W.T @ W, H @ H.T)
+    return loss_from_products(x_sq, tdot(XtW, H.T), W.T @ W, H @ H.T)
 
 
 def nmf_objective(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, alpha_W: float = 0.0,
@@ -122,7 +89,7 @@ def project_hoyer(x: np.ndarray, sparseness: float) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim not in (1, 2) or x.shape[-1] < 2:
         raise ValueError(f"x must be a vector or a 2-D array of row vectors of length >= 2, got shape {x.shape}")
-    _check_sparseness(sparseness, "sparseness")
+    check("sparseness", sparseness, SPARSENESS[:1])
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     S = np.array(np.atleast_2d(x), dtype=np.float64)
     if not np.isfinite(S).all():
@@ -166,11 +133,6 @@ def project_hoyer(x: np.ndarray, sparseness: float) -> np.ndarray:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_sparseness(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not (0.0 <= value < 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1) or None, got {value!r}")
-
-
 def _regularization(shape, alpha_W, alpha_H, l1_ratio) -> tuple[float, float, float, float]:
     """scikit-learn's scaling (NMF._compute_regularization): l1_W, l1_H, l2_W, l2_H."""
     n_samples, n_features = shape
@@ -179,168 +141,7 @@ def _regularization(shape, alpha_W, alpha_H, l1_ratio) -> tuple[float, float, fl
             n_features * alpha_W * (1.0 - l1_ratio), n_samples * alpha_H * (1.0 - l1_ratio))
 
 
-def _as_factor(A, name: str, shape: tuple[int, int], copy: bool) -> np.ndarray:
-    if A is None or not hasattr(A, "__array__") or _is_sparse(A):
-        raise ValueError(f"{name} must be a dense array of shape {shape}, got {type(A).__name__}")
-    # a copy when the solver updates it in place: the caller's start is never changed
-    A = np.array(A, dtype=np.float32, order="C") if copy else np.asarray(A, dtype=np.float32)
-    if A.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {A.shape}")
-    if not np.isfinite(A).all() or (A < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative")
-    return A
-
-
-def _is_sparse(A) -> bool:
-    return hasattr(A, "tocsr") or hasattr(A, "nnz")
-
-
-def _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback, copy_W=True):
-    """Checks every argument once, at the door; returns float32 X (no copy if already float32), W, H."""
-    if X is None or _is_sparse(X) or not hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
-        raise ValueError(f"X must be a dense 2-D array, got {type(X).__name__}")
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.size == 0:
-        raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
-    # min and max see NaN and infinity without an n x p temporary (np.isfinite(X) would be one)
-    lo, hi = X.min(), X.max()
-    if np.isnan(lo) or np.isinf(hi) or np.isinf(lo):
-        raise ValueError("X must not contain NaN or infinity")
-    if lo < 0:
-        raise ValueError("X must be non-negative")
-    n, p = X.shape
-    if W is None or not hasattr(W, "shape") or np.ndim(W) != 2:
-        raise ValueError(f"W must be a 2-D array (n_samples x k), got {type(W).__name__}")
-    k = W.shape[1]
-    if k < 1:
-        raise ValueError("W must have at least one column (k >= 1)")
-    W = _as_factor(W, "W", (n, k), copy_W)
-    H = _as_factor(H, "H", (k, p), True)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, Real) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    if isinstance(alpha_W, bool) or not isinstance(alpha_W, Real) or not alpha_W >= 0:
-        raise ValueError(f"alpha_W must be a number >= 0, got {alpha_W!r}")
-    if not (isinstance(alpha_H, str) and alpha_H == "same") and (
-            isinstance(alpha_H, bool) or not isinstance(alpha_H, Real) or not alpha_H >= 0):
-        raise ValueError(f"alpha_H must be a number >= 0 or 'same', got {alpha_H!r}")
-    if isinstance(l1_ratio, bool) or not isinstance(l1_ratio, Real) or not 0 <= l1_ratio <= 1:
-        raise ValueError(f"l1_ratio must be a number in [0, 1], got {l1_ratio!r}")
-    if hoyer_W is not None:
-        _check_sparseness(hoyer_W, "hoyer_W")
-        if n < 2:
-            raise ValueError("hoyer_W needs at least 2 samples")
-    if hoyer_H is not None:
-        _check_sparseness(hoyer_H, "hoyer_H")
-        if p < 2:
-            raise ValueError("hoyer_H needs at least 2 features")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be callable or None, got {type(callback).__name__}")
-    return X, W, H
-
-
 # --------------------------------------------------------------------------- bookkeeping
-
-
-class _Monitor:
-    """Loss history, timing, the callback and the stopping rule shared by the solvers.
-
-    The stopping rule is on the penalised loss sqrt(2 * objective) (= ||X - WH||_F without
-    penalties). With ``window=0`` it stops when the last iteration's relative decrease falls
-    below tol; under a Hoyer projection the loss may rise, so there the rule is on the
-    absolute relative change. With ``window=w > 0`` it estimates how far the run still is from
-    its limit (see :meth:`remaining`) and stops when that estimate, relative to the loss, falls
-    below tol.
-    """
-
-    def __init__(self, tol, max_iter, callback, projected, penalties, *, window: int = 0):
-        self.t0 = time.perf_counter()
-        self.tol, self.callback, self.projected, self.window = tol, callback, projected, window
-        self.l1_W, self.l1_H, self.l2_W, self.l2_H = penalties
-        self.penalised = any(penalties)
-        self.losses = np.empty(max_iter)
-        self.times = np.empty(max_iter)
-        # objectives[i]: the penalised loss after iteration i (0: the start), for the window rule
-        self.objectives = np.empty(max_iter + 1) if window else None
-        self.n_iter = 0
-        self.prev = np.inf
-        self.stopped_by_callback = False
-
-    def _penalised_loss(self, loss, Wsum, Wsq, Hsum, Hsq) -> float:
-        if not self.penalised:
-            return loss
-        pen = self.l1_W * Wsum + 0.5 * self.l2_W * Wsq + self.l1_H * Hsum + 0.5 * self.l2_H * Hsq
-        return float(np.sqrt(loss * loss + 2.0 * pen))
-
-    def objective(self, loss, W, H, WtW, HHt) -> float:
-        """The penalised loss sqrt(2 * objective) at (W, H), from the loss and the Gram matrices."""
-        return self._penalised_loss(loss, *self._penalty_terms(W, H, WtW, HHt))
-
-    def start(self, loss, W, H, WtW, HHt) -> float:
-        self.prev = self.objective(loss, W, H, WtW, HHt)
-        if self.window:
-            self.objectives[0] = self.prev
-        return self.prev
-
-    def _penalty_terms(self, W, H, WtW, HHt):
-        if not self.penalised:
-            return 0.0, 0.0, 0.0, 0.0
-        # the factors are non-negative, so |.|_1 is the sum; the squared norms are Gram traces
-        return (float(W.sum(dtype=np.float64)), float(np.trace(WtW, dtype=np.float64)),
-                float(H.sum(dtype=np.float64)), float(np.trace(HHt, dtype=np.float64)))
-
-    def remaining(self) -> float:
-        """The estimated decrease still to come, relative to the current penalised loss.
-
-        From the decreases d1, d2 of the last two windows of ``window`` iterations: if the loss
-        keeps shrinking by the ratio r = d2 / d1 per window, it still falls by
-        d2 r / (1 - r) (the tail of a geometric series; Aitken's estimate of the limit). Exact
-        for linear convergence; for a sublinear tail L_t - L_inf ~ t^-a it underestimates by
-        a / (a + 1). inf while the decrease is not shrinking, 0 when a whole window made no
-        progress (an extrapolating solver's restarts that never pay any more).
-        """
-        t, w, f = self.n_iter, self.window, self.objectives
-        if t < 2 * w:
-            return np.inf
-        d1, d2 = f[t - 2 * w] - f[t - w], f[t - w] - f[t]
-        if d2 <= 0:
-            return 0.0
-        if d2 >= d1 or f[t] <= 0:
-            return np.inf
-        r = d2 / d1
-        return d2 * r / (1.0 - r) / f[t]
-
-    def step(self, loss, W, H, WtW, HHt, *, objective: float | None = None) -> bool:
-        """Records one iteration; True when the solver should stop.
-
-        ``objective`` is the penalised loss when the caller already has it.
-        """
-        it = self.n_iter
-        elapsed = time.perf_counter() - self.t0
-        self.losses[it], self.times[it] = loss, elapsed
-        self.n_iter += 1
-        if self.window:
-            self.objectives[self.n_iter] = self.objective(loss, W, H, WtW, HHt) if objective is None else objective
-        if self.callback is not None and self.callback(self.n_iter, loss, elapsed):
-            self.stopped_by_callback = True
-            return True
-        if self.tol <= 0:
-            return False
-        if self.window:
-            return self.remaining() < self.tol
-        cur = self.objective(loss, W, H, WtW, HHt) if objective is None else objective
-        prev, self.prev = self.prev, cur
-        if prev == 0:
-            return True
-        change = (prev - cur) / prev
-        return (abs(change) if self.projected else change) < self.tol
-
-    def result(self, W, H) -> NMFResult:
-        n = self.n_iter
-        return NMFResult(np.ascontiguousarray(W, dtype=np.float32), np.ascontiguousarray(H, dtype=np.float32),
-                         n, self.losses[:n].copy(), self.times[:n].copy(), self.stopped_by_callback)
-
 
 def _revive_dead_rows(F: np.ndarray) -> None:
     """Gives an all-zero row of F (a component that died) a tiny constant value in place.
@@ -384,10 +185,10 @@ def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 
     -------
     NMFResult with float32 W, H and the per-iteration loss ||X - WH||_F and times.
     """
-    X, W, H = _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback)
+    X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback)
     l1_W, l1_H, l2_W, l2_H = pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
-    mon = _Monitor(tol, max_iter, callback, hoyer_W is not None or hoyer_H is not None, pen)
-    x_sq = _squared_norm(X)
+    mon = Monitor(tol, max_iter, callback, hoyer_W is not None or hoyer_H is not None, pen)
+    x_sq = squared_norm(X)
 
     HHt = H @ H.T
     for it in range(max_iter):
@@ -395,13 +196,13 @@ def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 
         XHt = X @ H.T
         if it == 0:  # the start's loss comes free from this product
             WtW = W.T @ W
-            mon.start(_loss_from_products(x_sq, _tdot(W, XHt), WtW, HHt), W, H, WtW, HHt)
+            mon.start(loss_from_products(x_sq, tdot(W, XHt), WtW, HHt), W, H, WtW, HHt)
         denom = W @ HHt
         if l1_W:
             denom += np.float32(l1_W)
         if l2_W:
             denom += np.float32(l2_W) * W
-        denom[denom == 0] = _MU_EPS
+        denom[denom == 0] = MU_EPS
         XHt /= denom
         W *= XHt
         if hoyer_W is not None:
@@ -415,13 +216,13 @@ def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 
             denom += np.float32(l1_H)
         if l2_H:
             denom += np.float32(l2_H) * H
-        denom[denom == 0] = _MU_EPS
+        denom[denom == 0] = MU_EPS
         H *= WtX / denom
         if hoyer_H is not None:
             H = np.maximum(project_hoyer(H, hoyer_H), np.float32(_REVIVE_EPS)).astype(np.float32)
 
         HHt = H @ H.T
-        if mon.step(_loss_from_products(x_sq, _tdot(WtX, H), WtW, HHt), W, H, WtW, HHt):
+        if mon.step(loss_from_products(x_sq, tdot(WtX, H), WtW, HHt), W, H, WtW, HHt):
             break
     return mon.result(W, H)
 
@@ -453,25 +254,27 @@ def _hals_sweeps(F: np.ndarray, A: np.ndarray, B: np.ndarray, max_sweeps: int, e
     first = None
     # one BLAS thread: threaded gemv on a k x m block costs ~30x more than it saves, and far
     # worse when another process holds the cores (its threads spin on each other)
-    with _threadpools.limit(limits=1, user_api="blas"):
-        for sweep in range(1, max_sweeps + 1):
+    with threadpools.limit(limits=1, user_api="blas"):
+        sweeps = 0
+        while sweeps < max_sweeps:
+            sweeps += 1
             change = 0.0
-            for l in range(k):
-                if B[l, l] <= 0:
+            for j in range(k):
+                if B[j, j] <= 0:
                     continue
-                new = B[l] @ F  # (F^T B)_l: the gradient is this minus A_l
-                new -= A[l]
-                new *= -1.0 / B[l, l]
-                new += F[l]
+                new = B[j] @ F  # (F^T B)_j: the gradient is this minus A_j
+                new -= A[j]
+                new *= -1.0 / B[j, j]
+                new += F[j]
                 np.maximum(new, 0.0, out=new)
-                diff = new - F[l]
+                diff = new - F[j]
                 change += float(diff @ diff)
-                F[l] = new
+                F[j] = new
             if first is None:
                 first = change
             if change <= eps * first:
                 break
-    return sweep
+    return sweeps
 
 
 def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0,
@@ -497,12 +300,12 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
     loss where one sweep per phase reached it 5x faster than scikit-learn. A Hoyer-constrained factor is projected
     after its phase. :func:`nmf_hals_extrapolated` takes fewer iterations to the same loss.
     """
-    X, W, H = _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback,
+    X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback,
                         copy_W=False)
     if not inner_alpha >= 0 or not inner_eps >= 0:
         raise ValueError("inner_alpha and inner_eps must be >= 0")
     pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
-    mon = _Monitor(tol, max_iter, callback, hoyer_W is not None or hoyer_H is not None, pen)
+    mon = Monitor(tol, max_iter, callback, hoyer_W is not None or hoyer_H is not None, pen)
     return _hals(X, W, H, mon, pen, max_iter=max_iter, inner_alpha=inner_alpha, inner_eps=inner_eps,
                  hoyer_W=hoyer_W, hoyer_H=hoyer_H)
 
@@ -541,7 +344,7 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
         (best) loss.
     tol : stop when the estimated decrease still to come, relative to the (penalised) loss,
         falls below tol (0: run max_iter iterations). The estimate is the geometric tail of the
-        decreases over the last two windows of ``window`` iterations (see ``_Monitor.remaining``);
+        decreases over the last two windows of ``window`` iterations (see ``Monitor.remaining``);
         unlike the last step's decrease it knows how slowly the run is converging.
     beta0 : the first extrapolation weight, in [0, 1); 0 gives plain HALS (with this stopping rule).
     eta, gamma, gamma_bar : beta's decrease on a restart, its growth and the growth of its cap;
@@ -554,34 +357,103 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
     NMFResult with the best pair found (float32), the per-iteration loss ||X - WH||_F of the
     best pair so far (non-increasing) and times.
     """
-    X, W, H = _validate(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, None, None, callback, copy_W=False)
+    X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, None, None, callback,
+                                  copy_W=False)
     if not inner_alpha >= 0 or not inner_eps >= 0:
         raise ValueError("inner_alpha and inner_eps must be >= 0")
     for name, value, ok in (("beta0", beta0, lambda v: 0 <= v < 1), ("gamma_bar", gamma_bar, lambda v: v >= 1),
                             ("gamma", gamma, lambda v: v >= gamma_bar), ("eta", eta, lambda v: v > gamma)):
-        if isinstance(value, bool) or not isinstance(value, Real) or not ok(value):
+        if not Interval(Real).accepts(value) or not ok(value):
             raise ValueError(f"{name} must satisfy 0 <= beta0 < 1 and eta > gamma >= gamma_bar >= 1; "
                              f"got {name}={value!r}")
-    if isinstance(window, bool) or not isinstance(window, Integral) or window < 1:
-        raise ValueError(f"window must be a positive integer, got {window!r}")
+    check("window", window, [Interval(Integral, 1)])
     pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
-    mon = _Monitor(tol, max_iter, callback, False, pen, window=int(window))
+    mon = Monitor(tol, max_iter, callback, False, pen, window=int(window))
     return _hals(X, W, H, mon, pen, max_iter=max_iter, inner_alpha=inner_alpha, inner_eps=inner_eps,
                  extrapolation=(float(beta0), float(eta), float(gamma), float(gamma_bar)))
 
 
-def _hals(X, W, H, mon: _Monitor, pen, *, max_iter, inner_alpha, inner_eps, hoyer_W=None, hoyer_H=None,
+def _phase(F, A, G, l2: float, max_sweeps: int, inner_eps: float, hoyer: float | None):
+    """One HALS phase: F's rows updated against A and the Gram matrix G (plus the L2 penalty on
+    its diagonal), then projected to Hoyer's sparseness when asked; returns F (a new array after
+    a projection)."""
+    B = G.copy()
+    diag = np.arange(len(B))
+    B[diag, diag] += np.float32(l2)
+    _hals_sweeps(F, A, B, max_sweeps, inner_eps)
+    if hoyer is not None:
+        F = project_hoyer(F, hoyer)
+    _revive_dead_rows(F)
+    return F
+
+
+class _Extrapolation:
+    """Ang & Gillis's extrapolation state for :func:`_hals`: beta, its cap, the last accepted
+    updates and the best pair so far (with its H H^T, loss and penalised loss)."""
+
+    def __init__(self, Wt, H, HHt, beta0: float, eta: float, gamma: float, gamma_bar: float) -> None:
+        self.beta, self.eta, self.gamma, self.gamma_bar = beta0, eta, gamma, gamma_bar
+        self.beta_bar, self.beta_last = 1.0, beta0
+        self.W_prev, self.H_prev = Wt.copy(), H.copy()
+        self.W_best, self.H_best, self.HHt_best = Wt.copy(), H.copy(), HHt
+        self.W_n = np.empty_like(Wt)
+        self.best = self.best_loss = None
+
+    def push_W(self, Wt) -> None:
+        """W_y = max(0, W_n + beta (W_n - W_prev)) in Wt, in place; W_n kept for the next difference."""
+        np.copyto(self.W_n, Wt)
+        Wt -= self.W_prev
+        Wt *= np.float32(self.beta)
+        Wt += self.W_n
+        np.maximum(Wt, 0.0, out=Wt)
+        _revive_dead_rows(Wt)
+
+    def restart(self, Wt, H):
+        """The step did not pay: back to the best pair, smaller beta, capped by the last one; its H H^T."""
+        np.copyto(Wt, self.W_best)
+        np.copyto(self.W_prev, self.W_best)
+        np.copyto(H, self.H_best)
+        np.copyto(self.H_prev, self.H_best)
+        self.beta_bar, self.beta_last, self.beta = self.beta_last, self.beta, self.beta / self.eta
+        return self.HHt_best
+
+    def step(self, mon: Monitor, Wt, H, WtW, HHt, loss: float):
+        """Accept or reject this iteration's step, record the best pair in `mon`; (H, H H^T, stop)."""
+        objective = mon.objective(loss, Wt, H, WtW, HHt)
+        if objective > self.best:
+            HHt = self.restart(Wt, H)
+        else:
+            H, HHt = self.accept(Wt, H, HHt, loss, objective)
+        return H, HHt, mon.step(self.best_loss, self.W_best, self.H_best, None, None, objective=self.best)
+
+    def accept(self, Wt, H, HHt, loss: float, objective: float):
+        """Keep the step as the best pair and push H along it; the pushed H and its H H^T."""
+        self.best, self.best_loss, self.HHt_best = objective, loss, HHt
+        np.copyto(self.W_best, Wt)
+        np.copyto(self.H_best, H)
+        np.copyto(self.W_prev, self.W_n)
+        # H_y = H_n + beta (H_n - H_prev), not projected (the paper's choice for the second factor)
+        H_n = H.copy()
+        H -= self.H_prev
+        H *= np.float32(self.beta)
+        H += H_n
+        self.H_prev = H_n
+        self.beta_last, self.beta = self.beta, min(self.beta_bar, self.gamma * self.beta)
+        self.beta_bar = min(1.0, self.gamma_bar * self.beta_bar)
+        return H, H @ H.T
+
+
+def _hals(X, W, H, mon: Monitor, pen, *, max_iter, inner_alpha, inner_eps, hoyer_W=None, hoyer_H=None,
           extrapolation: tuple[float, float, float, float] | None = None) -> NMFResult:
     """The HALS loop of :func:`nmf_hals` and, with ``extrapolation`` = (beta0, eta, gamma,
     gamma_bar), of :func:`nmf_hals_extrapolated`. Arguments already validated; H is the
     solver's own copy, W is not changed."""
     l1_W, l1_H, l2_W, l2_H = pen
-    x_sq = _squared_norm(X)
+    x_sq = squared_norm(X)
     n, p = X.shape
     k = H.shape[0]
     max_sweeps_W = 1 + int(inner_alpha * _sweeps_per_products(n, p, k, n))
     max_sweeps_H = 1 + int(inner_alpha * _sweeps_per_products(n, p, k, p))
-    diag = np.arange(k)
 
     Wt = np.array(W.T, order="C")  # rows of Wt (columns of W) are the HALS coordinates
     del W
@@ -589,82 +461,39 @@ def _hals(X, W, H, mon: _Monitor, pen, *, max_iter, inner_alpha, inner_eps, hoye
     # BLAS as n x k, the sweeps want it as contiguous rows (k x n)
     XHt, A_W = np.empty((n, k), np.float32), np.empty((k, n), np.float32)
     HHt = H @ H.T
-    if extrapolation is not None:
-        beta, eta, gamma, gamma_bar = extrapolation
-        beta_bar, beta_last = 1.0, beta
-        # the last accepted updates (before extrapolation), the best pair and its H H^T
-        W_prev, H_prev = Wt.copy(), H.copy()
-        W_best, H_best, HHt_best = Wt.copy(), H.copy(), HHt
-        W_n = np.empty_like(Wt)
+    ext = None if extrapolation is None else _Extrapolation(Wt, H, HHt, *extrapolation)
     for it in range(max_iter):
         # W-phase: A = (X H^T)^T, B = H H^T
         np.dot(X, H.T, out=XHt)
         np.copyto(A_W, XHt.T)
         if it == 0:
             WtW = Wt @ Wt.T
-            best_loss = _loss_from_products(x_sq, _tdot(Wt, A_W), WtW, HHt)
-            best = mon.start(best_loss, Wt, H, WtW, HHt)
+            start_loss = loss_from_products(x_sq, tdot(Wt, A_W), WtW, HHt)
+            start = mon.start(start_loss, Wt, H, WtW, HHt)
+            if ext is not None:
+                ext.best, ext.best_loss = start, start_loss
         if l1_W:
             A_W -= np.float32(l1_W)
-        B = HHt.copy()
-        B[diag, diag] += np.float32(l2_W)
-        _hals_sweeps(Wt, A_W, B, max_sweeps_W, inner_eps)
-        if hoyer_W is not None:
-            Wt = project_hoyer(Wt, hoyer_W)
-        _revive_dead_rows(Wt)
-        if extrapolation is not None:
-            # W_y = max(0, W_n + beta (W_n - W_prev)) in Wt; W_n kept for the next difference
-            np.copyto(W_n, Wt)
-            Wt -= W_prev
-            Wt *= np.float32(beta)
-            Wt += W_n
-            np.maximum(Wt, 0.0, out=Wt)
-            _revive_dead_rows(Wt)
+        Wt = _phase(Wt, A_W, HHt, l2_W, max_sweeps_W, inner_eps, hoyer_W)
+        if ext is not None:
+            ext.push_W(Wt)
 
         # H-phase: A = W^T X, B = W^T W
         WtX = np.ascontiguousarray((X.T @ Wt.T).T)  # X^T W: the fast BLAS path for a tall X
         WtW = Wt @ Wt.T
         A = WtX - np.float32(l1_H) if l1_H else WtX.copy()
-        B = WtW.copy()
-        B[diag, diag] += np.float32(l2_H)
-        _hals_sweeps(H, A, B, max_sweeps_H, inner_eps)
-        if hoyer_H is not None:
-            H = project_hoyer(H, hoyer_H)
-        _revive_dead_rows(H)
+        H = _phase(H, A, WtW, l2_H, max_sweeps_H, inner_eps, hoyer_H)
 
         HHt = H @ H.T
-        loss = _loss_from_products(x_sq, _tdot(WtX, H), WtW, HHt)
-        if extrapolation is None:
-            if mon.step(loss, Wt, H, WtW, HHt):
-                break
-            continue
-        objective = mon.objective(loss, Wt, H, WtW, HHt)
-        if objective > best:
-            # the step did not pay: restart from the best pair, smaller beta, capped by the last one
-            np.copyto(Wt, W_best)
-            np.copyto(W_prev, W_best)
-            np.copyto(H, H_best)
-            np.copyto(H_prev, H_best)
-            HHt = HHt_best
-            beta_bar, beta_last, beta = beta_last, beta, beta / eta
+        loss = loss_from_products(x_sq, tdot(WtX, H), WtW, HHt)
+        if ext is None:
+            stop = mon.step(loss, Wt, H, WtW, HHt)
         else:
-            best, best_loss, HHt_best = objective, loss, HHt
-            np.copyto(W_best, Wt)
-            np.copyto(H_best, H)
-            np.copyto(W_prev, W_n)
-            # H_y = H_n + beta (H_n - H_prev), not projected (the paper's choice for the second factor)
-            H_n = H.copy()
-            H -= H_prev
-            H *= np.float32(beta)
-            H += H_n
-            H_prev = H_n
-            HHt = H @ H.T
-            beta_last, beta = beta, min(beta_bar, gamma * beta)
-            beta_bar = min(1.0, gamma_bar * beta_bar)
-        if mon.step(best_loss, W_best, H_best, None, None, objective=best):
+            H, HHt, stop = ext.step(mon, Wt, H, WtW, HHt, loss)
+        if stop:
             break
-    if extrapolation is not None:
-        Wt, H = W_best, H_best
+    if ext is not None:
+        Wt, H = ext.W_best, ext.H_best
     del XHt, A_W
     # components that stayed dead (e.g. under a strong L1 penalty) go back to exact zeros
     for F in (Wt, H):

@@ -7,7 +7,7 @@
   Zhou, Cichocki, IEEE TNN 22(12), 2011) or by the penalised ANLS of Kuang, Yun, Park,
   J. Global Optim. 62(3), 2015, with HALS inner sweeps (Zhu, Li, Liu, Tang, NeurIPS 2018).
 
-Same conventions as :mod:`nmfstudy.solvers`: plain functions over float32 arrays, the
+Same conventions as :mod:`nmfstudy.nmf.solvers`: plain functions over float32 arrays, the
 graph S as a sparse matrix (never an n x n dense one), the callback contract
 callback(iteration, loss, elapsed_s) -> True to stop, and the stopping rule (relative
 loss decrease < tol, or max_iter); gnmf returns the solvers' NMFResult.
@@ -20,20 +20,23 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.sparse as sp
 
-from nmfstudy.solvers import (
-    _MU_EPS,
+from ..params import Interval, InvalidParameterError, Options, check
+from ._common import (
+    MAX_ITER,
+    TOL,
     Callback,
+    Monitor,
     NMFResult,
-    _Monitor,
-    _squared_norm,
-    _tdot,
-    _threadpools,
-    _validate,
-    frobenius_loss,
+    check_nmf_arguments,
+    squared_norm,
+    tdot,
+    threadpools,
 )
+from .graph import SEED
+from .solvers import MU_EPS, frobenius_loss
 
-__all__ = ["gnmf", "GNMF_SOLVERS", "graph_smoothness", "gnmf_objective", "symnmf", "normalize_graph",
-           "SymNMFResult", "cluster_rows"]
+__all__ = ["gnmf", "GNMF_SOLVERS", "SYMNMF_SOLVERS", "ASSIGN_RULES", "graph_smoothness", "gnmf_objective", "symnmf",
+           "normalize_graph", "SymNMFResult", "cluster_rows"]
 
 _NO_PENALTY = (0.0, 0.0, 0.0, 0.0)
 
@@ -49,21 +52,6 @@ def _check_graph(S, n: int) -> sp.csr_matrix:
     if abs(S - S.T).max() > 1e-6 * max(abs(S).max(), 1e-30):
         raise ValueError("S must be symmetric")
     return S
-
-
-def _check_real(value, name: str, lo: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value >= lo:
-        raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
-    return float(value)
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------- GNMF
 
 
 def graph_smoothness(W: np.ndarray, S) -> float:
@@ -85,7 +73,9 @@ def gnmf_objective(X, W, H, S, lam: float) -> tuple[float, float, float]:
     return rec * rec + lam * smooth, rec, smooth
 
 
-GNMF_SOLVERS = ("mu", "hals")
+# --------------------------------------------------------------------------- GNMF
+
+GNMF_SOLVERS = ("hals", "mu")
 
 
 def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol: float = 1e-4,
@@ -93,7 +83,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
     """Graph-regularised NMF (GNMF, Cai, He, Han, Huang, IEEE TPAMI 2011).
 
     Minimises ||X - WH||_F^2 + lam Tr(W^T L W), L = D - S the Laplacian of the sample
-    graph S (e.g. :func:`nmfstudy.graph.knn_graph`), D = diag(S 1): samples joined in the
+    graph S (e.g. :func:`nmfstudy.nmf.graph.knn_graph`), D = diag(S 1): samples joined in the
     graph get similar coefficients. In our orientation the paper's V is our W and its U
     our H^T.
 
@@ -104,7 +94,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
             H <- H * (W^T X) / (W^T W H)
 
         The objective never increases (the paper's Theorem 1), and with lam = 0 this
-        is exactly :func:`nmfstudy.solvers.nmf_mu` (same operations, same bits). The
+        is exactly :func:`nmfstudy.nmf.solvers.nmf_mu` (same operations, same bits). The
         objective is not scale-invariant: shrinking W and growing H lowers the graph
         term, and over many iterations MU drifts that way, so lam means something
         only relative to the start's scale.
@@ -125,7 +115,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
     W, H : starting factors (n_samples x k, k x n_features); copied, not changed.
     S : sparse symmetric non-negative (n_samples x n_samples) graph weights.
     lam : weight of the graph term (>= 0).
-    max_iter, tol, callback : as in :func:`nmfstudy.solvers.nmf_mu`.
+    max_iter, tol, callback : as in :func:`nmfstudy.nmf.solvers.nmf_mu`.
 
     Returns
     -------
@@ -133,15 +123,14 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
     iteration i + 1: the full GNMF objective, square-rooted so that it is in the units
     of nmf_mu's ||X - WH||_F and equals it at lam = 0. The stopping rule applies to it.
     The plain reconstruction error of the result is
-    ``nmfstudy.solvers.frobenius_loss(X, res.W, res.H)`` (or :func:`gnmf_objective`).
+    ``nmfstudy.nmf.solvers.frobenius_loss(X, res.W, res.H)`` (or :func:`gnmf_objective`).
     """
-    X, W, H = _validate(X, W, H, max_iter, tol, 0.0, "same", 0.0, None, None, callback)
+    X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, 0.0, "same", 0.0, None, None, callback)
     S = _check_graph(S, X.shape[0])
-    lam = _check_real(lam, "lam")
-    if solver not in GNMF_SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(GNMF_SOLVERS)}, got {solver!r}")
-    mon = _Monitor(tol, max_iter, callback, False, _NO_PENALTY)
-    x_sq = _squared_norm(X)
+    lam = float(check("lam", lam, [Interval(Real, 0.0)]))
+    check("solver", solver, [Options(GNMF_SOLVERS)])
+    mon = Monitor(tol, max_iter, callback, False, _NO_PENALTY)
+    x_sq = squared_norm(X)
     d = np.asarray(S.sum(axis=1), dtype=np.float32).ravel()
     run = _gnmf_mu if solver == "mu" else _gnmf_hals
     return run(X, W, H, S, d, float(lam), x_sq, mon, max_iter)
@@ -149,7 +138,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
 
 def _gnmf_loss(x_sq, cross, WtW, HHt, lam, d, Wt, SWt) -> float:
     """sqrt(||X||^2 - 2 tr(W^T X H^T) + tr(W^T W H H^T) + lam Tr(W^T L W)), Wt = W^T, SWt = (S W)^T."""
-    obj = x_sq - 2.0 * cross + _tdot(WtW, HHt)
+    obj = x_sq - 2.0 * cross + tdot(WtW, HHt)
     if lam:
         Wt64 = Wt.astype(np.float64)
         obj += lam * (float(np.einsum("ji,ji,i->", Wt64, Wt64, d)) - float(np.einsum("ji,ji->", Wt64, SWt)))
@@ -164,26 +153,26 @@ def _gnmf_mu(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
         XHt = X @ H.T
         if it == 0:
             WtW = W.T @ W
-            mon.start(_gnmf_loss(x_sq, _tdot(W, XHt), WtW, HHt, lam, d, W.T, SW.T if lam else None),
+            mon.start(_gnmf_loss(x_sq, tdot(W, XHt), WtW, HHt, lam, d, W.T, SW.T if lam else None),
                       W, H, WtW, HHt)
         denom = W @ HHt
         if lam:
             XHt += lam32 * SW
             denom += lam32 * d[:, None] * W
-        denom[denom == 0] = _MU_EPS
+        denom[denom == 0] = MU_EPS
         XHt /= denom
         W *= XHt
 
         WtX = np.ascontiguousarray((X.T @ W).T)  # X^T W: the fast BLAS path for a tall X
         WtW = W.T @ W
         denom = WtW @ H
-        denom[denom == 0] = _MU_EPS
+        denom[denom == 0] = MU_EPS
         H *= WtX / denom
 
         HHt = H @ H.T
         if lam:
             SW = S @ W
-        if mon.step(_gnmf_loss(x_sq, _tdot(WtX, H), WtW, HHt, lam, d, W.T, SW.T if lam else None),
+        if mon.step(_gnmf_loss(x_sq, tdot(WtX, H), WtW, HHt, lam, d, W.T, SW.T if lam else None),
                     W, H, WtW, HHt):
             break
     return mon.result(W, H)
@@ -202,10 +191,10 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
     for it in range(max_iter):
         A = np.ascontiguousarray((X @ H.T).T)  # H X^T
         if it == 0:
-            mon.start(_gnmf_loss(x_sq, _tdot(Wt, A), Wt @ Wt.T, HHt, lam, d, Wt, SWt), None, None, None, None)
+            mon.start(_gnmf_loss(x_sq, tdot(Wt, A), Wt @ Wt.T, HHt, lam, d, Wt, SWt), None, None, None, None)
         # one BLAS thread in the sweeps: gemv on k x n blocks gains nothing from threads
         # (see solvers.nmf_hals); the products with X keep them all
-        with _threadpools.limit(limits=1, user_api="blas"):
+        with threadpools.limit(limits=1, user_api="blas"):
             for j in range(k):
                 # R h_j = (H X^T)_j - (H H^T)_j W^T + |h_j|^2 w_j
                 num = A[j] - HHt[j] @ Wt
@@ -220,7 +209,7 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
 
         WtX = np.ascontiguousarray((X.T @ Wt.T).T)  # X^T W: the fast BLAS path
         WtW = Wt @ Wt.T
-        with _threadpools.limit(limits=1, user_api="blas"):
+        with threadpools.limit(limits=1, user_api="blas"):
             for j in range(k):
                 r = WtX[j] - WtW[j] @ H
                 r += WtW[j, j] * H[j]
@@ -232,7 +221,7 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
                     H[j] = 0.0
                     H[j, np.argmax(WtX[j] - WtW[j] @ H)] = 1.0
         HHt = H @ H.T
-        if mon.step(_gnmf_loss(x_sq, _tdot(WtX, H), WtW, HHt, lam, d, Wt, SWt), None, None, None, None):
+        if mon.step(_gnmf_loss(x_sq, tdot(WtX, H), WtW, HHt, lam, d, Wt, SWt), None, None, None, None):
             break
     return mon.result(Wt.T, H)
 
@@ -275,7 +264,7 @@ def normalize_graph(S) -> sp.csr_matrix:
     return (Dm @ S @ Dm).tocsr().astype(np.float32)
 
 
-SYMNMF_SOLVERS = ("mu", "anls")
+SYMNMF_SOLVERS = ("anls", "mu")
 
 
 def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, tol: float = 1e-7,
@@ -316,18 +305,14 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
                          f"{getattr(S, 'shape', None)}")
     n = S.shape[0]
     S = _check_graph(S, n)
-    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    tol = _check_real(tol, "tol")
-    if solver not in SYMNMF_SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SYMNMF_SOLVERS)}, got {solver!r}")
-    if isinstance(beta, bool) or not isinstance(beta, Real) or not 0 < beta <= 1:
-        raise ValueError(f"beta must be a number in (0, 1], got {beta!r}")
-    inner_sweeps = _check_positive_int(inner_sweeps, "inner_sweeps")
-    n_init = _check_positive_int(n_init, "n_init")
+    check("k", k, [Interval(Integral, 1, n)])
+    check("seed", seed, SEED)
+    check("max_iter", max_iter, MAX_ITER)
+    check("tol", tol, TOL)
+    check("solver", solver, [Options(SYMNMF_SOLVERS)])
+    check("beta", beta, [Interval(Real, 0.0, 1.0, closed="right")])
+    check("inner_sweeps", inner_sweeps, [Interval(Integral, 1)])
+    check("n_init", n_init, [Interval(Integral, 1)])
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable or None, got {type(callback).__name__}")
 
@@ -349,7 +334,7 @@ def _symnmf_run(A, k, seed, max_iter, tol, solver, beta, inner_sweeps, callback)
     mean_a = float(A.data.sum(dtype=np.float64)) / (n * n)
     rng = np.random.default_rng(seed)
     H = (2.0 * np.sqrt(mean_a / k) * rng.random((n, k))).astype(np.float32)
-    mon = _Monitor(tol, max_iter, callback, False, _NO_PENALTY)
+    mon = Monitor(tol, max_iter, callback, False, _NO_PENALTY)
 
     # the factors are kept transposed (k x n): the HALS coordinates are then contiguous rows
     Ht = np.ascontiguousarray(H.T)
@@ -359,7 +344,7 @@ def _symnmf_run(A, k, seed, max_iter, tol, solver, beta, inner_sweeps, callback)
 
     def loss(Ht, AHt, HtH):
         cross = float(np.einsum("ij,ij->", Ht, AHt, dtype=np.float64))
-        return float(np.sqrt(max(a_sq - 2.0 * cross + _tdot(HtH, HtH), 0.0)))
+        return float(np.sqrt(max(a_sq - 2.0 * cross + tdot(HtH, HtH), 0.0)))
 
     AHt, HtH = times_a(Ht), Ht @ Ht.T
     mon.start(loss(Ht, AHt, HtH), None, None, None, None)
@@ -368,7 +353,7 @@ def _symnmf_run(A, k, seed, max_iter, tol, solver, beta, inner_sweeps, callback)
         for _ in range(max_iter):
             # H * AH / (H H^T H) <= AH / diag(H^T H): multiplying first cannot overflow
             denom = HtH @ Ht
-            denom[denom == 0] = _MU_EPS
+            denom[denom == 0] = MU_EPS
             AHt *= Ht
             AHt /= denom
             AHt *= b
@@ -380,7 +365,7 @@ def _symnmf_run(A, k, seed, max_iter, tol, solver, beta, inner_sweeps, callback)
     else:
         alpha = np.float32(float(A.data.max()) ** 2 if A.nnz else 1.0)
         Wt = Ht.copy()
-        with _threadpools.limit(limits=1, user_api="blas"):  # k x n gemv: threads cost more
+        with threadpools.limit(limits=1, user_api="blas"):  # k x n gemv: threads cost more
             for _ in range(max_iter):
                 # W-step: min ||A - W H^T||^2 + alpha ||W - H||^2, whose normal equations are
                 # W (H^T H + alpha I) = A H + alpha H; then the H-step with the roles swapped
@@ -413,6 +398,10 @@ def _hals_rows(Ft: np.ndarray, Bt: np.ndarray, G: np.ndarray, alpha: np.float32,
 # --------------------------------------------------------------------------- clusters
 
 
+# How rows of a factor become clusters: argmax, or k-means on the L2-normalized rows.
+ASSIGN_RULES = ("argmax", "kmeans")
+
+
 def cluster_rows(W: np.ndarray, n_clusters: int, method: str = "argmax", seed: int = 0) -> np.ndarray:
     """Clusters from a coefficient matrix (n_samples x k).
 
@@ -425,7 +414,7 @@ def cluster_rows(W: np.ndarray, n_clusters: int, method: str = "argmax", seed: i
     if method == "argmax":
         return W.argmax(axis=1)
     if method != "kmeans":
-        raise ValueError(f"method must be one of argmax, kmeans, got {method!r}")
+        raise InvalidParameterError("method", Options(ASSIGN_RULES).describe(method))
     from sklearn.cluster import KMeans
 
     norms = np.linalg.norm(W, axis=1, keepdims=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition._nmf import _initialize_nmf
 
+from ..params import Options, check
+
 NMF_INITS = ("random", "nndsvd", "nndsvda", "nndsvdar")
 # SVD-based starts: they need k <= min(n_samples, n_features)
 SVD_INITS = ("nndsvd", "nndsvda", "nndsvdar")
@@ -17,8 +19,7 @@ KMEANS_INITS = ("kmeans++", "random", "data", "gaussian")
 
 def nmf_init(X: np.ndarray, k: int, init: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """W (n_samples x k) and H (k x n_features), float32, as scikit-learn's NMF would start."""
-    if init not in NMF_INITS:
-        raise ValueError(f"init must be one of {', '.join(NMF_INITS)} for NMF, got {init!r}")
+    check("init", init, [Options(NMF_INITS)])
     W, H = _initialize_nmf(X, k, init=init, random_state=seed)
     return W.astype(np.float32, copy=False), H.astype(np.float32, copy=False)
 
@@ -31,8 +32,7 @@ def kmeans_init(X: np.ndarray, k: int, init: str, seed: int) -> str | np.ndarray
     - random: uniform draws inside each pixel's observed [min, max] range.
     - gaussian: normal draws with each pixel's mean and standard deviation, clipped at 0.
     """
-    if init not in KMEANS_INITS:
-        raise ValueError(f"init must be one of {', '.join(KMEANS_INITS)} for K-means, got {init!r}")
+    check("init", init, [Options(KMEANS_INITS)])
     if init == "kmeans++":
         return "k-means++"
     if init == "data":

@@ -19,13 +19,24 @@ import logging
 import os
 import re
 import tempfile
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
+from ..params import Interval, Options, check
+
 WEIGHTS = ("binary", "heat")
+SEED = [Interval(Integral, 0, 2**32 - 1)]  # numpy's and scikit-learn's seeds
+# The graph's settings, as a graph-aware method takes them (their data-dependent bounds are
+# checked by the functions below, which know the data).
+PARAMETERS = {
+    "n_neighbors": [Interval(Integral, 1)],
+    "weight": [Options(WEIGHTS)],
+    "pca": [Interval(Integral, 1), None],
+}
 # Each float32 distance chunk stays near this size (its argpartition doubles it).
 _CHUNK_BYTES = 64 * 2**20
 # float32 screening keeps this many spare candidates for the exact float64 re-ranking.
@@ -45,16 +56,8 @@ def _check_X(X, name: str = "X") -> np.ndarray:
     return X
 
 
-def _check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return int(value)
-
-
 def _check_pca(pca, X: np.ndarray) -> int | None:
-    if pca is None:
-        return None
-    return _check_int(pca, "pca", 1, min(X.shape))
+    return check("pca", pca, [Interval(Integral, 1, min(X.shape)), None])
 
 
 def _project(X_fit: np.ndarray, others: list[np.ndarray], pca: int | None, seed: int):
@@ -133,11 +136,10 @@ def knn_graph(X, n_neighbors: int = 10, weight: str = "binary", pca: int | None 
     """
     X = _check_X(X)
     n = X.shape[0]
-    n_neighbors = _check_int(n_neighbors, "n_neighbors", 1, n - 1)
-    if weight not in WEIGHTS:
-        raise ValueError(f"weight must be one of {', '.join(WEIGHTS)}, got {weight!r}")
-    pca = _check_pca(pca, X)
-    seed = _check_int(seed, "seed", 0, 2**32 - 1)
+    check("n_neighbors", n_neighbors, [Interval(Integral, 1, n - 1)])
+    check("weight", weight, PARAMETERS["weight"])
+    _check_pca(pca, X)
+    check("seed", seed, SEED)
 
     Z, _ = _project(X, [], pca, seed)
     idx, d2 = _knn(Z, Z, n_neighbors, exclude_self=True)
@@ -164,9 +166,9 @@ def nearest_train(X_train, X_test, n_neighbors: int = 10, pca: int | None = None
     if X_test.shape[1] != X_train.shape[1]:
         raise ValueError(f"X_test must have {X_train.shape[1]} features like X_train, "
                          f"got {X_test.shape[1]}")
-    n_neighbors = _check_int(n_neighbors, "n_neighbors", 1, X_train.shape[0])
-    pca = _check_pca(pca, X_train)
-    seed = _check_int(seed, "seed", 0, 2**32 - 1)
+    check("n_neighbors", n_neighbors, [Interval(Integral, 1, X_train.shape[0])])
+    _check_pca(pca, X_train)
+    check("seed", seed, SEED)
     Z_train, (Z_test,) = _project(X_train, [X_test], pca, seed)
     return _knn(Z_test, Z_train, n_neighbors, exclude_self=False)[0]
 

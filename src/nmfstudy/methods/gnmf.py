@@ -1,0 +1,67 @@
+"""Graph-regularized NMF on the kNN graph of the samples (``method=gnmf``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from numbers import Real
+from typing import ClassVar
+
+import numpy as np
+
+from ..nmf import graph_nmf, initialization
+from ..nmf._common import MAX_ITER, TOL
+from ..params import Interval, Options
+from ._base import BasisMethod, GraphMethod
+
+
+@dataclass
+class GNMFClustering(GraphMethod, BasisMethod):
+    """Graph-regularized NMF, ||X - WH||^2 + lam Tr(W^T L W); clusters from W.
+
+    Cai, He, Han, Huang, "Graph Regularized Nonnegative Matrix Factorization for Data
+    Representation", IEEE TPAMI 33(8), 2011; L is the Laplacian of the kNN graph.
+
+    Parameters
+    ----------
+    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint
+        As :class:`~nmfstudy.methods.GraphMethod`; `init` is an NMF start.
+    lam : float
+        The graph regularization weight (>= 0; 0 is plain NMF).
+    solver : {"hals", "mu"}
+        HALS with unit-norm basis rows, or the paper's multiplicative updates.
+    max_iter, tol
+        Iteration cap; stop when the relative decrease of the objective falls below `tol`.
+    assign : {"kmeans", "argmax"}
+        k-means on the L2-normalized rows of W (the paper's protocol), or their argmax.
+    """
+
+    name: ClassVar[str] = "gnmf"
+    inits: ClassVar[tuple[str, ...]] = initialization.NMF_INITS
+    parameters: ClassVar = {
+        "solver": [Options(graph_nmf.GNMF_SOLVERS)],
+        "lam": [Interval(Real, 0.0)],
+        "max_iter": MAX_ITER,
+        "tol": TOL,
+        "assign": [Options(graph_nmf.ASSIGN_RULES)],
+    }
+
+    init: str = "nndsvda"
+    lam: float = 1.0
+    solver: str = "hals"
+    max_iter: int = 500
+    tol: float = 1e-4
+    assign: str = "kmeans"
+
+    def fit(self, X: np.ndarray) -> GNMFClustering:
+        """Build (or load) the kNN graph of X, factorize X under it and cluster the rows of W."""
+        start = time.perf_counter()
+        S = self._graph(X)
+        self.graph_time_s_ = time.perf_counter() - start
+        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
+        result = graph_nmf.gnmf(X, W, H, S, lam=self.lam, solver=self.solver, max_iter=self.max_iter, tol=self.tol,
+                                callback=self.callback)
+        self._keep(result, X, start)
+        self.W_, self.components_ = result.W, result.H
+        self.labels_ = np.asarray(graph_nmf.cluster_rows(self.W_, self.k, self.assign, self.seed), dtype=np.int64)
+        return self

@@ -1,0 +1,137 @@
+"""Plain and sparse NMF, X ~ W H, clustered by the coefficients W (``method=nmf``)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from numbers import Real
+from typing import ClassVar
+
+import numpy as np
+
+from ..nmf import initialization
+from ..nmf._common import MAX_ITER, PENALTIES, SPARSENESS, TOL
+from ..nmf.graph_nmf import ASSIGN_RULES
+from ..params import Interval, InvalidParameterError, Options
+from ._base import BasisMethod
+
+SOLVERS = ("hals", "mu", "sklearn-cd", "sklearn-mu")
+
+
+@dataclass
+class NMFClustering(BasisMethod):
+    """NMF X ~ W H; clusters from the coefficients W (argmax, or k-means on L2-normalized rows).
+
+    The solvers are ours (:mod:`nmfstudy.nmf.solvers`: ``hals``, ``mu``) or scikit-learn's
+    ``NMF`` (``sklearn-cd``, ``sklearn-mu``), all from scikit-learn's start for `init` and with
+    scikit-learn's penalty scaling. Lee & Seung (2001), Gillis & Glineur (2012), Hoyer (2004).
+
+    Parameters
+    ----------
+    k, seed, init, callback
+        As :class:`~nmfstudy.methods.Method`; `init` is one of scikit-learn's NMF starts.
+    solver : {"hals", "mu", "sklearn-cd", "sklearn-mu"}
+    max_iter : int
+        Iteration cap.
+    tol : float
+        Stop when the relative decrease of the loss falls below it (0: run `max_iter`).
+    assign : {"argmax", "kmeans"}
+        Clusters from the largest coefficient of each sample, or from k-means on the
+        L2-normalized rows of W.
+    inner_alpha : float
+        ``hals``: Gillis & Glineur's extra inner sweeps per phase (0: one sweep).
+    alpha_W, alpha_H, l1_ratio : float, float or "same", float
+        scikit-learn's L1/L2 penalties (``sparsity=l1``).
+    s_W, s_H : float or None
+        Hoyer sparseness targets in [0, 1) of W's columns and H's rows (``sparsity=hoyer``;
+        ``hals`` and ``mu`` only).
+    """
+
+    name: ClassVar[str] = "nmf"
+    inits: ClassVar[tuple[str, ...]] = initialization.NMF_INITS
+    parameters: ClassVar = {
+        "solver": [Options(SOLVERS)],
+        "max_iter": MAX_ITER,
+        "tol": TOL,
+        "assign": [Options(ASSIGN_RULES)],
+        "inner_alpha": [Interval(Real, 0.0)],
+    }
+    sparsity_parameters: ClassVar = {
+        "none": {},
+        "l1": {key: PENALTIES[key] for key in ("alpha_W", "alpha_H", "l1_ratio")},
+        "hoyer": {"s_W": SPARSENESS, "s_H": SPARSENESS},
+    }
+
+    init: str = "nndsvda"
+    solver: str = "hals"
+    max_iter: int = 500
+    tol: float = 1e-4
+    assign: str = "argmax"
+    inner_alpha: float = 0.0
+    alpha_W: float = 0.0
+    alpha_H: float | str = "same"
+    l1_ratio: float = 0.0
+    s_W: float | None = None
+    s_H: float | None = None
+
+    def check_combination(self) -> None:
+        if self.solver.startswith("sklearn") and (self.s_W is not None or self.s_H is not None):
+            raise InvalidParameterError("solver", f"must be hals or mu with a Hoyer sparseness target (s_W, s_H); "
+                                        f"scikit-learn's NMF has no such constraint; got {self.solver!r}")
+
+    def fit(self, X: np.ndarray) -> NMFClustering:
+        """Factorize X (n_samples x n_features, non-negative) and cluster its samples."""
+        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
+        start = time.perf_counter()
+        if self.solver.startswith("sklearn"):
+            W, H = self._fit_sklearn(X, W, H, start)
+        else:
+            from ..nmf import solvers
+
+            solve = (functools.partial(solvers.nmf_hals, inner_alpha=self.inner_alpha) if self.solver == "hals"
+                     else solvers.nmf_mu)
+            result = solve(
+                X, W, H, max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
+                l1_ratio=self.l1_ratio, hoyer_W=self.s_W, hoyer_H=self.s_H, callback=self.callback,
+            )
+            W, H = result.W, result.H
+            self.n_iter_ = int(result.n_iter)
+            self.loss_history_ = np.asarray(result.loss_history)
+            self.time_history_ = np.asarray(result.time_history)
+        self.fit_time_s_ = time.perf_counter() - start
+        self.W_ = W.astype(np.float32, copy=False)
+        self.components_ = H.astype(np.float32, copy=False)
+        self.loss_ = float(self.loss_history_[-1])
+        if self.assign == "kmeans":
+            from sklearn.cluster import KMeans
+            from sklearn.preprocessing import normalize
+
+            self._kmeans = KMeans(self.k, n_init=10, random_state=self.seed).fit(normalize(self.W_))
+            self.labels_ = self._kmeans.labels_.astype(np.int64)
+        else:
+            self.labels_ = self.W_.argmax(axis=1)
+        return self
+
+    def _fit_sklearn(self, X, W, H, start):
+        from sklearn.decomposition import NMF
+
+        model = NMF(
+            self.k, init="custom", solver=self.solver.removeprefix("sklearn-"), max_iter=self.max_iter,
+            tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
+            random_state=self.seed,
+        )
+        W = model.fit_transform(X, W=W, H=H)
+        self.n_iter_ = int(model.n_iter_)
+        self.loss_history_ = np.array([model.reconstruction_err_])
+        self.time_history_ = np.array([time.perf_counter() - start])
+        return W, model.components_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Clusters of new samples: their coefficients against the fitted basis, then the fitted rule."""
+        W = self.coefficients(X)
+        if self.assign == "kmeans":
+            from sklearn.preprocessing import normalize
+
+            return self._kmeans.predict(normalize(W)).astype(np.int64)
+        return W.argmax(axis=1)
