@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -21,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nmfstudy import config as settings
 from nmfstudy import plots, tracking
-from nmfstudy.data import load_dataset
+from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root
+from nmfstudy.methods import ClusteringMethod
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.versions import package_versions
@@ -51,7 +54,18 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def log_figures(model, data, cfg: dict) -> None:
+def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
+    """Draw the fitted method's galleries, confusion matrix and loss curve into the active MLflow run.
+
+    Parameters
+    ----------
+    model : ClusteringMethod
+        The fitted method.
+    data : Dataset
+        The data it was fitted on (its held-out part gives the reconstructions).
+    cfg : dict
+        The run's resolved config (k, method name and seed).
+    """
     k, shape, method = cfg["k"], data.image_shape, cfg["method"]["name"]
     titles = plots.component_titles(model.component_members_, data.y_train, k)
     tracking.log_figure(plots.gallery(model.components_, shape, titles,
@@ -72,7 +86,25 @@ def log_figures(model, data, cfg: dict) -> None:
                             "figures/loss_curve.png")
 
 
-def objective_value(scores: dict[str, float], objective):
+def objective_value(scores: dict[str, float], objective: str | list[str]) -> float | list[float]:
+    """The value(s) a sweeper optimizes: the metric named by `objective`, or a list for a list of names.
+
+    Parameters
+    ----------
+    scores : dict
+        The run's metrics by name.
+    objective : str or list of str
+        The config's ``objective``.
+
+    Returns
+    -------
+    float or list of float
+
+    Raises
+    ------
+    UserError
+        When a named metric is not among the scores.
+    """
     names = [objective] if isinstance(objective, str) else list(objective)
     missing = [name for name in names if name not in scores]
     if missing:
@@ -81,8 +113,26 @@ def objective_value(scores: dict[str, float], objective):
     return values[0] if isinstance(objective, str) else values
 
 
-def prepare(run_cfg: dict, root):
-    """Everything that can fail on a user mistake, before any fitting or logging."""
+def prepare(run_cfg: dict, root: Path) -> tuple[Dataset, tracking.Store, Any]:
+    """Everything that can fail on a user mistake, before any fitting or logging.
+
+    Parameters
+    ----------
+    run_cfg : dict
+        The run's resolved config.
+    root : Path
+        The project root (where the default store lives).
+
+    Returns
+    -------
+    (Dataset, Store, MlflowClient)
+        The loaded data, the resolved store and a client on it.
+
+    Raises
+    ------
+    UserError
+        With one line naming the key at fault.
+    """
     try:
         settings.check(run_cfg)
         ds = run_cfg["dataset"]
@@ -99,7 +149,8 @@ def prepare(run_cfg: dict, root):
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig):
+def main(cfg: DictConfig) -> float | list[float]:
+    """One run: check, load, fit, evaluate, draw and log; returns the objective's value(s)."""
     run_cfg = OmegaConf.to_container(cfg, resolve=True)
     root = project_root()
     hydra_cfg = HydraConfig.get()

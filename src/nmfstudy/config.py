@@ -59,7 +59,23 @@ def config_keys(keys: dict[str, str]) -> Iterator[None]:
 
 
 def method_class(cfg: dict) -> type[methods.Method]:
-    """The class of the run's method (``method.name``)."""
+    """The class of the run's method (``method.name``).
+
+    Parameters
+    ----------
+    cfg : dict
+        The run's resolved config.
+
+    Returns
+    -------
+    type
+        The registered `nmfstudy.methods.Method` subclass.
+
+    Raises
+    ------
+    ConfigError
+        When no method is registered under that name.
+    """
     name = (cfg.get("method") or {}).get("name")
     try:
         return methods.get(name)

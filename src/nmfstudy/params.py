@@ -63,6 +63,7 @@ class Interval:
     closed: str = "both"
 
     def accepts(self, value: Any) -> bool:
+        """True when `value` is a number of this kind inside the interval (booleans are not numbers)."""
         if isinstance(value, bool) or not isinstance(value, self.kind):
             return False
         if self.kind is Real and not math.isfinite(value):
@@ -73,6 +74,7 @@ class Interval:
                     and (value > self.high or (value == self.high and self.closed in ("left", "neither"))))
 
     def describe(self, value: Any) -> str:
+        """What the interval allows and what `value` was: ``"must be an integer >= 1, got 0"``."""
         if self.kind is Integral:
             if self.high is None:
                 return f"must be an integer >= {self.low}, got {value!r}"
@@ -93,9 +95,11 @@ class Options:
     values: tuple
 
     def accepts(self, value: Any) -> bool:
+        """True when `value` is one of the options."""
         return isinstance(value, (str, int, float)) and not isinstance(value, bool) and value in self.values
 
     def describe(self, value: Any) -> str:
+        """The options and what `value` was: ``"must be one of a, b; got 'c'"``."""
         return f"must be one of {', '.join(map(str, self.values))}; got {value!r}"
 
 

@@ -63,7 +63,8 @@ class ClusteringMethod(Protocol):
     fit_time_s_: float
 
     @property
-    def component_members_(self) -> np.ndarray: ...
+    def component_members_(self) -> np.ndarray:
+        """The component each training sample belongs to most."""
 
     def fit(self, X: np.ndarray) -> ClusteringMethod:
         """Fit on the training samples X (n_samples x n_features)."""
@@ -150,7 +151,13 @@ class Method:
         """Raise `InvalidParameterError` for settings that are valid alone but not together."""
 
     def check_data(self, X: np.ndarray) -> None:
-        """Raise `InvalidParameterError` for a setting these training samples cannot satisfy."""
+        """Raise `InvalidParameterError` for a setting these training samples cannot satisfy.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_features)
+            The training samples.
+        """
         n = len(X)
         if self.k > n:
             raise InvalidParameterError("k", f"must be at most the number of training samples ({n}); got {self.k}")
@@ -172,6 +179,7 @@ class BasisMethod(Method):
     images_name: ClassVar[str] = "NMF basis images"
 
     def check_data(self, X: np.ndarray) -> None:
+        """As `Method.check_data`; an SVD-based start also needs k <= min(n_samples, n_features)."""
         super().check_data(X)
         from ..nmf.initialization import SVD_INITS
 
@@ -238,9 +246,11 @@ class GraphMethod(Method):
 
     @classmethod
     def declaration(cls) -> dict:
+        """As `Method.declaration`, with the graph's settings."""
         return {**super().declaration(), **knn.PARAMETERS}
 
     def check_data(self, X: np.ndarray) -> None:
+        """As `Method.check_data`; the graph needs fewer neighbours than samples and a feasible PCA."""
         super().check_data(X)
         n, p = X.shape
         if self.n_neighbors >= n:

@@ -76,6 +76,7 @@ class NMFClustering(BasisMethod):
     s_H: float | None = None
 
     def check_combination(self) -> None:
+        """Hoyer's constraints need one of our solvers."""
         if self.solver.startswith("sklearn") and (self.s_W is not None or self.s_H is not None):
             raise InvalidParameterError("solver", f"must be hals or mu with a Hoyer sparseness target (s_W, s_H); "
                                         f"scikit-learn's NMF has no such constraint; got {self.solver!r}")

@@ -1,0 +1,171 @@
+"""The code's structure: no import cycle, MLflow behind tracking, a method is one module and one config file."""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from nmfstudy import config as settings
+from nmfstudy import methods
+from nmfstudy.methods import _base
+from nmfstudy.metrics import evaluate, metric_names
+from nmfstudy.params import Interval
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Modules that may import mlflow: tracking, and the report package's reader of the store.
+MLFLOW_HOMES = ("nmfstudy.tracking", "nmfstudy.report.store")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function, as absolute names."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x` imports module x
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of src/ it imports (a package's own __init__ counts as its name)."""
+    paths = sorted(SRC.rglob("*.py"))
+    own = {module_name(p) for p in paths}
+    graph = {}
+    for path in paths:
+        graph[module_name(path)] = {m for m in imports(path) if m in own and m != module_name(path)}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_of_src_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 20 and "nmfstudy.methods._base" in graph["nmfstudy.methods.nmf"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_tracking_and_the_report_store_import_mlflow():
+    importers = sorted(module_name(p) for p in SRC.rglob("*.py")
+                       if any(m == "mlflow" or m.startswith("mlflow.") for m in imports(p)))
+    assert importers and all(m.startswith(MLFLOW_HOMES) for m in importers), importers
+
+
+def test_no_module_switches_the_matplotlib_backend():
+    offenders = [str(p) for p in SRC.rglob("*.py") if "matplotlib.use(" in p.read_text()]
+    assert offenders == []
+
+
+def test_the_library_imports_no_application_module():
+    """nmfstudy.nmf and nmfstudy.methods know nothing of configs, Hydra, MLflow or Optuna."""
+    graph = {name: imports(p) for p in SRC.rglob("*.py")
+             if (name := module_name(p)).startswith(("nmfstudy.nmf", "nmfstudy.methods", "nmfstudy.params"))}
+    forbidden = ("hydra", "omegaconf", "mlflow", "optuna", "nmfstudy.config", "nmfstudy.tracking")
+    leaks = {name: sorted(m for m in found if m.startswith(forbidden)) for name, found in graph.items()}
+    assert graph and all(not leak for leak in leaks.values()), leaks
+
+
+@dataclass
+class NearestMeanClustering(_base.Method):
+    """A toy method: k evenly spaced samples (by their sum) as the centroids, then nearest centroid."""
+
+    name: ClassVar[str] = "nearest_mean_toy"
+    inits: ClassVar[tuple[str, ...]] = ("spread",)
+    parameters: ClassVar = {"n_rounds": [Interval(Integral, 1, 10)]}
+    init: str = "spread"
+    n_rounds: int = 1
+
+    def fit(self, X):
+        order = np.argsort(X.sum(axis=1))
+        centers = X[order[np.linspace(0, len(X) - 1, self.k).astype(int)]]
+        for _ in range(self.n_rounds):
+            self.labels_ = ((X[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)
+            centers = np.stack([X[self.labels_ == j].mean(0) if (self.labels_ == j).any() else centers[j]
+                                for j in range(self.k)])
+        self.components_ = centers.astype(np.float32)
+        self.loss_ = float(((X - centers[self.labels_]) ** 2).sum())
+        self.loss_history_, self.time_history_ = np.array([self.loss_]), np.array([0.0])
+        self.n_iter_, self.fit_time_s_ = self.n_rounds, 0.0
+        return self
+
+    def predict(self, X):
+        return ((X[:, None, :] - self.components_[None]) ** 2).sum(-1).argmin(1)
+
+
+@pytest.fixture
+def toy_method(tmp_path):
+    """The toy method registered (as defining its module would), and its config file in a search path."""
+    conf = tmp_path / "conf" / "method"
+    conf.mkdir(parents=True)
+    (conf / "nearest_mean_toy.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /init: spread\n\nmethod:\n  name: nearest_mean_toy\n"
+        "  n_rounds: 3\n")
+    (tmp_path / "conf" / "init").mkdir()
+    (tmp_path / "conf" / "init" / "spread.yaml").write_text("name: spread\n")
+    _base.register(NearestMeanClustering)
+    yield tmp_path / "conf"
+    _base._REGISTRY.pop(NearestMeanClustering.name)
+
+
+def test_a_new_method_is_one_class_and_one_config_file(toy_method, compose):
+    """Nothing in config.py, train.py or metrics.py names a method: the registry and the declaration do."""
+    cfg = compose("method=nearest_mean_toy", "k=3", f"hydra.searchpath=[file://{toy_method}]")
+    assert "nearest_mean_toy" in methods.names()
+    settings.check(cfg)
+    model = settings.build_method(cfg)
+    assert isinstance(model, NearestMeanClustering) and (model.k, model.n_rounds, model.init) == (3, 3, "spread")
+    X = np.vstack([np.full((20, 4), v, np.float32) for v in (0.0, 0.5, 1.0)])
+    y = np.repeat([0, 1, 2], 20)
+    settings.check_data(cfg, X)
+    scores = evaluate(model.fit(X), X, y, X, y)
+    assert set(scores) == set(metric_names(has_basis=False)) and scores["accuracy"] == 1.0
+    bad = compose("method=nearest_mean_toy", "method.n_rounds=11", f"hydra.searchpath=[file://{toy_method}]")
+    with pytest.raises(settings.ConfigError, match=r"^method.n_rounds must be an integer in \[1, 10\], got 11$"):
+        settings.check(bad)
+    unknown = compose("method=nearest_mean_toy", "+method.depth=2", f"hydra.searchpath=[file://{toy_method}]")
+    with pytest.raises(settings.ConfigError, match="^method.depth is not a setting of method=nearest_mean_toy$"):
+        settings.check(unknown)
