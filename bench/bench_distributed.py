@@ -1,7 +1,7 @@
 """One study, many workers: throughput, per-trial storage and tracking time, and server connections.
 
-    python bench/bench_distributed.py                      # 24 trials: SQLite x1, then PostgreSQL + MLflow server x1, x2, x4
-    python bench/bench_distributed.py --write              # ... and write bench/distributed_results.md and RESULTS.md's section
+    python bench/bench_distributed.py              # 24 trials: SQLite x1, then PostgreSQL + MLflow server x1, x2, x4
+    python bench/bench_distributed.py --write      # ... and write bench/distributed_results.md and RESULTS.md's section
 
 The same study (preset nmf_k on dataset=digits, short fits: method.max_iter=200) is run with
 `max_trials` fixed, first on one machine's stores (SQLite optuna.db and mlflow.db, one worker: the
@@ -55,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from machine import machine_summary
+from machine import machine_summary  # noqa: E402 (bench/ is put on the path just above)
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SECTION = "## Distributed studies (bench/bench_distributed.py)"
@@ -268,7 +268,8 @@ def run_setting(setting: Setting, argv_for, base: Path, hook_dir: Path, code_dir
     timing_dir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(ONE_THREAD, PYTHONUNBUFFERED="1", NMFSTUDY_BENCH_TIMING_DIR=str(timing_dir),
-               PYTHONPATH=os.pathsep.join(p for p in (str(hook_dir), str(code_dir / "src"), env.get("PYTHONPATH")) if p))
+               PYTHONPATH=os.pathsep.join(p for p in (str(hook_dir), str(code_dir / "src"), env.get("PYTHONPATH"))
+                                          if p))
     setting.load_before = os.getloadavg()[0]
     pg_port = servers.postgres.port if servers else None
     ml_port = servers.mlflow.port if servers else None
@@ -390,7 +391,8 @@ def figures(s: Setting) -> dict:
     f["span_s"] = last_end - first_start
     f["per_min_span"] = len(finished) / f["span_s"] * 60
     t0 = min(w.started for w in s.workers)
-    f["startup_s"] = _mean(min(_ts(t.datetime_start) for t in s.trials if t.user_attrs.get("worker_pid") == w.process.pid)
+    f["startup_s"] = _mean(min(_ts(t.datetime_start) for t in s.trials
+                               if t.user_attrs.get("worker_pid") == w.process.pid)
                            - w.started for w in s.workers
                            if any(t.user_attrs.get("worker_pid") == w.process.pid for t in s.trials))
     f["tail_s"] = max(w.ended for w in s.workers) - last_end  # last trial told -> last worker gone
@@ -507,8 +509,8 @@ def render(figs: list[dict], conns: dict, meta: dict) -> str:
     lines.append("")
     code = meta["code"]
     if meta["snapshot"]:
-        lines.append(f"Code: commit {code['commit']}; the workers ran a snapshot of its src/ and conf/ (`git archive`), "
-                     "as the shared checkout changes while benchmarks run.")
+        lines.append(f"Code: commit {code['commit']}; the workers ran a snapshot of its src/ and conf/ "
+                     "(`git archive`), as the shared checkout changes while benchmarks run.")
     else:
         lines.append(f"Code: the working tree at commit {code['commit']}" + (
             f", with uncommitted changes to {', '.join(c.split()[-1] for c in code['changed'])}" if code["changed"]
@@ -529,7 +531,8 @@ def render(figs: list[dict], conns: dict, meta: dict) -> str:
                  + ", ".join(f"{k} {v:.1f}" for k, v in meta["one_off"].items()) + ").")
     lines.append("")
     lines.append("| setting | workers | finished trials | failed | wall s (first start - last exit) | trials/min | "
-                 "vs anchor | trial span s | trials/min in span | vs anchor | start-up s | tail s | load before / mean |")
+                 "vs anchor | trial span s | trials/min in span | vs anchor | start-up s | tail s | "
+                 "load before / mean |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in figs:
         lines.append(
@@ -551,8 +554,8 @@ def render(figs: list[dict], conns: dict, meta: dict) -> str:
                  "background threads. CPU: user+system seconds per finished trial, over the whole setting "
                  "(start-up included).")
     lines.append("")
-    lines.append("| setting | workers | cycle | trial | fit | job outside fit | around | between | storage | tracking | "
-                 "storage+tracking share of cycle | heartbeat threads | worker CPU | server CPU |")
+    lines.append("| setting | workers | cycle | trial | fit | job outside fit | around | between | storage | "
+                 "tracking | storage+tracking share of cycle | heartbeat threads | worker CPU | server CPU |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in figs:
         share = (f["storage_s"] + f["tracking_s"]) / f["cycle_s"] if f["cycle_s"] else float("nan")
@@ -583,7 +586,8 @@ def render(figs: list[dict], conns: dict, meta: dict) -> str:
     for f in figs[1:]:
         c = conns[f["label"]]
         lines.append(f"| {f['workers']} | {c['samples']} | {c['w_pg_max']} / {fmt(c['w_pg_mean'])} | "
-                     f"{c['w_ml_max']} / {fmt(c['w_ml_mean'])} | {c['optuna_max']} / {fmt(c['optuna_per_worker_mean'])} | "
+                     f"{c['w_ml_max']} / {fmt(c['w_ml_mean'])} | "
+                     f"{c['optuna_max']} / {fmt(c['optuna_per_worker_mean'])} | "
                      f"{c['mlflow_max']} / {fmt(c['mlflow_mean'])} |")
     lines.append("")
     lines.append("Where a cycle's storage and tracking seconds go (calls per trial x, ms per trial; the largest "
@@ -620,11 +624,13 @@ def analysis(figs: list[dict], conns: dict) -> list[str]:
     if cores in pg and max(pg) > cores:
         gain = pg[max(pg)]["per_min"] / pg[cores]["per_min"]
         beyond = (f"{max(pg)} workers against {cores}: {gain:.2f}x the trials per minute, "
-                  + ("so workers beyond the core count added connections and start-up, not throughput. " if gain <= 1.1
-                     else "a gain that came from a larger share of the shared machine and from one worker computing while "
-                     "another waits on the servers, not from more cores. "))
-    ratios = ", ".join(f"{n} workers {f['per_min'] / one['per_min']:.2f}x ({f['per_min_span'] / one['per_min_span']:.2f}x "
-                       "in the trials' span)" for n, f in pg.items() if n > 1)
+                  + ("so workers beyond the core count added connections and start-up, not throughput. "
+                     if gain <= 1.1
+                     else "a gain that came from a larger share of the shared machine and from one worker computing "
+                     "while another waits on the servers, not from more cores. "))
+    ratios = ", ".join(f"{n} workers {f['per_min'] / one['per_min']:.2f}x "
+                       f"({f['per_min_span'] / one['per_min_span']:.2f}x in the trials' span)"
+                       for n, f in pg.items() if n > 1)
     out = ["**What the cores allow.** "
            f"A finished trial costs {one['worker_cpu_s']:.1f} CPU seconds in its worker (its fit only "
            f"{one['fit_s']:.2f} s; the rest is the job's evaluation and its five figures, Python's start-up spread "
@@ -661,7 +667,8 @@ def analysis(figs: list[dict], conns: dict) -> list[str]:
                      "(tests/servers.py starts it with 200). The MLflow server's own pool peaked at "
                      f"{min(x['mlflow_max'] for x in conns.values())}-{max(x['mlflow_max'] for x in conns.values())} "
                      "sessions whatever the number of workers; each worker held "
-                     f"{min(x['w_ml_mean'] for x in conns.values()):.1f}-{max(x['w_ml_mean'] for x in conns.values()):.1f} "
+                     f"{min(x['w_ml_mean'] for x in conns.values()):.1f}-"
+                     f"{max(x['w_ml_mean'] for x in conns.values()):.1f} "
                      f"HTTP connections to it on average (at most {max(x['w_ml_max'] for x in conns.values())}).")
     tails = [f for f in pg.values() if f["workers"] > 1]
     if tails:
@@ -750,9 +757,9 @@ def main() -> None:
             for n in counts:
                 s = Setting(f"pg-{n}", "PostgreSQL + MLflow server", n)
                 name = f"bench-pg-{n}"
-                run_setting(s, lambda d, name=name: worker_command(servers.optuna_url, servers.mlflow_url, name, d,
-                                                                   args.max_trials, overrides), base, hook_dir, code_dir,
-                            servers)
+                run_setting(s, lambda d, name=name: worker_command(servers.optuna_url, servers.mlflow_url, name,
+                                                                   d, args.max_trials, overrides),
+                            base, hook_dir, code_dir, servers)
                 collect(s, servers.optuna_url, servers.mlflow_url, name)
                 conns[s.label] = connection_figures(s, servers.postgres.port, servers.mlflow.port)
                 settings.append(s)

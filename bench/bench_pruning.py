@@ -118,7 +118,8 @@ def main() -> None:
 
     base, pruned = rows
     lines = [
-        f"\n## {args.preset}, {args.sampler} sampler, on {args.dataset}{f' ({args.n_samples} samples)' if args.n_samples else ''}, "
+        f"\n## {args.preset}, {args.sampler} sampler, on {args.dataset}"
+        f"{f' ({args.n_samples} samples)' if args.n_samples else ''}, "
         f"{args.n_trials} trials, {args.max_iter} iterations per fit ({datetime.now():%Y-%m-%d %H:%M})\n",
         f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, shared with other work (1-minute load average during each "
@@ -150,7 +151,8 @@ def main() -> None:
         f"Pruning ran {change(pruned['iterations'], base['iterations'], 'fewer')} NMF iterations and spent "
         f"{change(timed['fit_s'], base['fit_s'])} time fitting and {change(timed['trials_s'], base['trials_s'])} in "
         f"trials{' (costed at the same speed)' if same else ''}; best value {pruned['best']:.4f} vs "
-        f"{base['best']:.4f} without pruning ({'equal' if abs(pruned['best'] - base['best']) < 1e-9 else 'different'}). "
+        f"{base['best']:.4f} without pruning "
+        f"({'equal' if abs(pruned['best'] - base['best']) < 1e-9 else 'different'}). "
         f"Best params: {base['best_params']} / {pruned['best_params']}.",
         "",
     ]

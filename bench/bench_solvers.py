@@ -304,7 +304,7 @@ def main() -> None:
             del X64
             print(f"k={k}: reference {res['reference']}", flush=True)
         ref_loss = res.get("reference", {}).get("loss")
-        race = lambda: Race(1.01 * L, target, budget, ref=ref_loss)  # noqa: E731
+        race = functools.partial(Race, 1.01 * L, target, budget, ref=ref_loss)
         if k in args.sklearn_steps_k:
             for s in ("cd", "mu"):
                 res[f"sklearn_{s}_steps"] = run_sklearn_steps(X, W0, H0, s, race(), args.max_iter)
@@ -374,7 +374,7 @@ def main() -> None:
           "scikit-learn's fit ends by computing reconstruction_err_ from the dense X - WH (two n x p "
           "temporaries), which sets its peak; its 'iterations' rows measure the iteration loop alone.",
           ""]
-    for k, L, target, start_loss, t_init, res, mem in summary:
+    for k, L, target, start_loss, t_init, _res, _mem in summary:
         md.append(f"- k={k}: start (nndsvda) loss {start_loss:.2f}, computed in {t_init:.2f} s; "
                   f"L* = {L:.2f}; target {target:.2f}.")
     md += ["", "| solver | k | time to 1% of L* (s) | time to target (s) | time to the reference's loss (s) | "
@@ -385,7 +385,7 @@ def main() -> None:
     md += ["", "Targets (issue): at k=10 `hals` at most 5 s, at least 2.5x faster than scikit-learn at its best "
                "and 10x faster than the reference setting, at equal or lower loss; peak memory at most 1.5x "
                "scikit-learn at its best.", ""]
-    for k, L, target, start_loss, t_init, res, mem in summary:
+    for k, _L, _target, _start_loss, _t_init, res, _mem in summary:
         h = res.get("hals", {})
         if h.get("time") is None:
             md.append(f"- k={k}: hals did not reach the target.")

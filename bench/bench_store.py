@@ -96,8 +96,10 @@ def main() -> None:
         f"| run statuses | {', '.join(statuses)} |",
         f"| whole sweep, wall time | {sweep_s:.0f} s |",
         f"| `MlflowClient().search_runs` of all runs | {search_s:.2f} s |",
-        f"| `mlflow ui`: page / runs served by its REST API / a PNG artifact | HTTP {page} / {served} / {'ok' if artifact_ok else 'FAILED'} |",
-        f"| artifacts per run: mean / largest (k={biggest_run.data.params['k']}, {biggest_run.data.params['method']}) | "
+        f"| `mlflow ui`: page / runs served by its REST API / a PNG artifact | "
+        f"HTTP {page} / {served} / {'ok' if artifact_ok else 'FAILED'} |",
+        f"| artifacts per run: mean / largest "
+        f"(k={biggest_run.data.params['k']}, {biggest_run.data.params['method']}) | "
         f"{mean_kib:.0f} KiB / {biggest / 1024:.0f} KiB |",
         f"| SQLite file after the study | {(folder / 'mlflow.db').stat().st_size / 2**20:.1f} MiB |",
     ])

@@ -18,8 +18,8 @@ def machine_summary() -> str:
                 break
     except OSError:
         pass
-    blas = ", ".join(sorted({f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)" for i in threadpool_info()
-                             if i["user_api"] == "blas"}))
+    blas = ", ".join(sorted({f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
+                             for i in threadpool_info() if i["user_api"] == "blas"}))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"Machine: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; Python {platform.python_version()}, "
             f"numpy {numpy.__version__}, scikit-learn {sklearn.__version__}, BLAS: {blas}.")
