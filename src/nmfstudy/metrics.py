@@ -19,7 +19,20 @@ DEAD_RTOL = 1e-6
 
 
 def metric_names(has_basis: bool, has_labels: bool = True) -> tuple[str, ...]:
-    """The names of the metrics `evaluate` returns for a method with (or without) basis images."""
+    """The names of the metrics `evaluate` returns for a method with (or without) basis images.
+
+    Parameters
+    ----------
+    has_basis : bool
+        Whether the method has basis images (W and H), which adds ``BASIS_METRICS``.
+    has_labels : bool, default True
+        Whether true labels are known, which adds ``LABEL_METRICS``.
+
+    Returns
+    -------
+    tuple of str
+        The metric names, label metrics first, then ``RUN_METRICS``, then the basis metrics.
+    """
     return ((LABEL_METRICS if has_labels else ()) + RUN_METRICS + (BASIS_METRICS if has_basis else ()))
 
 
@@ -29,6 +42,22 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
     A factorization's component j is alive when it contributes to X ~ W H, ||w_j|| ||h_j|| above
     `rtol` ||X||_F (above 0 without X); a centroid or cluster image when its norm is above 0 (an
     empty SymNMF cluster has none).
+
+    Parameters
+    ----------
+    model : ClusteringMethod
+        A fitted method (see :class:`nmfstudy.methods.ClusteringMethod`): its `components_`,
+        and `W_` when `has_basis`.
+    X : ndarray of shape (n_samples, n_features), optional
+        The training data, the scale of the threshold; without it any non-zero contribution counts.
+    rtol : float, default DEAD_RTOL
+        The threshold relative to ||X||_F: multiplicative updates shrink a dying component
+        towards zero without ever reaching it, so an exact zero test would miss it.
+
+    Returns
+    -------
+    ndarray of shape (k,), bool
+        True for the live components.
     """
     def norms(M, axis):  # accumulated in float64 without a float64 copy of M
         M = np.asarray(M)
@@ -43,7 +72,22 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
 
 
 def contingency(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Counts of (cluster, true label): shape n_clusters x n_labels (labels 0..max)."""
+    """Counts of (cluster, true label): shape n_clusters x n_labels (labels 0..max).
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,), int
+        The true labels, >= 0.
+    clusters : ndarray of shape (n_samples,), int
+        The clusters, in [0, n_clusters).
+    n_clusters : int
+        The number of clusters (rows of the table; empty clusters get zero rows).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, max(y_true) + 1), int64
+        ``table[c, y]`` is the number of samples of label y in cluster c.
+    """
     n_labels = int(y_true.max()) + 1
     table = np.zeros((n_clusters, n_labels), dtype=np.int64)
     np.add.at(table, (clusters, y_true), 1)
@@ -51,12 +95,45 @@ def contingency(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np
 
 
 def majority_mapping(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
-    """The most frequent true label of each cluster (label 0 for an empty cluster)."""
+    """The most frequent true label of each cluster (label 0 for an empty cluster).
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,), int
+        The true labels, as in :func:`contingency`.
+    clusters : ndarray of shape (n_samples,), int
+        The clusters, as in :func:`contingency`.
+    n_clusters : int
+        The number of clusters.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters,), int
+        The label each cluster predicts; a tie goes to the lower label.
+    """
     return contingency(y_true, clusters, n_clusters).argmax(axis=1)
 
 
 def majority_accuracy(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> float:
-    """Accuracy when every cluster predicts its most frequent label; works for any k."""
+    """Accuracy when every cluster predicts its most frequent label; works for any k.
+
+    Several clusters may predict the same label (unlike :func:`hungarian_accuracy`), so the
+    score tends to grow with the number of clusters.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,), int
+        The true labels, as in :func:`contingency`.
+    clusters : ndarray of shape (n_samples,), int
+        The clusters, as in :func:`contingency`.
+    n_clusters : int
+        The number of clusters.
+
+    Returns
+    -------
+    float
+        The share of samples whose cluster's majority label is their own, in [0, 1].
+    """
     mapping = majority_mapping(y_true, clusters, n_clusters)
     return float(np.mean(mapping[clusters] == y_true))
 
@@ -64,7 +141,23 @@ def majority_accuracy(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int)
 def hungarian_accuracy(y_true: np.ndarray, clusters: np.ndarray, n_clusters: int) -> float:
     """Accuracy under the best one-to-one matching of clusters to labels (Kuhn-Munkres).
 
+    The matching maximises the matched counts of the contingency table, by the Hungarian
+    algorithm (Kuhn 1955; Munkres 1957) of :func:`scipy.optimize.linear_sum_assignment`.
     With more clusters than labels, the unmatched clusters count as wrong.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,), int
+        The true labels, as in :func:`contingency`.
+    clusters : ndarray of shape (n_samples,), int
+        The clusters, as in :func:`contingency`.
+    n_clusters : int
+        The number of clusters.
+
+    Returns
+    -------
+    float
+        The share of samples in a cluster matched to their label, in [0, 1].
     """
     table = contingency(y_true, clusters, n_clusters)
     rows, cols = linear_sum_assignment(table, maximize=True)
@@ -75,6 +168,19 @@ def hoyer_sparseness(M: np.ndarray, axis: int) -> np.ndarray:
     """Hoyer's (2004) sparseness of each vector along `axis`: 0 for flat, 1 for one non-zero.
 
     (sqrt(n) - |x|_1 / |x|_2) / (sqrt(n) - 1); an all-zero vector counts as 0.
+
+    Parameters
+    ----------
+    M : array_like, 2-D
+        The vectors; used as float64. Their length n along `axis` should be >= 2 (the
+        measure divides by sqrt(n) - 1).
+    axis : int
+        The axis the vectors run along: 0 for the columns of W, 1 for the rows of H.
+
+    Returns
+    -------
+    ndarray
+        The sparseness of each vector, in [0, 1].
     """
     M = np.asarray(M, dtype=np.float64)
     n = M.shape[axis]
@@ -85,7 +191,23 @@ def hoyer_sparseness(M: np.ndarray, axis: int) -> np.ndarray:
 
 
 def mean_residual_norm(X: np.ndarray, approximation, chunk: int = 8192) -> float:
-    """Mean over samples of ||x_i - approximation(x_i)||, in chunks to bound memory."""
+    """Mean over samples of ||x_i - approximation(x_i)||, in chunks to bound memory.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The samples.
+    approximation : callable
+        Called as ``approximation(start, block)`` with a block of rows of X starting at row
+        `start`; returns their approximations, an array of the block's shape.
+    chunk : int, default 8192
+        Rows per block.
+
+    Returns
+    -------
+    float
+        The mean Euclidean norm of the residual rows.
+    """
     total = 0.0
     for start in range(0, len(X), chunk):
         block = X[start : start + chunk]
@@ -94,9 +216,28 @@ def mean_residual_norm(X: np.ndarray, approximation, chunk: int = 8192) -> float
 
 
 def silhouette(X: np.ndarray, clusters: np.ndarray, sample_size: int = 2000, seed: int = 0) -> float:
-    """Silhouette on a seeded sample of `sample_size` samples (the sample scikit-learn's
-    `silhouette_score(sample_size=..., random_state=seed)` draws); NaN when the sample holds a
-    single cluster or every sample is its own cluster, where it is not defined."""
+    """Silhouette score on a seeded sample of `sample_size` samples.
+
+    The sample is the one scikit-learn's ``silhouette_score(sample_size=..., random_state=seed)``
+    draws.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The samples.
+    clusters : ndarray of shape (n_samples,)
+        The cluster of each sample.
+    sample_size : int, default 2000
+        The number of samples scored (all of them when there are fewer).
+    seed : int, default 0
+        The seed of the sample.
+
+    Returns
+    -------
+    float
+        The mean silhouette, in [-1, 1]; NaN when the sample holds a single cluster or every
+        sample is its own cluster, where it is not defined.
+    """
     picks = np.random.RandomState(seed).permutation(len(X))[:sample_size]
     n_found = len(np.unique(clusters[picks]))
     if not 1 < n_found < len(picks):
@@ -114,7 +255,40 @@ def evaluate(
     silhouette_size: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Every score of a fitted method (see `methods`): the metrics a run logs, by name."""
+    """Every score of a fitted method (see `methods`): the metrics a run logs, by name.
+
+    Logs a warning when components died (see :func:`live_components`): the scores are then
+    those of a degenerate fit.
+
+    Parameters
+    ----------
+    model : ClusteringMethod
+        A method fitted on X_train (see :class:`nmfstudy.methods.ClusteringMethod`).
+    X_train : ndarray of shape (n_train, n_features)
+        The training samples.
+    y_train : ndarray of shape (n_train,), int
+        Their true labels, >= 0.
+    X_test : ndarray of shape (n_test, n_features)
+        The held-out samples.
+    y_test : ndarray of shape (n_test,), int
+        Their true labels.
+    silhouette_size : int, default 2000
+        The sample size of :func:`silhouette`.
+    seed : int, default 0
+        The seed of that sample.
+
+    Returns
+    -------
+    dict of str to float
+        The names of :func:`metric_names` (with labels) and their scores: "accuracy"
+        (:func:`majority_accuracy`), "hungarian_accuracy" (Kuhn-Munkres matching), "nmi"
+        (normalized mutual information, Strehl & Ghosh 2002, scikit-learn's arithmetic-mean
+        normalisation), "ari" (adjusted Rand index), "test_accuracy" (the test samples'
+        clusters mapped by the training majority labels), the run's "loss", "fit_time_s",
+        "n_iter", "n_clusters_used", "n_live_components", "silhouette", "j_clust" (the mean
+        residual norm against W H or the cluster centres) and, with basis images, the mean
+        Hoyer sparseness of the columns of W ("sparsity_W") and rows of H ("sparsity_H").
+    """
     k = model.k
     clusters = model.labels_
     mapping = majority_mapping(y_train, clusters, k)
@@ -145,5 +319,6 @@ def evaluate(
         scores["sparsity_H"] = float(hoyer_sparseness(H, axis=1).mean())
     else:
         centers = model.components_
-        scores["j_clust"] = mean_residual_norm(X_train, lambda start, block: centers[clusters[start : start + len(block)]])
+        scores["j_clust"] = mean_residual_norm(X_train,
+                                               lambda start, block: centers[clusters[start : start + len(block)]])
     return scores

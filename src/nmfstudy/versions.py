@@ -8,6 +8,15 @@ PACKAGES = ("nmfstudy", "numpy", "scipy", "scikit-learn", "hydra-core", "mlflow"
 
 
 def package_versions() -> dict[str, str]:
+    """The Python version and the installed version of each package of ``PACKAGES``.
+
+    Recorded with every run, so that a result can be traced to the code that produced it.
+
+    Returns
+    -------
+    dict of str to str
+        "python" and each package name, mapped to its version, or "not installed".
+    """
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

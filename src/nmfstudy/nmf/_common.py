@@ -23,10 +23,24 @@ Callback = Callable[[int, float, float], "bool | None"]
 
 @dataclass
 class NMFResult:
-    """What a solver returns.
+    """What a solver returns: the factors and the per-iteration loss and timing.
 
-    loss_history[i] is ||X - WH||_F after iteration i + 1 and time_history[i] the seconds
-    elapsed since the solver was entered at that point (float64, len == n_iter).
+    Each parameter is kept as the attribute of the same name.
+
+    Parameters
+    ----------
+    W : ndarray of shape (n_samples, k), float32
+        The coefficients.
+    H : ndarray of shape (k, n_features), float32
+        The basis images.
+    n_iter : int
+        The number of iterations run.
+    loss_history : ndarray of shape (n_iter,), float64
+        ``loss_history[i]`` is ||X - WH||_F after iteration i + 1.
+    time_history : ndarray of shape (n_iter,), float64
+        ``time_history[i]`` is the seconds elapsed since the solver was entered, at that point.
+    stopped_by_callback : bool, default False
+        True when the callback asked the run to stop.
     """
 
     W: np.ndarray
@@ -38,28 +52,102 @@ class NMFResult:
 
     @property
     def loss(self) -> float:
-        """The final ||X - WH||_F."""
+        """The final ||X - WH||_F.
+
+        Returns
+        -------
+        float
+            The last entry of `loss_history`; NaN when no iteration was run.
+        """
         return float(self.loss_history[-1]) if len(self.loss_history) else float("nan")
 
 
 def squared_norm(X: np.ndarray, chunk_rows: int = 4096) -> float:
-    """||X||_F^2 accumulated in float64, in row blocks so no float64 copy of X is made."""
+    """||X||_F^2 accumulated in float64, in row blocks so no float64 copy of X is made.
+
+    Parameters
+    ----------
+    X : ndarray
+        The array; every axis after the first is flattened into the rows.
+    chunk_rows : int, default 4096
+        Rows summed per block.
+
+    Returns
+    -------
+    float
+        The sum of the squared entries of X.
+    """
     X2 = X.reshape(X.shape[0], -1)
     return float(sum(np.einsum("ij,ij->", b, b, dtype=np.float64)
                      for b in (X2[i:i + chunk_rows] for i in range(0, X2.shape[0], chunk_rows))))
 
 
 def tdot(A: np.ndarray, B: np.ndarray) -> float:
-    """sum(A * B) accumulated in float64 (einsum casts in small buffers, no float64 copies)."""
+    """sum(A * B) accumulated in float64 (einsum casts in small buffers, no float64 copies).
+
+    Parameters
+    ----------
+    A, B : ndarray of the same 2-D shape
+        The two matrices.
+
+    Returns
+    -------
+    float
+        The trace inner product tr(A^T B).
+    """
     return float(np.einsum("ij,ij->", A, B, dtype=np.float64))
 
 
 def loss_from_products(x_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
-    """sqrt(||X||^2 - 2 tr(W^T X H^T) + tr(W^T W H H^T)), clipped at 0 against cancellation."""
+    """||X - WH||_F from precomputed products, without forming the residual.
+
+    sqrt(||X||^2 - 2 tr(W^T X H^T) + tr(W^T W H H^T)), clipped at 0 against cancellation.
+
+    Parameters
+    ----------
+    x_sq : float
+        ||X||_F^2.
+    cross : float
+        tr(W^T X H^T), e.g. ``tdot(W, X @ H.T)``.
+    WtW : ndarray of shape (k, k)
+        W^T W.
+    HHt : ndarray of shape (k, k)
+        H H^T.
+
+    Returns
+    -------
+    float
+        ||X - WH||_F.
+    """
     return float(np.sqrt(max(x_sq - 2.0 * cross + tdot(WtW, HHt), 0.0)))
 
 
 def as_factor(A, name: str, shape: tuple[int, int], copy: bool) -> np.ndarray:
+    """A starting factor as float32, after checking it is dense, of the expected shape, finite and non-negative.
+
+    Parameters
+    ----------
+    A : array_like
+        The factor given by the caller.
+    name : str
+        Its name, for the error messages ("W" or "H").
+    shape : tuple of int
+        The shape it must have.
+    copy : bool
+        Return a C-contiguous copy, for a solver that updates the factor in place: the
+        caller's start is then never changed. Without it, no copy is made when A already is float32.
+
+    Returns
+    -------
+    ndarray of shape `shape`, float32
+        The checked factor.
+
+    Raises
+    ------
+    ValueError
+        If A is None, sparse or not array-like, has another shape, or holds a negative or
+        non-finite entry.
+    """
     if A is None or not hasattr(A, "__array__") or is_sparse(A):
         raise ValueError(f"{name} must be a dense array of shape {shape}, got {type(A).__name__}")
     # a copy when the solver updates it in place: the caller's start is never changed
@@ -72,6 +160,18 @@ def as_factor(A, name: str, shape: tuple[int, int], copy: bool) -> np.ndarray:
 
 
 def is_sparse(A) -> bool:
+    """Whether A is a sparse matrix, by duck typing (a ``tocsr`` method or an ``nnz`` attribute).
+
+    Parameters
+    ----------
+    A : object
+        Any object.
+
+    Returns
+    -------
+    bool
+        True for a scipy.sparse matrix or array, or anything that looks like one.
+    """
     return hasattr(A, "tocsr") or hasattr(A, "nnz")
 
 
@@ -89,7 +189,23 @@ PENALTIES = {
 
 
 def check_data_matrix(X) -> np.ndarray:
-    """X as float32 (no copy if it already is), after checking it is dense, 2-D, finite and non-negative."""
+    """X as float32 (no copy if it already is), after checking it is dense, 2-D, finite and non-negative.
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data matrix; a list or tuple of rows is accepted too.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_features), float32
+        X itself when it already is a float32 array.
+
+    Raises
+    ------
+    ValueError
+        If X is None, sparse, not 2-D, empty, or holds NaN, infinity or a negative entry.
+    """
     if X is None or is_sparse(X) or not hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
         raise ValueError(f"X must be a dense 2-D array, got {type(X).__name__}")
     X = np.asarray(X, dtype=np.float32)
@@ -105,7 +221,49 @@ def check_data_matrix(X) -> np.ndarray:
 
 
 def check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback, copy_W=True):
-    """Checks every argument once, at the door; returns float32 X (no copy if already float32), W, H."""
+    """Check every argument of a solver once, at the door; returns X, W and H as float32.
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data matrix, checked by :func:`check_data_matrix`.
+    W : array_like of shape (n_samples, k)
+        The starting coefficients; k is taken from its second dimension.
+    H : array_like of shape (k, n_features)
+        The starting basis; always copied.
+    max_iter : int
+        The iteration limit, >= 1.
+    tol : float
+        The stopping tolerance, >= 0.
+    alpha_W : float
+        The penalty weight on W, >= 0.
+    alpha_H : float or "same"
+        The penalty weight on H, >= 0, or "same" for alpha_W.
+    l1_ratio : float
+        The L1 share of the penalties, in [0, 1].
+    hoyer_W, hoyer_H : float or None
+        Target Hoyer sparseness in [0, 1) of the columns of W / rows of H, or None.
+    callback : callable or None
+        The solver's iteration callback.
+    copy_W : bool, default True
+        Copy W (for a solver that updates it in place); False when the solver makes its own.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), float32
+        No copy if X already was float32.
+    W : ndarray of shape (n_samples, k), float32
+        A copy when `copy_W`.
+    H : ndarray of shape (k, n_features), float32
+        A copy.
+
+    Raises
+    ------
+    ValueError
+        If any argument is invalid (an `InvalidParameterError`, a subclass, for the scalar
+        settings), if a Hoyer target is set on a factor with fewer than 2 entries per vector,
+        or if callback is not callable.
+    """
     X = check_data_matrix(X)
     n, p = X.shape
     if W is None or not hasattr(W, "shape") or np.ndim(W) != 2:
@@ -136,6 +294,23 @@ class Monitor:
     absolute relative change. With ``window=w > 0`` it estimates how far the run still is from
     its limit (see :meth:`remaining`) and stops when that estimate, relative to the loss, falls
     below tol.
+
+    Parameters
+    ----------
+    tol : float
+        The stopping tolerance; 0 or less never stops on the loss (only the callback or
+        max_iter end the run).
+    max_iter : int
+        The iteration limit: the size of the history buffers.
+    callback : callable or None
+        Called as ``callback(iteration, loss, elapsed_s)`` after every iteration; a true
+        return value stops the run.
+    projected : bool
+        True when a factor is projected to Hoyer's sparseness (the loss may then rise).
+    penalties : tuple of 4 float
+        (l1_W, l1_H, l2_W, l2_H), scikit-learn's scaled penalty weights; all 0 for none.
+    window : int, default 0
+        0 for the last-step rule, w > 0 for the windowed (extrapolated limit) rule.
     """
 
     def __init__(self, tol, max_iter, callback, projected, penalties, *, window: int = 0):
@@ -158,10 +333,42 @@ class Monitor:
         return float(np.sqrt(loss * loss + 2.0 * pen))
 
     def objective(self, loss, W, H, WtW, HHt) -> float:
-        """The penalised loss sqrt(2 * objective) at (W, H), from the loss and the Gram matrices."""
+        """The penalised loss sqrt(2 * objective) at (W, H), from the loss and the Gram matrices.
+
+        Parameters
+        ----------
+        loss : float
+            ||X - WH||_F at (W, H).
+        W, H : ndarray or None
+            The factors (either orientation: only their sums are used); may be None without penalties.
+        WtW, HHt : ndarray of shape (k, k) or None
+            The Gram matrices of the factors (their traces give the squared norms); may be None
+            without penalties.
+
+        Returns
+        -------
+        float
+            sqrt(loss^2 + 2 * penalty); `loss` itself without penalties.
+        """
         return self._penalised_loss(loss, *self._penalty_terms(W, H, WtW, HHt))
 
     def start(self, loss, W, H, WtW, HHt) -> float:
+        """Record the start's penalised loss, the reference for the first iteration's decrease.
+
+        Parameters
+        ----------
+        loss : float
+            ||X - WH||_F at the starting factors.
+        W, H : ndarray or None
+            The starting factors, as in :meth:`objective`.
+        WtW, HHt : ndarray of shape (k, k) or None
+            Their Gram matrices, as in :meth:`objective`.
+
+        Returns
+        -------
+        float
+            The start's penalised loss.
+        """
         self.prev = self.objective(loss, W, H, WtW, HHt)
         if self.window:
             self.objectives[0] = self.prev
@@ -181,8 +388,14 @@ class Monitor:
         keeps shrinking by the ratio r = d2 / d1 per window, it still falls by
         d2 r / (1 - r) (the tail of a geometric series; Aitken's estimate of the limit). Exact
         for linear convergence; for a sublinear tail L_t - L_inf ~ t^-a it underestimates by
-        a / (a + 1). inf while the decrease is not shrinking, 0 when a whole window made no
-        progress (an extrapolating solver's restarts that never pay any more).
+        a / (a + 1).
+
+        Returns
+        -------
+        float
+            The estimate divided by the current penalised loss; inf before two whole windows
+            and while the decrease is not shrinking, 0 when a whole window made no progress
+            (an extrapolating solver's restarts that never pay any more).
         """
         t, w, f = self.n_iter, self.window, self.objectives
         if t < 2 * w:
@@ -196,9 +409,26 @@ class Monitor:
         return d2 * r / (1.0 - r) / f[t]
 
     def step(self, loss, W, H, WtW, HHt, *, objective: float | None = None) -> bool:
-        """Records one iteration; True when the solver should stop.
+        """Record one iteration; True when the solver should stop.
 
-        ``objective`` is the penalised loss when the caller already has it.
+        Calls the callback, then applies the stopping rule (see the class docstring).
+
+        Parameters
+        ----------
+        loss : float
+            ||X - WH||_F after this iteration (what the history and the callback see).
+        W, H : ndarray or None
+            The factors after this iteration, as in :meth:`objective`; unused when `objective`
+            is given.
+        WtW, HHt : ndarray of shape (k, k) or None
+            Their Gram matrices, as in :meth:`objective`; unused when `objective` is given.
+        objective : float, optional
+            The penalised loss, when the caller already has it.
+
+        Returns
+        -------
+        bool
+            True when the callback asked to stop or the stopping rule is met.
         """
         it = self.n_iter
         elapsed = time.perf_counter() - self.t0
@@ -221,6 +451,21 @@ class Monitor:
         return (abs(change) if self.projected else change) < self.tol
 
     def result(self, W, H) -> NMFResult:
+        """The run's result: the final factors with the recorded history.
+
+        Parameters
+        ----------
+        W : ndarray of shape (n_samples, k)
+            The final coefficients.
+        H : ndarray of shape (k, n_features)
+            The final basis.
+
+        Returns
+        -------
+        NMFResult
+            W and H as C-contiguous float32 arrays, and copies of the loss and time
+            histories of the iterations run.
+        """
         n = self.n_iter
         return NMFResult(np.ascontiguousarray(W, dtype=np.float32), np.ascontiguousarray(H, dtype=np.float32),
                          n, self.losses[:n].copy(), self.times[:n].copy(), self.stopped_by_callback)

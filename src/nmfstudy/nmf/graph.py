@@ -126,13 +126,38 @@ def knn_graph(X, n_neighbors: int = 10, weight: str = "binary", pca: int | None 
     Each sample is joined to its `n_neighbors` nearest others (Euclidean, on a PCA
     projection to `pca` dimensions when given, randomized and seeded by `seed`); the
     directed graph A is made symmetric by S = max(A, A^T); the diagonal is zero, and
-    nnz(S) <= 2 n k.
+    nnz(S) <= 2 n k. This is the p-nearest-neighbour graph of Cai, He, Han, Huang (2011)
+    for GNMF, and the graph SymNMF factors (Kuang, Ding, Park 2012).
 
-    weight:
-      - "binary": 1 on every edge (the 0-1 weighting of Cai et al. 2011).
-      - "heat": exp(-d^2 / t), the heat kernel of Cai et al. 2011, with the bandwidth
-        t set to the mean squared distance over all directed kNN edges (data-driven,
-        so the weights need no tuning; t = 1 if all those distances are 0).
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The samples, n_samples >= 2, finite; used as float32.
+    n_neighbors : int, default 10
+        Neighbours per sample, in [1, n_samples - 1].
+    weight : {"binary", "heat"}, default "binary"
+        The edge weights:
+
+        - "binary": 1 on every edge (the 0-1 weighting of Cai et al. 2011).
+        - "heat": exp(-d^2 / t), the heat kernel of Cai et al. 2011, with the bandwidth
+          t set to the mean squared distance over all directed kNN edges (data-driven,
+          so the weights need no tuning; t = 1 if all those distances are 0).
+    pca : int or None, default None
+        Search on a PCA projection to this many dimensions, in [1, min(X.shape)]; None for
+        the raw features.
+    seed : int, default 0
+        The seed of the randomized PCA, in [0, 2**32 - 1].
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (n_samples, n_samples), float32
+        The symmetric graph S, with sorted indices.
+
+    Raises
+    ------
+    ValueError
+        If X is not a finite 2-D array with at least 2 rows, or another argument is out of
+        its range.
     """
     X = _check_X(X)
     n = X.shape[0]
@@ -161,6 +186,31 @@ def nearest_train(X_train, X_test, n_neighbors: int = 10, pca: int | None = None
 
     Same chunked search as `knn_graph`; with `pca`, the projection is fitted on
     X_train only (as the graph's is), then applied to both.
+
+    Parameters
+    ----------
+    X_train : array_like of shape (n_train, n_features)
+        The training samples, n_train >= 2, finite.
+    X_test : array_like of shape (n_test, n_features)
+        The samples to place, n_test >= 2, finite, with the features of X_train.
+    n_neighbors : int, default 10
+        Neighbours per test sample, in [1, n_train].
+    pca : int or None, default None
+        Search on a PCA projection (fitted on X_train) to this many dimensions; None for
+        the raw features.
+    seed : int, default 0
+        The seed of the randomized PCA, in [0, 2**32 - 1].
+
+    Returns
+    -------
+    ndarray of shape (n_test, n_neighbors), int64
+        Row indices into X_train, nearest first; exact ties in distance go to the lower index.
+
+    Raises
+    ------
+    ValueError
+        If either array is not a finite 2-D array with at least 2 rows, their numbers of
+        features differ, or another argument is out of its range.
     """
     X_train, X_test = _check_X(X_train, "X_train"), _check_X(X_test, "X_test")
     if X_test.shape[1] != X_train.shape[1]:
@@ -177,6 +227,21 @@ def neighbor_vote(train_clusters, neighbors: np.ndarray, n_clusters: int) -> np.
     """Each test sample takes the majority cluster of its neighbours (from `nearest_train`).
 
     A tie goes to the cluster of the nearer neighbour.
+
+    Parameters
+    ----------
+    train_clusters : array_like of shape (n_train,), int
+        The cluster of each training sample, in [0, n_clusters).
+    neighbors : ndarray of shape (n_test, n_neighbors), int
+        Each test sample's nearest training samples, nearest first, as :func:`nearest_train`
+        returns them.
+    n_clusters : int
+        The number of clusters.
+
+    Returns
+    -------
+    ndarray of shape (n_test,)
+        The cluster of each test sample.
     """
     labels = np.asarray(train_clusters)[neighbors]
     rows = np.arange(len(labels))[:, None]
@@ -196,6 +261,30 @@ def cached_knn_graph(X, fingerprint: str, cache_dir, **settings) -> sp.csr_matri
     jobs never read half a file (two may build the same graph; the last write wins).
     A cached file that cannot be read or is no valid graph (damaged on disk) is rebuilt
     and replaced, with a warning; a cache that cannot be written is a warning, not an error.
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The samples, as for :func:`knn_graph`.
+    fingerprint : str
+        A non-empty tag of the dataset (e.g. ``Dataset.fingerprint``): the same tag must mean
+        the same X.
+    cache_dir : str or path-like
+        The folder of the cached graphs; created when missing.
+    **settings
+        Arguments of :func:`knn_graph`: n_neighbors, weight, pca, seed.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (n_samples, n_samples), float32
+        The graph, as :func:`knn_graph` builds it.
+
+    Raises
+    ------
+    ValueError
+        If `fingerprint` is empty or not a string, `settings` holds an unknown name, a cached
+        graph under this key has another number of samples than X, or :func:`knn_graph`
+        rejects its arguments.
     """
     if not isinstance(fingerprint, str) or not fingerprint:
         raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")

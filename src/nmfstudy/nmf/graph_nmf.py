@@ -57,7 +57,20 @@ def _check_graph(S, n: int) -> sp.csr_matrix:
 def graph_smoothness(W: np.ndarray, S) -> float:
     """Tr(W^T L W) = 1/2 sum_ij S_ij |w_i - w_j|^2 with L = D - S, in float64.
 
-    Computed as sum_i d_i |w_i|^2 - sum(W * (S W)).
+    GNMF's graph term (Cai, He, Han, Huang 2011): small when samples joined in the graph have
+    similar coefficients. Computed as sum_i d_i |w_i|^2 - sum(W * (S W)), without forming L.
+
+    Parameters
+    ----------
+    W : array_like of shape (n_samples, k)
+        The coefficients; used as float32.
+    S : scipy.sparse matrix of shape (n_samples, n_samples)
+        The symmetric non-negative graph weights; D = diag(S 1).
+
+    Returns
+    -------
+    float
+        Tr(W^T L W), clipped at 0 against cancellation.
     """
     W = np.asarray(W, dtype=np.float32)
     SW = S @ W
@@ -67,7 +80,30 @@ def graph_smoothness(W: np.ndarray, S) -> float:
 
 
 def gnmf_objective(X, W, H, S, lam: float) -> tuple[float, float, float]:
-    """(objective, ||X - WH||_F, Tr(W^T L W)) with objective = ||X - WH||_F^2 + lam Tr(W^T L W)."""
+    """GNMF's objective at (W, H) and its two terms (Cai, He, Han, Huang 2011).
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data matrix.
+    W : array_like of shape (n_samples, k)
+        The coefficients.
+    H : array_like of shape (k, n_features)
+        The basis.
+    S : scipy.sparse matrix of shape (n_samples, n_samples)
+        The symmetric non-negative graph weights.
+    lam : float
+        The weight of the graph term.
+
+    Returns
+    -------
+    objective : float
+        ||X - WH||_F^2 + lam Tr(W^T L W).
+    reconstruction : float
+        ||X - WH||_F (not squared).
+    smoothness : float
+        Tr(W^T L W), see :func:`graph_smoothness`.
+    """
     rec = frobenius_loss(X, W, H)
     smooth = graph_smoothness(W, S)
     return rec * rec + lam * smooth, rec, smooth
@@ -111,19 +147,40 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
 
     Parameters
     ----------
-    X : (n_samples, n_features) non-negative, used as float32.
-    W, H : starting factors (n_samples x k, k x n_features); copied, not changed.
-    S : sparse symmetric non-negative (n_samples x n_samples) graph weights.
-    lam : weight of the graph term (>= 0).
-    max_iter, tol, callback : as in :func:`nmfstudy.nmf.solvers.nmf_mu`.
+    X : array_like of shape (n_samples, n_features)
+        The data, non-negative; used as float32.
+    W : array_like of shape (n_samples, k)
+        The starting coefficients; copied, not changed.
+    H : array_like of shape (k, n_features)
+        The starting basis; copied, not changed.
+    S : scipy.sparse matrix of shape (n_samples, n_samples)
+        The symmetric non-negative graph weights.
+    lam : float
+        The weight of the graph term (>= 0).
+    solver : {"mu", "hals"}, default "mu"
+        The update scheme, see above.
+    max_iter : int, default 200
+        As in :func:`nmfstudy.nmf.solvers.nmf_mu`.
+    tol : float, default 1e-4
+        As in :func:`nmfstudy.nmf.solvers.nmf_mu`.
+    callback : callable, optional
+        As in :func:`nmfstudy.nmf.solvers.nmf_mu`.
 
     Returns
     -------
-    NMFResult whose loss_history[i] is sqrt(||X - WH||_F^2 + lam Tr(W^T L W)) after
-    iteration i + 1: the full GNMF objective, square-rooted so that it is in the units
-    of nmf_mu's ||X - WH||_F and equals it at lam = 0. The stopping rule applies to it.
-    The plain reconstruction error of the result is
-    ``nmfstudy.nmf.solvers.frobenius_loss(X, res.W, res.H)`` (or :func:`gnmf_objective`).
+    NMFResult
+        Its loss_history[i] is sqrt(||X - WH||_F^2 + lam Tr(W^T L W)) after
+        iteration i + 1: the full GNMF objective, square-rooted so that it is in the units
+        of nmf_mu's ||X - WH||_F and equals it at lam = 0. The stopping rule applies to it.
+        The plain reconstruction error of the result is
+        ``nmfstudy.nmf.solvers.frobenius_loss(X, res.W, res.H)`` (or :func:`gnmf_objective`).
+
+    Raises
+    ------
+    ValueError
+        If X, W or H is invalid (as in :func:`nmfstudy.nmf.solvers.nmf_mu`), S is not a sparse
+        symmetric finite non-negative n_samples x n_samples matrix, lam is negative, or
+        solver is unknown.
     """
     X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, 0.0, "same", 0.0, None, None, callback)
     S = _check_graph(S, X.shape[0])
@@ -231,10 +288,24 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
 
 @dataclass
 class SymNMFResult:
-    """What :func:`symnmf` returns.
+    """What :func:`symnmf` returns (Kuang, Ding, Park 2012).
 
-    H: n_samples x k, A ~ H H^T; loss_history[i] = ||A - H H^T||_F after iteration i + 1
-    (A the normalised graph); time_history[i] the seconds elapsed then; seed: the start's.
+    Each parameter is kept as the attribute of the same name.
+
+    Parameters
+    ----------
+    H : ndarray of shape (n_samples, k), float32
+        The factor, A ~ H H^T (A the normalised graph).
+    n_iter : int
+        The number of iterations run.
+    loss_history : ndarray of shape (n_iter,), float64
+        ``loss_history[i]`` = ||A - H H^T||_F after iteration i + 1.
+    time_history : ndarray of shape (n_iter,), float64
+        ``time_history[i]``: the seconds elapsed then.
+    stopped_by_callback : bool, default False
+        True when the callback asked the run to stop.
+    seed : int, default 0
+        The seed of the start that gave H.
     """
 
     H: np.ndarray
@@ -246,16 +317,40 @@ class SymNMFResult:
 
     @property
     def loss(self) -> float:
+        """The final ||A - H H^T||_F.
+
+        Returns
+        -------
+        float
+            The last entry of `loss_history`; NaN when no iteration was run.
+        """
         return float(self.loss_history[-1]) if len(self.loss_history) else float("nan")
 
     @property
     def labels(self) -> np.ndarray:
-        """Cluster of each sample: the largest entry of its row of H (Kuang et al. 2012)."""
+        """Cluster of each sample: the largest entry of its row of H (Kuang et al. 2012).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), int
+            The column index of the largest entry of each row of H.
+        """
         return self.H.argmax(axis=1)
 
 
 def normalize_graph(S) -> sp.csr_matrix:
-    """D^-1/2 S D^-1/2 (Kuang et al. 2012, section 5); isolated nodes keep zero rows."""
+    """D^-1/2 S D^-1/2 (Kuang et al. 2012, section 5); isolated nodes keep zero rows.
+
+    Parameters
+    ----------
+    S : scipy.sparse matrix or array_like of shape (n, n)
+        The symmetric non-negative graph weights; D = diag(S 1).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (n, n), float32
+        The normalised graph.
+    """
     S = sp.csr_matrix(S, dtype=np.float32)
     d = np.asarray(S.sum(axis=1)).ravel()
     inv = np.zeros_like(d)
@@ -299,6 +394,45 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
         IEEE TNN 2011): cheap and monotone in practice, but slower to converge.
 
     Clusters: ``result.labels`` (argmax of each row of H).
+
+    Parameters
+    ----------
+    S : scipy.sparse matrix of shape (n, n)
+        The symmetric finite non-negative similarity graph, n >= 2 (e.g.
+        :func:`nmfstudy.nmf.graph.knn_graph`).
+    k : int
+        The rank of H (the number of clusters), in [1, n].
+    seed : int, default 0
+        The seed of the first start, in [0, 2**32 - 1].
+    n_init : int, default 1
+        The number of starts (>= 1); the run with the lowest final loss is returned.
+    max_iter : int, default 500
+        The number of iterations at most, per run.
+    tol : float, default 1e-7
+        Stop a run when the relative loss decrease falls below tol (see above for the default).
+    solver : {"anls", "mu"}, default "anls"
+        The update scheme, see above.
+    normalize : bool, default True
+        Factor D^-1/2 S D^-1/2 (:func:`normalize_graph`) rather than S.
+    beta : float, default 0.5
+        The step of the "mu" solver, in (0, 1].
+    inner_sweeps : int, default 2
+        HALS sweeps per subproblem of the "anls" solver (>= 1).
+    callback : callable, optional
+        Called as ``callback(iteration, loss, elapsed_s)`` after every iteration of every run;
+        returning True stops all runs.
+
+    Returns
+    -------
+    SymNMFResult
+        The best run's H, histories and seed; ``stopped_by_callback`` is set when the callback
+        stopped the runs.
+
+    Raises
+    ------
+    ValueError
+        If S is not a square sparse symmetric finite non-negative matrix with at least 2
+        rows, another argument is out of its range, or callback is not callable.
     """
     if not sp.issparse(S) or S.ndim != 2 or S.shape[0] != S.shape[1] or S.shape[0] < 2:
         raise ValueError(f"S must be a square scipy.sparse matrix, got {type(S).__name__} "
@@ -405,10 +539,31 @@ ASSIGN_RULES = ("argmax", "kmeans")
 def cluster_rows(W: np.ndarray, n_clusters: int, method: str = "argmax", seed: int = 0) -> np.ndarray:
     """Clusters from a coefficient matrix (n_samples x k).
 
-    - "argmax": the largest coefficient of each row (needs n_clusters == k).
-    - "kmeans": K-means (n_init=10, seeded) on the L2-normalised rows: Cai et al. (2011)
-      cluster GNMF's new representation with K-means; normalised, a row says which
-      parts a sample mixes, not how much ink it has.
+    Parameters
+    ----------
+    W : array_like of shape (n_samples, k)
+        The coefficients; used as float32.
+    n_clusters : int
+        The number of clusters (used by "kmeans" only).
+    method : {"argmax", "kmeans"}, default "argmax"
+        How rows become clusters:
+
+        - "argmax": the largest coefficient of each row (needs n_clusters == k).
+        - "kmeans": K-means (n_init=10, seeded) on the L2-normalised rows: Cai et al. (2011)
+          cluster GNMF's new representation with K-means; normalised, a row says which
+          parts a sample mixes, not how much ink it has.
+    seed : int, default 0
+        The K-means seed.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), int
+        The cluster of each row.
+
+    Raises
+    ------
+    InvalidParameterError
+        If method is not one of ``ASSIGN_RULES`` (a ValueError).
     """
     W = np.asarray(W, dtype=np.float32)
     if method == "argmax":

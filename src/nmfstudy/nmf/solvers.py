@@ -54,7 +54,21 @@ _REVIVE_EPS = 1e-10
 def frobenius_loss(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, x_sq: float | None = None) -> float:
     """||X - WH||_F from the trace identity: one product X^T W, never the n x p residual.
 
-    ``x_sq`` (||X||_F^2) can be passed when already known.
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data matrix; used as float32.
+    W : array_like of shape (n_samples, k)
+        The coefficients; used as float32.
+    H : array_like of shape (k, n_features)
+        The basis; used as float32.
+    x_sq : float, optional
+        ||X||_F^2, when already known (it is then not recomputed).
+
+    Returns
+    -------
+    float
+        ||X - WH||_F (not squared), accumulated in float64 and clipped at 0.
     """
     X, W, H = (np.asarray(a, dtype=np.float32) for a in (X, W, H))
     if x_sq is None:
@@ -65,7 +79,28 @@ def frobenius_loss(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, x_sq: float |
 
 def nmf_objective(X: np.ndarray, W: np.ndarray, H: np.ndarray, *, alpha_W: float = 0.0,
                   alpha_H: float | str = "same", l1_ratio: float = 0.0) -> float:
-    """scikit-learn's penalised NMF objective (see the module docstring) at (W, H)."""
+    """scikit-learn's penalised NMF objective (see the module docstring) at (W, H).
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data matrix; used as float32.
+    W : array_like of shape (n_samples, k)
+        The coefficients.
+    H : array_like of shape (k, n_features)
+        The basis.
+    alpha_W : float, default 0.0
+        The penalty weight on W, scaled by n_features as in scikit-learn >= 1.2.
+    alpha_H : float or "same", default "same"
+        The penalty weight on H, scaled by n_samples; "same" uses alpha_W.
+    l1_ratio : float, default 0.0
+        The L1 share of the penalties (0: pure L2, 1: pure L1).
+
+    Returns
+    -------
+    float
+        0.5 ||X - WH||_F^2 plus the scaled L1 and L2 penalties, the penalties summed in float64.
+    """
     X = np.asarray(X, dtype=np.float32)
     l1_W, l1_H, l2_W, l2_H = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
     W64, H64 = np.asarray(W, np.float64), np.asarray(H, np.float64)
@@ -83,8 +118,25 @@ def project_hoyer(x: np.ndarray, sparseness: float) -> np.ndarray:
     Hoyer, P. O. (2004). Non-negative matrix factorization with sparseness constraints.
     JMLR 5, 1457-1469 (the projection operator of section 3.1). Sparseness is Hoyer's
     (sqrt(n) - |s|_1 / |s|_2) / (sqrt(n) - 1), so fixing |s|_2 and the sparseness fixes |s|_1.
-    A 2-D ``x`` is projected row by row. All-zero rows stay zero. Works in float64 and
-    returns ``x``'s floating dtype.
+    Works in float64.
+
+    Parameters
+    ----------
+    x : array_like of shape (n,) or (m, n), n >= 2
+        The vector, or row vectors; a 2-D ``x`` is projected row by row. All-zero rows stay zero.
+    sparseness : float
+        The target Hoyer sparseness, in [0, 1).
+
+    Returns
+    -------
+    ndarray of the shape of ``x``
+        The projection, in ``x``'s floating dtype (float64 for an integer ``x``).
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 1-D or 2-D, its vectors are shorter than 2 or hold NaN or infinity,
+        or ``sparseness`` is outside [0, 1).
     """
     x = np.asarray(x)
     if x.ndim not in (1, 2) or x.shape[-1] < 2:
@@ -169,21 +221,41 @@ def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 
 
     Parameters
     ----------
-    X : array of shape (n_samples, n_features), non-negative; used as float32.
-    W, H : starting factors, shapes (n_samples, k) and (k, n_features); copied, not changed.
-    max_iter : number of iterations at most (one iteration updates W, then H).
-    tol : stop when the relative decrease of the (penalised) loss falls below tol; 0 runs
+    X : array_like of shape (n_samples, n_features)
+        The data, non-negative; used as float32.
+    W : array_like of shape (n_samples, k)
+        The starting coefficients; copied, not changed.
+    H : array_like of shape (k, n_features)
+        The starting basis; copied, not changed.
+    max_iter : int, default 200
+        The number of iterations at most (one iteration updates W, then H).
+    tol : float, default 1e-4
+        Stop when the relative decrease of the (penalised) loss falls below tol; 0 runs
         all max_iter iterations.
-    alpha_W, alpha_H, l1_ratio : penalties, as in scikit-learn >= 1.2 (alpha_H='same' uses alpha_W).
-    hoyer_W, hoyer_H : target Hoyer sparseness in [0, 1) of each column of W / each row of H,
+    alpha_W : float, default 0.0
+        The penalty weight on W, as in scikit-learn >= 1.2.
+    alpha_H : float or "same", default "same"
+        The penalty weight on H; "same" uses alpha_W.
+    l1_ratio : float, default 0.0
+        The L1 share of the penalties, in [0, 1].
+    hoyer_W, hoyer_H : float or None, default None
+        Target Hoyer sparseness in [0, 1) of each column of W / each row of H,
         enforced by :func:`project_hoyer` after each update of that factor (Hoyer 2004);
         projected entries are floored at 1e-10 since multiplicative updates cannot leave 0.
-    callback : called as callback(iteration, loss, elapsed_s) after every iteration; returning
+    callback : callable, optional
+        Called as ``callback(iteration, loss, elapsed_s)`` after every iteration; returning
         True stops the run (``stopped_by_callback``).
 
     Returns
     -------
-    NMFResult with float32 W, H and the per-iteration loss ||X - WH||_F and times.
+    NMFResult
+        Float32 W and H, and the per-iteration loss ||X - WH||_F and times.
+
+    Raises
+    ------
+    ValueError
+        If X, W or H is not a finite non-negative dense array of matching shapes, or another
+        argument is out of its range (see :func:`nmfstudy.nmf._common.check_nmf_arguments`).
     """
     X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback)
     l1_W, l1_H, l2_W, l2_H = pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
@@ -293,12 +365,52 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
     the products over the cost of a sweep) and while a sweep still changes the factor by more
     than inner_eps times the first sweep did.
 
-    Parameters are those of :func:`nmf_mu`, plus ``inner_alpha`` and ``inner_eps`` (the paper
-    suggests alpha = 0.5, epsilon = 0.01). The default ``inner_alpha=0`` does one sweep per
-    phase, scikit-learn's cd schedule: on full MNIST (bench/RESULTS.md) alpha = 0.5 reached the
-    target 12% sooner at k=10 (1.80 s against 2.05 s), but at k=50 it stalled above the target
-    loss where one sweep per phase reached it 5x faster than scikit-learn. A Hoyer-constrained factor is projected
-    after its phase. :func:`nmf_hals_extrapolated` takes fewer iterations to the same loss.
+    A Hoyer-constrained factor is projected after its phase. :func:`nmf_hals_extrapolated`
+    takes fewer iterations to the same loss.
+
+    Parameters
+    ----------
+    X : array_like of shape (n_samples, n_features)
+        The data, non-negative; used as float32.
+    W : array_like of shape (n_samples, k)
+        The starting coefficients; not changed (the solver works on its own transposed copy).
+    H : array_like of shape (k, n_features)
+        The starting basis; copied, not changed.
+    max_iter : int, default 200
+        As in :func:`nmf_mu`.
+    tol : float, default 1e-4
+        As in :func:`nmf_mu`.
+    alpha_W : float, default 0.0
+        As in :func:`nmf_mu`.
+    alpha_H : float or "same", default "same"
+        As in :func:`nmf_mu`.
+    l1_ratio : float, default 0.0
+        As in :func:`nmf_mu`.
+    hoyer_W, hoyer_H : float or None, default None
+        As in :func:`nmf_mu`, each constrained factor projected after its phase (no floor).
+    callback : callable, optional
+        As in :func:`nmf_mu`.
+    inner_alpha : float, default 0.0
+        Gillis & Glineur's alpha, >= 0: at most 1 + inner_alpha * rho sweeps per phase (the
+        paper suggests alpha = 0.5). The default 0 does one sweep per phase, scikit-learn's
+        cd schedule: on full MNIST (bench/RESULTS.md) alpha = 0.5 reached the target 12% sooner
+        at k=10 (1.80 s against 2.05 s), but at k=50 it stalled above the target loss where one
+        sweep per phase reached it 5x faster than scikit-learn.
+    inner_eps : float, default 0.01
+        Gillis & Glineur's epsilon, >= 0 (the paper's value): the sweeps of a phase stop once
+        one changes the factor by at most inner_eps times the first sweep's change.
+
+    Returns
+    -------
+    NMFResult
+        Float32 W and H, and the per-iteration loss ||X - WH||_F and times. Components that
+        stayed dead (e.g. under a strong L1 penalty) are returned as exact zeros.
+
+    Raises
+    ------
+    ValueError
+        If an argument is invalid, as in :func:`nmf_mu`, or inner_alpha or inner_eps is
+        negative (or NaN).
     """
     X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, hoyer_W, hoyer_H, callback,
                         copy_W=False)
@@ -339,23 +451,55 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
 
     Parameters
     ----------
-    X, W, H, max_iter, alpha_W, alpha_H, l1_ratio, callback : as :func:`nmf_hals` (no Hoyer
-        constraints: an extrapolated factor would leave them). ``callback`` sees the reported
-        (best) loss.
-    tol : stop when the estimated decrease still to come, relative to the (penalised) loss,
+    X : array_like of shape (n_samples, n_features)
+        As in :func:`nmf_hals`. There are no Hoyer constraints: an extrapolated factor would
+        leave them.
+    W : array_like of shape (n_samples, k)
+        As in :func:`nmf_hals`.
+    H : array_like of shape (k, n_features)
+        As in :func:`nmf_hals`.
+    max_iter : int, default 500
+        The number of iterations at most.
+    tol : float, default 1e-4
+        Stop when the estimated decrease still to come, relative to the (penalised) loss,
         falls below tol (0: run max_iter iterations). The estimate is the geometric tail of the
         decreases over the last two windows of ``window`` iterations (see ``Monitor.remaining``);
         unlike the last step's decrease it knows how slowly the run is converging.
-    beta0 : the first extrapolation weight, in [0, 1); 0 gives plain HALS (with this stopping rule).
-    eta, gamma, gamma_bar : beta's decrease on a restart, its growth and the growth of its cap;
-        eta > gamma >= gamma_bar >= 1 as in the paper.
-    window : iterations per window of the stopping rule (>= 1).
-    inner_alpha, inner_eps : Gillis & Glineur's inner sweeps, as in :func:`nmf_hals`.
+    alpha_W : float, default 0.0
+        As in :func:`nmf_hals`.
+    alpha_H : float or "same", default "same"
+        As in :func:`nmf_hals`.
+    l1_ratio : float, default 0.0
+        As in :func:`nmf_hals`.
+    callback : callable, optional
+        As in :func:`nmf_mu`; it sees the reported (best) loss.
+    beta0 : float, default 0.5
+        The first extrapolation weight, in [0, 1); 0 gives plain HALS (with this stopping rule).
+    eta : float, default 1.5
+        Beta's decrease on a restart (beta <- beta / eta).
+    gamma : float, default 1.01
+        Beta's growth after an accepted step.
+    gamma_bar : float, default 1.005
+        The growth of beta's cap after an accepted step; eta > gamma >= gamma_bar >= 1 as in
+        the paper.
+    window : int, default 5
+        Iterations per window of the stopping rule (>= 1).
+    inner_alpha : float, default 0.0
+        Gillis & Glineur's inner sweeps, as in :func:`nmf_hals`.
+    inner_eps : float, default 0.01
+        Their relative stopping threshold, as in :func:`nmf_hals`.
 
     Returns
     -------
-    NMFResult with the best pair found (float32), the per-iteration loss ||X - WH||_F of the
-    best pair so far (non-increasing) and times.
+    NMFResult
+        The best pair found (float32), the per-iteration loss ||X - WH||_F of the best pair so
+        far (non-increasing) and times.
+
+    Raises
+    ------
+    ValueError
+        If an argument is invalid, as in :func:`nmf_hals`, the extrapolation parameters break
+        0 <= beta0 < 1 and eta > gamma >= gamma_bar >= 1, or window is not an integer >= 1.
     """
     X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, None, None, callback,
                                   copy_W=False)
