@@ -64,7 +64,8 @@ def _labels(folder):
     return "train-labels-idx1-ubyte.gz", "holds 32-bit integer values (IDX type 0x0C)"
 
 
-@pytest.mark.parametrize("damage", [_deflate, _sizes, _labels], ids=["corrupt deflate", "20x20 vs 28x28", "int32 labels"])
+@pytest.mark.parametrize("damage", [_deflate, _sizes, _labels],
+                         ids=["corrupt deflate", "20x20 vs 28x28", "int32 labels"])
 def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
     folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     name, what = damage(folder)
@@ -136,7 +137,7 @@ def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
                        "method.max_iter=20", f"graph.cache_dir={cache}", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    (line,) = [l for l in (result.stdout + result.stderr).splitlines() if "graph cache" in l]
+    (line,) = [text for text in (result.stdout + result.stderr).splitlines() if "graph cache" in text]
     assert f"[WARNING] - graph cache {path} is damaged (" in line and line.endswith("; rebuilding it")
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] > 0.3
@@ -159,7 +160,7 @@ def test_report_rank_by_an_unknown_metric_is_one_line_and_writes_nothing(tmp_pat
     client.set_terminated(run.info.run_id)
     out = tmp_path / "report"
     result = run_train(tmp_path, "report.rank_by=foo", f"report.out={out}", script="src/report.py", env=ONE_THREAD)
-    assert the_one_line(result) == ("error: report.rank_by must be one of accuracy, n_live_components, nmi (the metrics "
-                                    "of the completed runs of experiment 'nmfstudy'); got 'foo'")
+    assert the_one_line(result) == ("error: report.rank_by must be one of accuracy, n_live_components, nmi "
+                                    "(the metrics of the completed runs of experiment 'nmfstudy'); got 'foo'")
     assert not out.exists()
     assert [r.info.run_id for r in mlflow_runs(tmp_path)] == [run.info.run_id]  # no report run logged

@@ -9,15 +9,16 @@ from nmfstudy.methods.nmf import NMFClustering
 
 def test_default_run_is_nmf_k10_on_mnist_5k(compose):
     cfg = compose()
-    assert (cfg["k"], cfg["dataset"]["name"], cfg["method"]["name"], cfg["init"]["name"]) == (10, "mnist_5k", "nmf", "nndsvda")
+    assert (cfg["k"], cfg["dataset"]["name"], cfg["method"]["name"], cfg["init"]["name"]) == (
+        10, "mnist_5k", "nmf", "nndsvda")
     assert cfg["method"]["solver"] == "hals" and cfg["sparsity"]["name"] == "none"
     settings.check(cfg)
 
 
 @pytest.mark.parametrize(
     "overrides, init",
-    [(["method=kmeans"], "kmeans++"), (["method=minibatch_kmeans"], "kmeans++"), (["method=kmeans", "init=data"], "data"),
-     (["init=random", "method=nmf"], "random")],
+    [(["method=kmeans"], "kmeans++"), (["method=minibatch_kmeans"], "kmeans++"),
+     (["method=kmeans", "init=data"], "data"), (["init=random", "method=nmf"], "random")],
 )
 def test_each_method_brings_its_usual_init_and_the_command_line_wins(compose, overrides, init):
     assert compose(*overrides)["init"]["name"] == init
@@ -40,13 +41,15 @@ def test_build_method_maps_config_keys(compose):
         (["k=-1"], "k must be an integer >= 1, got -1"),
         (["k=abc"], "k must be an integer >= 1, got 'abc'"),
         (["k=2.5"], "k must be an integer >= 1, got 2.5"),
-        (["method=kmeans", "init=nndsvd"], "init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
+        (["method=kmeans", "init=nndsvd"],
+         "init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
         (["init=kmeans++"], "init must be one of random, nndsvd, nndsvda, nndsvdar for method=nmf; got 'kmeans++'"),
         (["method.solver=lbfgs"], "method.solver must be one of hals, mu, sklearn-cd, sklearn-mu; got 'lbfgs'"),
         (["method.assign=nearest"], "method.assign must be one of argmax, kmeans; got 'nearest'"),
         (["method.tol=-1"], "method.tol must be in [0.0, inf], got -1"),
         (["sparsity=hoyer", "sparsity.s_H=1.0"], "sparsity.s_H must be in [0.0, 1.0), got 1.0"),
-        (["sparsity=hoyer", "method.solver=sklearn-cd"], "method.solver must be hals or mu with a Hoyer sparseness target"),
+        (["sparsity=hoyer", "method.solver=sklearn-cd"],
+         "method.solver must be hals or mu with a Hoyer sparseness target"),
         (["method=kmeans", "sparsity=l1"], "sparsity must be none for method=kmeans; got 'l1'"),
         (["dataset.n_samples=1"], "dataset.n_samples must be an integer >= 2, got 1"),
         (["sparsity=l1", "sparsity.l1_ratio=2"], "sparsity.l1_ratio must be in [0.0, 1.0], got 2"),
@@ -78,7 +81,8 @@ def test_graph_methods_compose_and_check(compose):
         settings.check(compose("method=gnmf", "graph.weight=cosine"))
     with pytest.raises(settings.ConfigError, match="method.lam must be in"):
         settings.check(compose("method=gnmf", "method.lam=-1"))
-    with pytest.raises(settings.ConfigError, match=r"graph.n_neighbors must be below the number of training samples \(20\)"):
+    with pytest.raises(settings.ConfigError,
+                       match=r"graph.n_neighbors must be below the number of training samples \(20\)"):
         settings.check_data(compose("method=symnmf", "graph.n_neighbors=20", "k=3"), np.ones((20, 4), np.float32))
 
 

@@ -101,7 +101,8 @@ DAMAGES = {
     "bad crc": (lambda f: (f / "train-labels-idx1-ubyte.gz").write_bytes(
         (b := (f / "train-labels-idx1-ubyte.gz").read_bytes())[:-8] + bytes([b[-8] ^ 1]) + b[-7:]),
         "train-labels-idx1-ubyte.gz", "damaged or truncated gzip data (CRC check failed"),
-    "header cut short": (lambda f: (f / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0]))),
+    "header cut short": (lambda f: (f / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(bytes([0, 0, 8, 3, 0]))),
                          "train-labels-idx1-ubyte.gz", "is cut short: 5 bytes, less than the 16-byte header"),
     "20x20 train, 28x28 test": (lambda f: write_idx(f / "train-images-idx3-ubyte.gz", np.zeros((40, 20, 20))),
                                 "t10k-images-idx3-ubyte.gz",
@@ -119,7 +120,8 @@ DAMAGES = {
         (f / "train-images-idx3-ubyte.gz").read_bytes()), "train-labels-idx1-ubyte.gz",
         "holds an array of shape (40, 28, 28); labels must be one number per image"),
     "images of one dimension": (lambda f: write_idx(f / "t10k-images-idx3-ubyte.gz", np.zeros(10)),
-                                "t10k-images-idx3-ubyte.gz", "holds an array of shape (10,); images must be count x rows"),
+                                "t10k-images-idx3-ubyte.gz",
+                                "holds an array of shape (10,); images must be count x rows"),
     "no images": (lambda f: (write_idx(f / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28))),
                              write_idx(f / "t10k-labels-idx1-ubyte.gz", np.zeros(0))),
                   "t10k-images-idx3-ubyte.gz", "holds no images (shape (0, 28, 28))"),

@@ -11,11 +11,11 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 from threadpoolctl import threadpool_limits
 
+from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
 from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
 from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, symnmf
 from nmfstudy.nmf.initialization import nmf_init
-from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
 

@@ -59,7 +59,8 @@ def test_a_fit_whose_components_all_die_scores_poorly_and_says_so(mnist300, capl
     assert scores["accuracy"] == pytest.approx(0.1) and 0 <= scores["test_accuracy"] <= 0.15
     assert np.isnan(scores["silhouette"]) and scores["nmi"] == pytest.approx(0.0, abs=1e-9)
     (record,) = [r for r in caplog.records if "components died" in r.getMessage()]
-    assert record.levelname == "WARNING" and record.getMessage().startswith(f"{10 - int(scores['n_live_components'])} of 10")
+    assert record.levelname == "WARNING" and record.getMessage().startswith(
+        f"{10 - int(scores['n_live_components'])} of 10")
     # the galleries' inputs: reconstructions of held-out samples, basis images
     assert model.reconstruct(data.X_test[:5]).shape == (5, 784)
 

@@ -30,7 +30,8 @@ def test_parallel_jobs_on_a_fresh_store_then_twenty_more(tmp_path):
     assert len(runs) == 26 and all(r.info.status == "FINISHED" for r in runs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 2
-    by_parent = {p: sorted(int(r.data.params["k"]) for r in runs if r.data.tags["mlflow.parentRunId"] == p) for p in parents}
+    by_parent = {p: sorted(int(r.data.params["k"]) for r in runs if r.data.tags["mlflow.parentRunId"] == p)
+                 for p in parents}
     assert sorted(by_parent.values()) == [[2, 3, 4, 5, 6, 7], list(range(2, 22))]
 
 
@@ -46,9 +47,11 @@ def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str
     raise AssertionError(f"never saw {text!r}; output:\n{seen}")
 
 
-@pytest.mark.parametrize("signum, multirun", [(signal.SIGINT, False), (signal.SIGTERM, True)], ids=["SIGINT-run", "SIGTERM-sweep"])
+@pytest.mark.parametrize("signum, multirun", [(signal.SIGINT, False), (signal.SIGTERM, True)],
+                         ids=["SIGINT-run", "SIGTERM-sweep"])
 def test_an_interrupted_fit_ends_and_is_marked_killed(tmp_path, signum, multirun):
-    args = [sys.executable, "src/train.py", *(["-m"] if multirun else []), f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "progress_every_s=0.1",
+    args = [sys.executable, "src/train.py", *(["-m"] if multirun else []),
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "progress_every_s=0.1",
             "dataset.n_samples=2000", "method.max_iter=1000000", "method.tol=0", "method.solver=mu"]
     args += ["k=3,4", f"hydra.sweep.dir={tmp_path / 'm'}"] if multirun else [f"hydra.run.dir={tmp_path / 'r'}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -107,7 +110,8 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
 
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(6)
-    workers = [context.Process(target=_open_store_at_once, args=(str(tmp_path / "mlflow.db"), barrier)) for _ in range(6)]
+    workers = [context.Process(target=_open_store_at_once, args=(str(tmp_path / "mlflow.db"), barrier))
+               for _ in range(6)]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -9,8 +9,8 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import NMF
 from threadpoolctl import threadpool_limits
 
-from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.metrics import hoyer_sparseness
+from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_hals, nmf_hals_extrapolated, nmf_mu, nmf_objective, project_hoyer
 
 SOLVERS = {"mu": nmf_mu, "hals": nmf_hals,
@@ -164,7 +164,7 @@ def test_extrapolated_stops_near_its_limit(datasets, sklearn_reference):
         # and it stopped at the first iteration whose estimate fell below tol
         f = np.r_[frobenius_loss(X, W0, H0), res.loss_history]
 
-        def remaining(t, w=5):
+        def remaining(t, w=5, f=f):
             d1, d2 = f[t - 2 * w] - f[t - w], f[t - w] - f[t]
             return 0.0 if d2 <= 0 else np.inf if d2 >= d1 else d2 * (d2 / d1) / (1 - d2 / d1) / f[t]
 

@@ -38,7 +38,8 @@ def test_single_run_logs_params_metrics_figures_and_tags(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"config.yaml", "environment.txt", "figures"} <= artifacts
-    assert figures == {f"figures/{n}.png" for n in ("components", "confusion", "reconstructions", "cluster_samples", "loss_curve")}
+    assert figures == {f"figures/{n}.png"
+                       for n in ("components", "confusion", "reconstructions", "cluster_samples", "loss_curve")}
     # artifacts live beside the temporary database, not in the project
     assert (tmp_path / "mlruns").is_dir()
     config_text = (tmp_path / "mlruns").glob("*/*/artifacts/config.yaml").__next__().read_text()
@@ -68,7 +69,8 @@ BAD_INPUT = [
     (["k=-1"], "error: k must be an integer >= 1, got -1"),
     (["k=5000"], "error: k must be at most the number of training samples (4000); got 5000"),
     (["k=ten"], "error: k must be an integer >= 1, got 'ten'"),
-    (["method=kmeans", "init=nndsvd"], "error: init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
+    (["method=kmeans", "init=nndsvd"],
+     "error: init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
     (["dataset=mnist", "dataset.dir=/nonexistent/mnist"], "error: dataset.dir: /nonexistent/mnist is not a folder"),
     (["dataset=mnist", "dataset.dir={empty}"], "error: dataset.dir: {empty} has no train-images-idx3-ubyte[.gz]"),
     (["method=spectral"], "Could not find 'method/spectral'\n\nAvailable options in 'method':\n\tgnmf\n\tkmeans"),
