@@ -1,20 +1,18 @@
 """Figures of a fitted method: galleries, confusion matrix, reconstructions, loss curve.
 
-Every function returns a matplotlib Figure and draws nothing on screen (Agg), so
-runs work headless; the caller saves or logs it and closes it.
+Every function builds a `matplotlib.figure.Figure` directly, without pyplot: it draws nothing
+on screen, needs no display, and leaves matplotlib's backend and pyplot's list of open figures
+alone (a notebook keeps its own). The caller saves or logs the figure (`fig.savefig`,
+`mlflow.log_figure`); it is freed like any object once unreferenced.
 """
 from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .metrics import contingency  # noqa: E402
+from .metrics import contingency
 
 
 def _grid(n: int, max_cols: int = 10) -> tuple[int, int]:
@@ -25,7 +23,8 @@ def _grid(n: int, max_cols: int = 10) -> tuple[int, int]:
 def gallery(images: np.ndarray, image_shape: tuple[int, int], titles: list[str], suptitle: str) -> Figure:
     """Images (n x pixels) on a grid, each with its own grey scale and title."""
     rows, cols = _grid(len(images))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.4 * rows + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.2 * cols, 1.4 * rows + 0.5))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
@@ -47,7 +46,8 @@ def confusion(y_true: np.ndarray, clusters: np.ndarray, k: int, title: str) -> F
     table = contingency(y_true, clusters, k)
     order = np.lexsort((-table.max(axis=1), table.argmax(axis=1)))
     table = table[order]
-    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.28 * k + 1.5)))
+    fig = Figure(figsize=(6, max(3.0, 0.28 * k + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(table, cmap="Blues", aspect="auto")
     ax.set_xticks(range(table.shape[1]))
     ax.set_yticks(range(k), [str(j) for j in order], fontsize=7 if k > 20 else 9)
@@ -64,10 +64,12 @@ def confusion(y_true: np.ndarray, clusters: np.ndarray, k: int, title: str) -> F
     return fig
 
 
-def reconstructions(originals: np.ndarray, approximations: np.ndarray, image_shape: tuple[int, int], title: str) -> Figure:
+def reconstructions(originals: np.ndarray, approximations: np.ndarray, image_shape: tuple[int, int],
+                    title: str) -> Figure:
     """Originals (top row) over their reconstructions (bottom row)."""
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    fig = Figure(figsize=(1.1 * n, 2.6))
+    axes = fig.subplots(2, n, squeeze=False)
     for j in range(n):
         for row, image in enumerate((originals[j], approximations[j])):
             axes[row, j].imshow(image.reshape(image_shape), cmap="gray_r", interpolation="nearest")
@@ -85,7 +87,8 @@ def cluster_samples(X: np.ndarray, clusters: np.ndarray, y: np.ndarray, k: int, 
     rng = np.random.default_rng(seed)
     shown = range(min(k, max_clusters))
     titles = component_titles(clusters, y, k)
-    fig, axes = plt.subplots(len(shown), per_cluster, figsize=(0.9 * per_cluster, 0.95 * len(shown) + 0.4), squeeze=False)
+    fig = Figure(figsize=(0.9 * per_cluster, 0.95 * len(shown) + 0.4))
+    axes = fig.subplots(len(shown), per_cluster, squeeze=False)
     for row, c in enumerate(shown):
         members = np.flatnonzero(clusters == c)
         picks = rng.choice(members, size=min(per_cluster, len(members)), replace=False) if len(members) else []
@@ -103,17 +106,16 @@ def cluster_samples(X: np.ndarray, clusters: np.ndarray, y: np.ndarray, k: int, 
 def loss_curve(loss_history: np.ndarray, time_history: np.ndarray, title: str) -> Figure:
     """Loss per iteration, with elapsed seconds on a second x axis."""
     iterations = np.arange(1, len(loss_history) + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.plot(iterations, loss_history, marker="." if len(iterations) < 30 else None)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     if len(iterations) > 1 and np.all(np.diff(time_history) > 0):
-        top = ax.secondary_xaxis(
-            "top",
-            functions=(lambda i: np.interp(i, iterations, time_history), lambda t: np.interp(t, time_history, iterations)),
-        )
+        top = ax.secondary_xaxis("top", functions=(lambda i: np.interp(i, iterations, time_history),
+                                                   lambda t: np.interp(t, time_history, iterations)))
         top.set_xlabel("seconds")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
