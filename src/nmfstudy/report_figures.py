@@ -1,6 +1,7 @@
 """Figures of a whole study (many runs), for the report; per-run figures live in `plots`.
 
-Every function takes plain `RunRecord`s and returns a matplotlib Figure (Agg).
+Every function takes plain `RunRecord`s and returns a `matplotlib.figure.Figure` built without
+pyplot: no backend is chosen or switched, no figure is kept open.
 """
 from __future__ import annotations
 
@@ -8,28 +9,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
-
-from .report import RunRecord, Study, series  # noqa: E402
+from .report import RunRecord, Study, series
 
 ACCURACIES = {"accuracy": "majority-vote accuracy", "hungarian_accuracy": "Hungarian accuracy"}
 
 
 def label_colors(labels: Iterable[str]) -> dict[str, str]:
     """One color per label, the same in every figure."""
-    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
-    return {label: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, label in enumerate(sorted(set(labels)))}
+    palette = colormaps["tab10"].colors + colormaps["Dark2"].colors
+    return {label: to_hex(palette[i % len(palette)]) for i, label in enumerate(sorted(set(labels)))}
 
 
 def save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
-    plt.close(figure)
     return path
 
 
@@ -61,7 +59,8 @@ def _finish(fig: Figure, axes) -> Figure:
 def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, str],
                   references: list[dict]) -> Figure:
     """Majority-vote and Hungarian accuracy against k, with the reference results as stars on their own panel."""
-    fig, row = plt.subplots(1, 2, figsize=(10.4, 3.8))
+    fig = Figure(figsize=(10.4, 3.8))
+    row = fig.subplots(1, 2)
     axes = dict(zip(ACCURACIES, row, strict=False))
     for metric, ax in axes.items():
         _draw(ax, metric, best, complete, colors, ACCURACIES[metric])
@@ -91,7 +90,8 @@ def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, st
     """J_clust, comparable across methods, and each method's own loss relative to its value at the smallest k
     (NMF's Frobenius error and K-means' inertia differ by orders of magnitude; their elbows need not)."""
     base = {label: points[0][1] for label, points in series(best, "loss").items()}
-    fig, (ax_j, ax_l) = plt.subplots(1, 2, figsize=(10.4, 3.8))
+    fig = Figure(figsize=(10.4, 3.8))
+    ax_j, ax_l = fig.subplots(1, 2)
     _draw(ax_j, "j_clust", best, complete, colors, "J_clust: mean distance to reconstruction / centroid")
     _draw(ax_l, "loss", _relative_loss(best, base), _relative_loss(complete, base), colors,
           "loss / loss of the best run at the smallest k")
@@ -99,7 +99,8 @@ def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, st
 
 
 def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, str]) -> Figure:
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.subplots()
     _draw(ax, "fit_time_s", best, complete, colors, "fit time (log scale)", log_y=True)
     ax.set_ylabel("seconds")
     return _finish(fig, [ax])
@@ -107,7 +108,8 @@ def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str,
 
 def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Figure:
     """Accuracy against the Hoyer sparseness of H and of W, one color per label, each point marked with its k."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.4, 3.8), sharey=True)
+    fig = Figure(figsize=(10.4, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, metric in zip(axes, ("sparsity_H", "sparsity_W"), strict=False):
         for label in sorted({r.label for r in runs}):
             points = [(r.metric(metric), r.metric(rank_by), r.k) for r in runs
@@ -125,7 +127,8 @@ def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Fig
 
 def optimization_history(study: Study) -> Figure:
     """The objective of each trial by trial number, pruned trials apart, and the best value so far."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     numbered = [(t.trial_number if t.trial_number is not None else i, t) for i, t in enumerate(study.trials)]
     scored = {id(t) for t in study.scored()}
     done = [(n, t.metric(study.objective)) for n, t in numbered if id(t) in scored]
