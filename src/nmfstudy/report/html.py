@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from .report import Experiment, RunRecord, Settings, Study
+from .records import Experiment, RunRecord, Settings, Study
 
 # (metric, column title) of the table of best runs
 COLUMNS = [("accuracy", "accuracy"), ("hungarian_accuracy", "Hungarian acc."), ("nmi", "NMI"), ("ari", "ARI"),

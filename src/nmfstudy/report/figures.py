@@ -14,7 +14,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from .report import RunRecord, Study, series
+from .records import RunRecord, Study, series
 
 ACCURACIES = {"accuracy": "majority-vote accuracy", "hungarian_accuracy": "Hungarian accuracy"}
 

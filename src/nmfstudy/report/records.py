@@ -1,29 +1,21 @@
-"""An MLflow experiment as a report: the best run per method and k, figures, Optuna studies.
+"""What a report is made of, as plain data: run records, Optuna studies, an experiment, settings.
 
-Three steps, so that the middle one can be tested without MLflow:
-`collect` reads the runs through MLflow's API into plain `RunRecord`s,
-`render` turns records (and a function that fetches a run's artifact) into
-PNG figures and one self-contained report.html, and `log_report_run` logs them
-as a run of kind `report` in the same experiment. Report runs and the parent
-runs of sweeps never enter the tables.
+A `RunRecord` holds what the report needs of one MLflow run (params, metrics, tags, status);
+the functions here group and rank records (the best run of each method and k, the series of a
+metric against k, the trials of a study). Nothing here imports MLflow or matplotlib: `store`
+reads the records from MLflow, `render` turns them into figures and a page.
 """
 from __future__ import annotations
 
 import ast
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-KIND_TAG = "nmfstudy.kind"
 PARENT_TAG = "mlflow.parentRunId"
 FINISHED = "FINISHED"
 NO_SPARSITY = ("", "none", "null")
-# Artifacts an Optuna study run may carry, drawn by the sweeper; the history is drawn here when absent.
-OPTUNA_FIGURES = ("optimization_history", "param_importances", "slice", "pareto_front", "intermediate_values")
 # Smaller is better for these objectives (used only when a study does not say its direction).
 MINIMIZED = ("loss", "j_clust", "fit_time_s", "n_iter")
 
@@ -168,7 +160,8 @@ class Study:
         return self.run.tags.get("optuna.study_name") or self.run.params.get("optuna.study_name") or self.run.name
 
     def scored(self) -> list[RunRecord]:
-        return [t for t in self.trials if t.status == FINISHED and not t.pruned and t.metric(self.objective) is not None]
+        return [t for t in self.trials
+                if t.status == FINISHED and not t.pruned and t.metric(self.objective) is not None]
 
     def best_trial(self) -> RunRecord | None:
         """The trial the sweeper logged as best (`best.trial_number`), else the best scored trial."""
@@ -231,7 +224,7 @@ def studies(study_runs: Iterable[RunRecord], runs: Iterable[RunRecord]) -> list[
     return out
 
 
-# --- reading MLflow -----------------------------------------------------------------
+# --- an experiment, and how to report on it ------------------------------------------
 
 @dataclass
 class Experiment:
@@ -243,54 +236,12 @@ class Experiment:
     n_sweeps: int = 0
 
 
-def _record(run) -> RunRecord:
-    return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status, dict(run.data.params),
-                     dict(run.data.metrics), dict(run.data.tags), run.info.start_time or 0)
-
-
-def _search(client, experiment_id: str, kind: str) -> list[RunRecord]:
-    """Every active run of `kind`, page by page."""
-    from mlflow.entities import ViewType
-
-    records, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-        records += [_record(run) for run in page]
-        token = page.token
-        if not token:
-            return records
-
-
-def collect(client, experiment: str, tracking_uri: str) -> Experiment:
-    """The experiment's job runs and study runs; ReportError when it is unknown or holds no job run."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage != "active":
-        known = sorted(e.name for e in client.search_experiments())
-        raise ReportError(f"tracking.experiment={experiment!r}: no such experiment in {tracking_uri}; "
-                          f"it has {', '.join(map(repr, known)) or 'none'}")
-    runs = _search(client, found.experiment_id, "run")
-    if not runs:
-        raise ReportError(f"tracking.experiment={experiment!r} has no runs of train.py "
-                          f"({KIND_TAG}=run) in {tracking_uri}; nothing to report")
-    return Experiment(found.experiment_id, experiment, tracking_uri, runs, _search(client, found.experiment_id, "study"),
-                      n_sweeps=len(_search(client, found.experiment_id, "sweep")))
-
-
-def artifact_fetcher(tracking_uri: str, folder: Path) -> Fetch:
-    """fetch(run_id, path): the artifact downloaded under `folder`, or None when the run lacks it."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    def fetch(run_id: str, path: str) -> Path | None:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                       dst_path=str(folder / run_id), tracking_uri=tracking_uri)
-        except (MlflowException, OSError):
-            return None
-        return Path(local) if Path(local).is_file() else None
-
-    return fetch
+@dataclass
+class Settings:
+    rank_by: str = "accuracy"
+    ui_url: str = "http://127.0.0.1:5000"
+    references: list[dict] = field(default_factory=list)
+    title: str | None = None
 
 
 def ui_base(ui_url: str | None, tracking_uri: str) -> str:
@@ -300,106 +251,3 @@ def ui_base(ui_url: str | None, tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/")
     return "http://127.0.0.1:5000"
-
-
-# --- writing ------------------------------------------------------------------------
-
-@dataclass
-class Settings:
-    rank_by: str = "accuracy"
-    ui_url: str = "http://127.0.0.1:5000"
-    references: list[dict] = field(default_factory=list)
-    title: str | None = None
-
-
-@dataclass
-class Report:
-    html: Path
-    files: list[Path]  # every file written, report.html first
-
-
-def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Report:
-    """Write the figures and report.html into `out`; nothing here talks to MLflow but `fetch`."""
-    from . import report_figures as figs
-    from .report_html import Page
-
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    rank_by = settings.rank_by
-    best = best_runs(exp.runs, rank_by)
-    colors = figs.label_colors(run.label for run in exp.runs)
-    page = Page(exp, settings, best, group_counts(exp.runs))
-
-    def save(figure, name: str) -> Path:
-        files.append(figs.save(figure, out / name))
-        return files[-1]
-
-    def copy(source: Path, name: str) -> Path:
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        files.append(target)
-        return target
-
-    complete = [r for r in exp.runs if r.complete(rank_by)]
-    if best:
-        page.figure("Accuracy against k", save(figs.accuracy_vs_k(best, complete, colors, settings.references),
-                                                "accuracy_vs_k.png"),
-                    "Lines: the best run of each method and k; faint dots: its other completed runs. "
-                    "Stars: reference results, labelled with the accuracy they report.", references=True)
-        page.figure("Loss and J_clust against k (the elbow view)",
-                    save(figs.elbow(best, complete, colors), "elbow.png"),
-                    "J_clust, the mean distance of a sample to its reconstruction or centroid, is comparable "
-                    "across methods. Loss is each method's own objective (NMF: Frobenius reconstruction error; "
-                    "K-means: inertia), so it is drawn relative to its value at the smallest k: compare shapes. "
-                    "Absolute losses are in the table.")
-        page.figure("Fit time against k", save(figs.fit_time(best, complete, colors), "fit_time.png"))
-
-    for k, runs in components_by_k(best).items():
-        row = []
-        for run in runs:
-            local = fetch(run.run_id, "figures/components.png")
-            row.append((run, copy(local, f"components/{run.label}_k{k}.png") if local else None))
-        page.components(k, row)
-
-    sparse = sparse_runs(exp.runs, rank_by)
-    if sparse:
-        page.figure("Sparsity against accuracy", save(figs.sparsity(sparse, rank_by, colors), "sparsity.png"),
-                    "Hoyer's sparseness (0: flat, 1: a single non-zero) of the basis images (sparsity_H) and of "
-                    "each component's coefficients (sparsity_W), for every completed NMF run; numbers are k.")
-
-    for i, study in enumerate(studies(exp.study_runs, exp.runs)):
-        images = {}
-        for name in OPTUNA_FIGURES:
-            local = fetch(study.run.run_id, f"optuna/{name}.png")
-            if local:
-                images[name] = copy(local, f"optuna/study{i}_{name}.png")
-        if "optimization_history" not in images and study.trials:
-            images["optimization_history"] = save(figs.optimization_history(study), f"optuna/study{i}_history.png")
-        page.study(study, images)
-
-    files.insert(0, page.write(out / "report.html"))
-    return Report(files[0], files)
-
-
-def log_report_run(client, store, experiment: str, report: Report, out: Path, tags: dict[str, str]) -> str:
-    """Log the report's files as artifacts of a new run of kind `report`; returns its id."""
-    import mlflow
-
-    from . import tracking
-
-    name = f"report {datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    with tracking.run(client, experiment, run_name=name, tags={KIND_TAG: "report", **tags}, store=store) as active:
-        for path in report.files:
-            folder = path.parent.relative_to(out).as_posix()
-            mlflow.log_artifact(str(path), None if folder == "." else folder)
-        return active.info.run_id
-
-
-def build(client, store, experiment: str, out: Path, settings: Settings) -> Report:
-    """collect + render, with artifacts downloaded to a temporary folder; nothing is written when
-    `settings.rank_by` is no metric of the experiment's runs."""
-    exp = collect(client, experiment, store.tracking_uri)
-    check_rank_by(exp.runs, settings.rank_by, experiment)
-    with tempfile.TemporaryDirectory(prefix="nmfstudy-report-") as tmp:
-        return render(exp, artifact_fetcher(store.tracking_uri, Path(tmp)), out, settings)
