@@ -44,7 +44,7 @@ __all__ = ["Experiment", "Fetch", "Report", "ReportError", "RunRecord", "Setting
 
 
 def __getattr__(name: str):
-    """The MLflow side (`store`'s functions), imported when first asked for."""
+    """Import the MLflow side (`store`'s functions) when one of its names is first asked for."""
     if name in _FROM_STORE:
         from . import store
 

@@ -20,19 +20,44 @@ ACCURACIES = {"accuracy": "majority-vote accuracy", "hungarian_accuracy": "Hunga
 
 
 def label_colors(labels: Iterable[str]) -> dict[str, str]:
-    """One color per label, the same in every figure."""
+    """Give each label one colour, the same in every figure.
+
+    Parameters
+    ----------
+    labels : iterable of str
+        The labels (repeats are fine).
+
+    Returns
+    -------
+    dict of str to str
+        label -> hex colour, from tab10 then Dark2 in the labels' sorted order (repeating after 18).
+    """
     palette = colormaps["tab10"].colors + colormaps["Dark2"].colors
     return {label: to_hex(palette[i % len(palette)]) for i, label in enumerate(sorted(set(labels)))}
 
 
 def save(figure: Figure, path: Path) -> Path:
+    """Write a figure as PNG at 90 dpi, making its folder.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure.
+    path : pathlib.Path
+        Where to write it.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     return path
 
 
 def _draw(ax, metric: str, best, complete, colors, title: str, log_y: bool = False) -> None:
-    """A line through the best run of each label and k, faint dots for its other completed runs."""
+    """Draw a line through the best run of each label and k, faint dots for its other completed runs."""
     for label, points in series(complete, metric).items():
         ax.scatter(*zip(*points, strict=False), s=12, color=colors[label], alpha=0.25, linewidths=0)
     for label, points in series(best, metric).items():
@@ -58,7 +83,37 @@ def _finish(fig: Figure, axes) -> Figure:
 
 def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, str],
                   references: list[dict]) -> Figure:
-    """Majority-vote and Hungarian accuracy against k, with the reference results as stars on their own panel."""
+    """Draw majority-vote and Hungarian accuracy against k, one panel each.
+
+    Majority-vote accuracy lets each cluster predict its most frequent digit (the purity of
+    the clustering; any k); Hungarian accuracy matches clusters to digits one to one (Kuhn's
+    assignment), so it tends to fall as k grows past the number of digits.
+
+    Parameters
+    ----------
+    best : list of RunRecord
+        The best run of each label and k: drawn as lines.
+    complete : list of RunRecord
+        All complete runs: drawn as faint dots.
+    colors : dict of str to str
+        label -> colour (see `label_colors`).
+    references : list of dict
+        Published results (keys ``method``, ``k``, ``metric``, ``value``), drawn as stars on
+        the panel of their metric and labelled with their value; other metrics are skipped.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels, 10.4 x 3.8 inches.
+
+    References
+    ----------
+    C. D. Manning, P. Raghavan and H. Schutze, Introduction to Information Retrieval,
+    Cambridge University Press (2008), section 16.3 (purity).
+
+    H. W. Kuhn, "The Hungarian method for the assignment problem", Naval Research Logistics
+    Quarterly 2, 83-97 (1955).
+    """
     fig = Figure(figsize=(10.4, 3.8))
     row = fig.subplots(1, 2)
     axes = dict(zip(ACCURACIES, row, strict=False))
@@ -87,8 +142,34 @@ def _relative_loss(runs: list[RunRecord], base: dict[str, float]) -> list[RunRec
 
 
 def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, str]) -> Figure:
-    """J_clust, comparable across methods, and each method's own loss relative to its value at the smallest k
-    (NMF's Frobenius error and K-means' inertia differ by orders of magnitude; their elbows need not)."""
+    """Draw J_clust and each method's loss against k: the elbow view.
+
+    J_clust, the mean distance of a sample to its reconstruction or centroid, is comparable
+    across methods. Each method's own loss (NMF's Frobenius error, K-means' inertia) differs
+    by orders of magnitude from the others', so it is drawn relative to the loss of its best
+    run at the smallest k: their elbows compare, their values need not.
+
+    Parameters
+    ----------
+    best : list of RunRecord
+        The best run of each label and k: drawn as lines.
+    complete : list of RunRecord
+        All complete runs: drawn as faint dots.
+    colors : dict of str to str
+        label -> colour (see `label_colors`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels, 10.4 x 3.8 inches: J_clust, then the relative loss.
+
+    References
+    ----------
+    R. L. Thorndike, "Who belongs in the family?", Psychometrika 18, 267-276 (1953) (the elbow).
+
+    S. Boyd and L. Vandenberghe, Introduction to Applied Linear Algebra, Cambridge University
+    Press (2018), section 4.2 (J^clust, there the mean of the squared distances).
+    """
     base = {label: points[0][1] for label, points in series(best, "loss").items()}
     fig = Figure(figsize=(10.4, 3.8))
     ax_j, ax_l = fig.subplots(1, 2)
@@ -99,6 +180,22 @@ def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, st
 
 
 def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, str]) -> Figure:
+    """Draw the fit time against k, on a log scale.
+
+    Parameters
+    ----------
+    best : list of RunRecord
+        The best run of each label and k: drawn as lines.
+    complete : list of RunRecord
+        All complete runs: drawn as faint dots.
+    colors : dict of str to str
+        label -> colour (see `label_colors`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel, 5.2 x 3.8 inches, seconds on a log scale labelled with plain numbers.
+    """
     fig = Figure(figsize=(5.2, 3.8))
     ax = fig.subplots()
     _draw(ax, "fit_time_s", best, complete, colors, "fit time (log scale)", log_y=True)
@@ -107,7 +204,28 @@ def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str,
 
 
 def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Figure:
-    """Accuracy against the Hoyer sparseness of H and of W, one color per label, each point marked with its k."""
+    """Draw accuracy against the Hoyer sparseness of the basis images and of the coefficients.
+
+    Parameters
+    ----------
+    runs : list of RunRecord
+        The runs to draw (see `records.sparse_runs`).
+    rank_by : str
+        The metric on the y axis.
+    colors : dict of str to str
+        label -> colour (see `label_colors`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels sharing the y axis, 10.4 x 3.8 inches: against ``sparsity_H`` (the basis
+        images) and ``sparsity_W`` (each component's coefficients); each point is marked with its k.
+
+    References
+    ----------
+    P. O. Hoyer, "Non-negative matrix factorization with sparseness constraints",
+    Journal of Machine Learning Research 5, 1457-1469 (2004).
+    """
     fig = Figure(figsize=(10.4, 3.8))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, metric in zip(axes, ("sparsity_H", "sparsity_W"), strict=False):
@@ -126,7 +244,27 @@ def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Fig
 
 
 def optimization_history(study: Study) -> Figure:
-    """The objective of each trial by trial number, pruned trials apart, and the best value so far."""
+    """Draw a study's objective by trial, with the best value so far.
+
+    For a study whose sweeper logged no history of its own; as Optuna's
+    ``plot_optimization_history``, with pruned trials drawn apart at the value they were
+    stopped at.
+
+    Parameters
+    ----------
+    study : Study
+        The study and its trials.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel, 6.4 x 3.8 inches.
+
+    References
+    ----------
+    T. Akiba, S. Sano, T. Yanase, T. Ohta and M. Koyama, "Optuna: a next-generation
+    hyperparameter optimization framework", KDD 2019.
+    """
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.subplots()
     numbered = [(t.trial_number if t.trial_number is not None else i, t) for i, t in enumerate(study.trials)]

@@ -27,8 +27,18 @@ OPTUNA_FIGURES = ("optimization_history", "param_importances", "slice", "pareto_
 
 @dataclass
 class Report:
+    """What `render` wrote.
+
+    Parameters
+    ----------
+    html : pathlib.Path
+        The page, report.html.
+    files : list of pathlib.Path
+        Every file written, report.html first, then the figures in the order written.
+    """
+
     html: Path
-    files: list[Path]  # every file written, report.html first
+    files: list[Path]
 
 
 class _Folder:
@@ -51,7 +61,30 @@ class _Folder:
 
 
 def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Report:
-    """Write the figures and report.html into `out`; nothing here talks to MLflow but `fetch`."""
+    """Write the figures and report.html of an experiment into a folder.
+
+    Nothing here talks to MLflow but `fetch`: records made by hand and a function that
+    returns local files (or None) render the same page.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment's runs and studies.
+    fetch : Fetch
+        fetch(run_id, artifact path) -> local file or None; asked for each best run's
+        ``figures/components.png`` and each study's ``optuna/*.png``.
+    out : pathlib.Path
+        The folder to write into (made when missing; files of the same names are replaced).
+    settings : Settings
+        What runs are ranked by, the base of the run links, the reference results, the title.
+
+    Returns
+    -------
+    Report
+        report.html and every file written: accuracy_vs_k.png, elbow.png and fit_time.png
+        when some run is complete; components/<label>_k<k>.png; sparsity.png when some run
+        is a sparse variant; optuna/study<i>_<figure>.png.
+    """
     out.mkdir(parents=True, exist_ok=True)
     folder = _Folder(out)
     best = best_runs(exp.runs, settings.rank_by)
@@ -73,7 +106,7 @@ def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Repo
 
 def _against_k(page: Page, folder: _Folder, best: list[RunRecord], complete: list[RunRecord],
                colors: dict[str, str], settings: Settings) -> None:
-    """The figures of accuracy, loss and fit time against k."""
+    """Add the figures of accuracy, loss and fit time against k."""
     page.figure("Accuracy against k",
                 folder.save(figs.accuracy_vs_k(best, complete, colors, settings.references), "accuracy_vs_k.png"),
                 "Lines: the best run of each method and k; faint dots: its other completed runs. "
@@ -88,7 +121,7 @@ def _against_k(page: Page, folder: _Folder, best: list[RunRecord], complete: lis
 
 
 def _components(page: Page, folder: _Folder, best: list[RunRecord], fetch: Fetch) -> None:
-    """The basis images or centroids (figures/components.png) of the best run of each method, by k."""
+    """Add the basis images or centroids (figures/components.png) of the best run of each method, by k."""
     for k, runs in components_by_k(best).items():
         row = []
         for run in runs:
@@ -98,7 +131,7 @@ def _components(page: Page, folder: _Folder, best: list[RunRecord], fetch: Fetch
 
 
 def _studies(page: Page, folder: _Folder, exp: Experiment, fetch: Fetch) -> None:
-    """Each Optuna study: its sweeper's figures, and its optimization history drawn here when it has none."""
+    """Add each Optuna study: its sweeper's figures, and its optimization history drawn here when it has none."""
     for i, study in enumerate(studies(exp.study_runs, exp.runs)):
         images = {}
         for name in OPTUNA_FIGURES:

@@ -37,7 +37,29 @@ def _search(client, experiment_id: str, kind: str) -> list[RunRecord]:
 
 
 def collect(client, experiment: str, tracking_uri: str) -> Experiment:
-    """The experiment's job runs and study runs; ReportError when it is unknown or holds no job run."""
+    """Read an experiment's runs from MLflow.
+
+    Parameters
+    ----------
+    client : mlflow.MlflowClient
+        A client of the store (see `nmfstudy.tracking.open_store`).
+    experiment : str
+        The experiment's name.
+    tracking_uri : str
+        The store's URI, for messages and for the page.
+
+    Returns
+    -------
+    Experiment
+        Its active job runs (kind ``run``, any status), its Optuna study runs (kind
+        ``study``) and its number of sweeps.
+
+    Raises
+    ------
+    ReportError
+        When the experiment is unknown or deleted (naming those the store has), or holds no
+        run of train.py.
+    """
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage != "active":
         known = sorted(e.name for e in client.search_experiments())
@@ -53,7 +75,21 @@ def collect(client, experiment: str, tracking_uri: str) -> Experiment:
 
 
 def artifact_fetcher(tracking_uri: str, folder: Path) -> Fetch:
-    """fetch(run_id, path): the artifact downloaded under `folder`, or None when the run lacks it."""
+    """Make a `Fetch` that downloads artifacts from the store.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The store's URI.
+    folder : pathlib.Path
+        Where artifacts are downloaded, under a folder per run.
+
+    Returns
+    -------
+    Fetch
+        fetch(run_id, path) -> the downloaded file, or None when the run lacks it (or it is
+        a folder, or the download fails).
+    """
 
     def fetch(run_id: str, path: str) -> Path | None:
         try:
@@ -67,7 +103,28 @@ def artifact_fetcher(tracking_uri: str, folder: Path) -> Fetch:
 
 
 def log_report_run(client, store, experiment: str, report: Report, out: Path, tags: dict[str, str]) -> str:
-    """Log the report's files as artifacts of a new run of kind `report`; returns its id."""
+    """Log a report as a run of the experiment it reports on.
+
+    Parameters
+    ----------
+    client : mlflow.MlflowClient
+        A client of the store.
+    store : nmfstudy.tracking.Store
+        The store.
+    experiment : str
+        The experiment's name.
+    report : Report
+        What `render` wrote.
+    out : pathlib.Path
+        The folder it wrote into: the files keep their paths relative to it.
+    tags : dict of str to str
+        Tags of the run, beside ``nmfstudy.kind=report``.
+
+    Returns
+    -------
+    str
+        The new run's id.
+    """
     name = f"report {datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
     with tracking.run(client, experiment, run_name=name, tags={tracking.KIND_TAG: "report", **tags},
                       store=store) as active:
@@ -78,8 +135,34 @@ def log_report_run(client, store, experiment: str, report: Report, out: Path, ta
 
 
 def build(client, store, experiment: str, out: Path, settings: Settings) -> Report:
-    """collect + render, with artifacts downloaded to a temporary folder; nothing is written when
-    `settings.rank_by` is no metric of the experiment's runs."""
+    """Read an experiment and write its report: `collect`, then `render`.
+
+    Artifacts are downloaded to a temporary folder, removed afterwards.
+
+    Parameters
+    ----------
+    client : mlflow.MlflowClient
+        A client of the store.
+    store : nmfstudy.tracking.Store
+        The store.
+    experiment : str
+        The experiment's name.
+    out : pathlib.Path
+        The folder to write into.
+    settings : Settings
+        What runs are ranked by, the base of the run links, the reference results, the title.
+
+    Returns
+    -------
+    Report
+        What was written.
+
+    Raises
+    ------
+    ReportError
+        As `collect`, or when `settings.rank_by` is no metric of the completed runs; then
+        nothing is written.
+    """
     exp = collect(client, experiment, store.tracking_uri)
     check_rank_by(exp.runs, settings.rank_by, experiment)
     with tempfile.TemporaryDirectory(prefix="nmfstudy-report-") as tmp:
