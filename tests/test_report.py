@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nmfstudy import report, tracking
-from nmfstudy.report import RunRecord
+from nmfstudy.report import RunRecord, records
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "report-test"
@@ -188,14 +188,15 @@ def test_page_renders_in_headless_chromium(study, tmp_path):
 
 def run(run_id, method="nmf", k=10, status="FINISHED", sparsity="none", tags=None, start=0, **metrics):
     params = {"method": method, "sparsity": sparsity} | ({} if k is None else {"k": str(k)})
-    return RunRecord(run_id, f"{method} k={k}", status, params, metrics, {"nmfstudy.kind": "run", **(tags or {})}, start)
+    tags = {"nmfstudy.kind": "run", **(tags or {})}
+    return RunRecord(run_id, f"{method} k={k}", status, params, metrics, tags, start)
 
 
 def test_labels_name_the_sparsity_variant():
-    assert report.group_label("nmf", "none") == "nmf"
-    assert report.group_label("nmf", "l1") == "nmf+l1"
-    assert report.group_label("gnmf", "hoyer") == "gnmf+hoyer"
-    assert report.group_label("kmeans", None) == "kmeans"
+    assert records.group_label("nmf", "none") == "nmf"
+    assert records.group_label("nmf", "l1") == "nmf+l1"
+    assert records.group_label("gnmf", "hoyer") == "gnmf+hoyer"
+    assert records.group_label("kmeans", None) == "kmeans"
     assert run("a", sparsity="hoyer").label == "nmf+hoyer"
 
 
@@ -208,23 +209,23 @@ def test_best_run_per_label_and_k_skips_failed_unfinished_pruned_and_unscored():
         run("sparse", sparsity="l1", accuracy=0.5), run("k20", k=20, accuracy=0.3),
         run("km", method="kmeans", fit_time_s=1.0, accuracy=0.55),  # a different metric set
     ]
-    best = report.best_runs(runs)
+    best = records.best_runs(runs)
     assert [(r.label, r.k, r.run_id) for r in best] == [
         ("kmeans", 10, "km"), ("nmf", 10, "high"), ("nmf", 20, "k20"), ("nmf+l1", 10, "sparse")]
-    assert report.best_runs(runs, rank_by="fit_time_s") == [runs[-1]]
-    assert report.group_counts(runs)[("nmf", 10)] == 8
+    assert records.best_runs(runs, rank_by="fit_time_s") == [runs[-1]]
+    assert records.group_counts(runs)[("nmf", 10)] == 8
 
 
 def test_series_components_and_sparse_runs():
     runs = [run("n10", k=10, accuracy=0.5, sparsity_H=0.6), run("n20", k=20, accuracy=0.4, sparsity_H=0.7),
             run("km", method="kmeans", k=10, accuracy=0.6)]
-    assert report.series(runs, "accuracy") == {"kmeans": [(10, 0.6)], "nmf": [(10, 0.5), (20, 0.4)]}
-    assert report.series(runs, "loss") == {}
-    by_k = report.components_by_k(report.best_runs(runs))
+    assert records.series(runs, "accuracy") == {"kmeans": [(10, 0.6)], "nmf": [(10, 0.5), (20, 0.4)]}
+    assert records.series(runs, "loss") == {}
+    by_k = records.components_by_k(records.best_runs(runs))
     assert [r.run_id for r in by_k[10]] == ["n10", "km"]  # parts before wholes
-    assert report.sparse_runs(runs) == []  # plain NMF only: no sparsity section
+    assert records.sparse_runs(runs) == []  # plain NMF only: no sparsity section
     sparse = runs + [run("h", sparsity="hoyer", accuracy=0.45, sparsity_H=0.8)]
-    assert {r.run_id for r in report.sparse_runs(sparse)} == {"n10", "n20", "h"}
+    assert {r.run_id for r in records.sparse_runs(sparse)} == {"n10", "n20", "h"}
 
 
 def test_study_without_logged_best_falls_back_to_its_trials():
@@ -233,7 +234,7 @@ def test_study_without_logged_best_falls_back_to_its_trials():
               for n, (k, loss, state) in enumerate([(5, 3.0, "COMPLETE"), (6, 1.0, "COMPLETE"), (7, 0.5, "PRUNED")])]
     trials = [replace(t, params={**t.params, "objective": "loss"}) for t in trials]
     parent = RunRecord("s", "study", tags={"nmfstudy.kind": "study"})
-    (found,) = report.studies([parent], trials + [run("other", loss=0.1)])
+    (found,) = records.studies([parent], trials + [run("other", loss=0.1)])
     assert found.objective == "loss" and found.direction == "minimize"
     assert [t.run_id for t in found.trials] == ["t0", "t1", "t2"]
     assert found.best_trial().run_id == "t1"  # the pruned trial's lower loss does not count
@@ -246,7 +247,7 @@ def test_study_logged_by_the_sweeper_is_read_as_logged():
     parent = RunRecord("s", "study", params=params, tags={"nmfstudy.kind": "study", "optuna.study_name": "x"})
     trials = [run(f"t{n}", k=5 + n, tags={"mlflow.parentRunId": "s", "optuna.trial_number": str(n)},
                   fit_time_s=1.0 + n) for n in range(2)]
-    (found,) = report.studies([parent], trials)
+    (found,) = records.studies([parent], trials)
     assert (found.name, found.objective, found.direction) == ("x", "fit_time_s", "maximize")
     assert found.best_trial().run_id == "t0" and found.best_params() == {"k": ("range(5, 8)", "5")}
 
@@ -283,15 +284,25 @@ def test_empty_and_unknown_experiments_name_tracking_experiment(study):
         report.collect(client, "missing", study["uri"])
 
 
+def test_records_figures_and_page_import_without_mlflow_or_pyplot():
+    # A notebook keeps its matplotlib backend (no pyplot, no matplotlib.use) and needs no MLflow until it reads a store.
+    code = ("import sys, nmfstudy.plots, nmfstudy.report\n"
+            "from nmfstudy.report import RunRecord, figures, html, records, render\n"
+            "print(sorted(m for m in ('mlflow', 'matplotlib.pyplot') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_rank_by_must_be_a_metric_of_the_completed_runs():
     runs = [run("a", accuracy=0.5, loss=3.0), run("b", method="kmeans", accuracy=0.6, j_clust=1.0),
             run("failed", status="FAILED", only_failed=1.0), run("nan", silhouette=math.nan)]
-    assert report.rankable_metrics(runs) == ["accuracy", "j_clust", "loss"]
-    report.check_rank_by(runs, "j_clust", "x")
+    assert records.rankable_metrics(runs) == ["accuracy", "j_clust", "loss"]
+    records.check_rank_by(runs, "j_clust", "x")
     with pytest.raises(report.ReportError) as err:
-        report.check_rank_by(runs, "foo", "x")
+        records.check_rank_by(runs, "foo", "x")
     assert str(err.value) == ("report.rank_by must be one of accuracy, j_clust, loss (the metrics of the completed "
                               "runs of experiment 'x'); got 'foo'")
     with pytest.raises(report.ReportError, match="got 'only_failed'"):
-        report.check_rank_by(runs, "only_failed", "x")
-    report.check_rank_by([run("broken", status="FAILED")], "foo", "x")  # nothing to choose from: the page says so
+        records.check_rank_by(runs, "only_failed", "x")
+    records.check_rank_by([run("broken", status="FAILED")], "foo", "x")  # nothing to choose from: the page says so

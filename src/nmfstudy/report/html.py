@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from .report import Experiment, RunRecord, Settings, Study
+from .records import Experiment, RunRecord, Settings, Study
 
 # (metric, column title) of the table of best runs
 COLUMNS = [("accuracy", "accuracy"), ("hungarian_accuracy", "Hungarian acc."), ("nmi", "NMI"), ("ari", "ARI"),
@@ -26,17 +26,53 @@ img { max-width: 100%; } figure { margin: 1em 0; } figcaption { color: #555; fon
 
 
 def fmt(value: float | None) -> str:
+    """Format a metric for a table cell.
+
+    Parameters
+    ----------
+    value : float or None
+        The value; None when missing.
+
+    Returns
+    -------
+    str
+        Three decimals below 10 in magnitude, else four significant digits; a dash for None.
+    """
     if value is None:
         return "&mdash;"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}"
 
 
 def data_uri(path: Path) -> str:
+    """Embed a PNG file in the page.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The PNG file.
+
+    Returns
+    -------
+    str
+        A ``data:image/png;base64,...`` URI.
+    """
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 class Page:
-    """The sections of the report, added in order, then written as one file."""
+    """The sections of the report, added in order, then written as one file.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment reported on.
+    settings : Settings
+        What runs are ranked by, the base of the run links, the reference results, the title.
+    best : list of RunRecord
+        The best run of each method and k, for the table of best runs.
+    counts : dict of (str, int or None) to int
+        The number of runs of each (label, k) (see `records.group_counts`).
+    """
 
     def __init__(self, exp: Experiment, settings: Settings, best: list[RunRecord],
                  counts: dict[tuple[str, int | None], int]) -> None:
@@ -46,15 +82,52 @@ class Page:
         self.studies: list[str] = []
 
     def link(self, run: RunRecord, text: str | None = None) -> str:
+        """Link to a run in the MLflow UI.
+
+        Parameters
+        ----------
+        run : RunRecord
+            The run.
+        text : str or None, default=None
+            The link's text; None for the first 8 characters of the run id.
+
+        Returns
+        -------
+        str
+            An ``<a>`` element, titled with the run's name.
+        """
         url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}/runs/{run.run_id}"
         return f'<a href="{escape(url)}" title="{escape(run.name)}"><code>{escape(text or run.run_id[:8])}</code></a>'
 
     def figure(self, title: str, path: Path, caption: str = "", references: bool = False) -> None:
+        """Add a section with one figure.
+
+        Parameters
+        ----------
+        title : str
+            The section's heading, also the image's alt text.
+        path : pathlib.Path
+            The PNG, embedded as a data URI.
+        caption : str, default=""
+            The figure's caption.
+        references : bool, default=False
+            Whether to list the settings' reference results after the figure.
+        """
         self.figures.append(f"<h2>{escape(title)}</h2><figure><img src=\"{data_uri(path)}\" alt=\"{escape(title)}\">"
                             f"<figcaption>{escape(caption)}</figcaption></figure>"
                             + (self._references() if references else ""))
 
     def components(self, k: int, row: list[tuple[RunRecord, Path | None]]) -> None:
+        """Add one k's row of basis images and centroids to the section on parts and wholes.
+
+        Parameters
+        ----------
+        k : int
+            The number of components or clusters.
+        row : list of (RunRecord, pathlib.Path or None)
+            The best run of each method at k with its figures/components.png, or None when it
+            logged none (the page says so).
+        """
         cells = []
         for run, path in row:
             image = (f'<img src="{data_uri(path)}" alt="{escape(run.label)} k={k}">' if path
@@ -65,6 +138,15 @@ class Page:
         self.parts.append(f"<h3>k = {k}</h3><div class=\"row\">{''.join(cells)}</div>")
 
     def study(self, study: Study, images: dict[str, Path]) -> None:
+        """Add an Optuna study: its counts, its best trial, its parameters and its figures.
+
+        Parameters
+        ----------
+        study : Study
+            The study.
+        images : dict of str to pathlib.Path
+            Figure name (``optimization_history``, ``slice``, ...) -> PNG, in the order drawn.
+        """
         best = study.best_trial()
         logged = {key: value for key, value in study.run.metrics.items() if key.startswith("best_")}
         lines = [f"<h3>{escape(study.name)} {self.link(study.run)}</h3>",
@@ -136,6 +218,18 @@ class Page:
         return f"<p class=note>Reference results drawn as stars:</p><ul class=note>{items}</ul>"
 
     def write(self, path: Path) -> Path:
+        """Write the page: title, summary, best runs, figures, parts and wholes, studies, all runs.
+
+        Parameters
+        ----------
+        path : pathlib.Path
+            Where to write it (UTF-8).
+
+        Returns
+        -------
+        pathlib.Path
+            `path`.
+        """
         title = self.settings.title or f"nmfstudy report: {self.exp.name}"
         rank = escape(self.settings.rank_by)
         best = (self._best_table() if self.best else
