@@ -28,8 +28,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def is_module(name: str) -> bool:
+    relative = Path(*name.split("."))
+    return (SRC / relative).with_suffix(".py").is_file() or (SRC / relative / "__init__.py").is_file()
+
+
 def imports(path: Path) -> set[str]:
-    """Every module `path` imports, at the top or inside a function, as absolute names."""
+    """Every module `path` imports, at the top or inside a function, as absolute names.
+
+    ``from pkg import name`` counts as importing ``pkg.name`` when that is a module, else ``pkg``
+    (Python runs a package's ``__init__`` before its submodules anyway: that is no dependency).
+    """
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -41,8 +50,8 @@ def imports(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x` imports module x
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if is_module(f"{base}.{alias.name}") else base)
     return found
 
 
