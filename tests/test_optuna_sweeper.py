@@ -23,6 +23,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from hydra_plugins.nmfstudy_optuna_sweeper._space import SearchSpaceError, parse_search_space, render  # noqa: E402
 from nmfstudy.pruning import TrialReporter  # noqa: E402
+from nmfstudy.study_names import TrialHook  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -154,6 +155,18 @@ def test_job_returns_become_trial_states():
 
 # --- the job's reporter ---------------------------------------------------------------------
 
+def test_trial_hook_round_trips_through_the_override_grammar():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hook = TrialHook("nmf_k-digits", 7, storage="sqlite:////tmp/o.db", trial_id=12, run_id="abc", report_every=5,
+                     pruner={"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 20})
+    (override,) = OverridesParser.create().parse_overrides([f"trial={render(hook.to_config())}"])
+    assert TrialHook.from_config(override.value()) == hook
+    assert override.value()["id"] == 12  # the config key the docs name
+    with pytest.raises(ValueError, match="trial needs number"):
+        TrialHook.from_config({"study_name": "s"})
+
+
 def _reporter_study(tmp_path, direction, pruner=None):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction=direction, pruner=pruner)
@@ -169,9 +182,9 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
         first.report(sign * 100.0 / step, step)  # a fit whose loss goes 10, 5
     study.tell(first, 0.5)
     trial = study.ask()
-    assert TrialReporter.from_config(None) is None
-    reporter = TrialReporter.from_config({"study_name": "s", "storage": url, "number": trial.number,
-                                          "id": trial._trial_id, "report_every": 10, "pruner": pruner})
+    assert TrialHook.from_config(None) is None
+    reporter = TrialReporter(TrialHook.from_config({"study_name": "s", "storage": url, "number": trial.number,
+                                                    "id": trial._trial_id, "report_every": 10, "pruner": pruner}))
     calls = []
     callback = reporter.wrap(lambda *args: calls.append(args))
     assert reporter.tags() == {"optuna.study_name": "s", "optuna.trial_number": "1"}
@@ -187,12 +200,12 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
 def test_reporter_without_pruner_only_reports_and_multi_objective_reports_nothing(tmp_path):
     url, study = _reporter_study(tmp_path, "maximize")
     trial = study.ask()
-    reporter = TrialReporter.from_config({"study_name": "s", "storage": url, "number": 0, "report_every": 5})
+    reporter = TrialReporter(TrialHook("s", 0, storage=url, report_every=5))  # the trial found by its number
     assert not any(reporter.wrap()(it, 100.0 - it, 0.0) for it in range(1, 31))
     assert sorted(study._storage.get_trial(trial._trial_id).intermediate_values) == [5, 10, 15, 20, 25, 30]
     multi = optuna.create_study(study_name="m", storage=url, directions=["maximize", "minimize"])
     multi.ask()
-    reporter = TrialReporter.from_config({"study_name": "m", "storage": url, "number": 0, "report_every": 1})
+    reporter = TrialReporter(TrialHook("m", 0, storage=url, report_every=1))
     assert reporter.wrap()(1, 5.0, 0.0) is None and not reporter.pruned
 
 
@@ -311,8 +324,8 @@ def test_resume_adds_parallel_trials_with_continuing_numbers_and_folders(study):
 @pytest.mark.slow
 def test_multi_objective_kmeans_study_logs_a_pareto_front(tmp_path):
     result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", "k=choice(5,10,15)",
-                       "method.n_init=1", "objective=[accuracy,fit_time_s]", "hydra.sweeper.direction=[maximize,minimize]",
-                       "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                       "method.n_init=1", "objective=[accuracy,fit_time_s]",
+                       "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
                        multirun=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = _trials(tmp_path, "kmeans_k-digits")

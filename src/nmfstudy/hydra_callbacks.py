@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from . import tracking
+from .study_names import KIND_SWEEP, KIND_TAG
 
 
 def project_root(hydra_cfg: DictConfig | None = None) -> Path:
@@ -76,7 +77,7 @@ class MlflowParentRun(Callback):
         self._run_id = tracking.start_parent_run(
             self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
             tags={
-                tracking.KIND_TAG: "sweep",
+                KIND_TAG: KIND_SWEEP,
                 "command": command_line(),
                 "git_commit": git_commit(root),
                 "sweep_dir": str(sweep_dir),

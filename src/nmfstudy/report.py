@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-KIND_TAG = "nmfstudy.kind"
-PARENT_TAG = "mlflow.parentRunId"
+from .study_names import KIND_TAG
+from .study_names import PARENT_RUN_TAG as PARENT_TAG
+
 FINISHED = "FINISHED"
 NO_SPARSITY = ("", "none", "null")
 # Artifacts an Optuna study run may carry, drawn by the sweeper; the history is drawn here when absent.

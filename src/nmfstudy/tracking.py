@@ -27,17 +27,24 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+from nmfstudy.study_names import (
+    ERROR_TAG,
+    HEARTBEAT_INTERVAL_TAG,
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    KIND_STUDY,
+    KIND_TAG,
+    PARENT_RUN_TAG,
+    PID_START_TAG,
+    PID_TAG,
+    RUN_NAME_TAG,
+)
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 PARENT_RUN_FILE = ".mlflow_parent_run_id"
-ERROR_TAG = "error"
-KIND_TAG = "nmfstudy.kind"
-# Which process owns a run, so that any later command can tell a dead run from a live one.
-HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
-# Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
-HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
 
 
 class TrackingError(RuntimeError):
@@ -61,7 +68,8 @@ def resolve_store(uri: str | None, project_root: str | Path) -> Store:
     if uri.startswith(("http://", "https://", "databricks", "postgresql", "mysql", "mssql")):
         return Store(uri, None)
     raise TrackingError(
-        f"tracking.uri must be sqlite:///path/to/mlflow.db, an http(s):// tracking server or a database URL; got {uri!r}"
+        "tracking.uri must be sqlite:///path/to/mlflow.db, an http(s):// tracking server or a database URL; "
+        f"got {uri!r}"
     )
 
 
@@ -272,7 +280,7 @@ def kill_run(client: MlflowClient, run_id: str, reason: str, status: str = "KILL
 def kill_running_children(client: MlflowClient, parent_run_id: str, reason: str) -> int:
     """End the RUNNING runs nested under `parent_run_id` as KILLED; returns how many."""
     experiment = client.get_run(parent_run_id).info.experiment_id
-    query = f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{parent_run_id}'"
+    query = f"attributes.status = 'RUNNING' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
     return sum(kill_run(client, r.info.run_id, reason) for r in client.search_runs([experiment], query))
 
 
@@ -289,12 +297,13 @@ def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: floa
     alive = {r.info.run_id: run_alive(r.data.tags, r.info.start_time, now, grace_s) for r in running}
     children: dict[str, list[str]] = {}
     for r in running:
-        children.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r.info.run_id)
+        children.setdefault(r.data.tags.get(PARENT_RUN_TAG, ""), []).append(r.info.run_id)
     dead = []
     for r in running:
         verdict = alive[r.info.run_id]
         # Several workers share a study's run: it lives while any of its trials' runs may live.
-        if r.data.tags.get(KIND_TAG) == "study" and any(alive[c] is not False for c in children.get(r.info.run_id, [])):
+        trials = children.get(r.info.run_id, [])
+        if r.data.tags.get(KIND_TAG) == KIND_STUDY and any(alive[c] is not False for c in trials):
             verdict = True
         if verdict is False:
             dead.append(r)
@@ -377,7 +386,7 @@ def run(
     tags = {**(tags or {}), **process_tags(), **heartbeat.tags()}
     if run_id is not None:
         active = mlflow.start_run(run_id=run_id)
-        mlflow.set_tags({**tags, **({"mlflow.runName": run_name} if run_name else {})})
+        mlflow.set_tags({**tags, **({RUN_NAME_TAG: run_name} if run_name else {})})
     else:
         exp_id = experiment_id(client, store, experiment)
         active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)

@@ -47,6 +47,7 @@ from optuna.trial import TrialState
 
 from nmfstudy import tracking
 from nmfstudy.pruning import open_storage
+from nmfstudy.study_names import TRIAL_KEY, TrialHook
 
 from ._mlflow import StudyRun
 from ._space import Dimension, parse_search_space, render
@@ -485,7 +486,7 @@ class OptunaSweeperImpl(Sweeper):
     def _run_trials(self, study: optuna.Study, storage: Any, space: dict[str, Dimension], fixed: list[str],
                     url: str | None, names: list[str], mlflow_run: StudyRun | None,
                     heartbeats: _Heartbeats | None) -> None:
-        trial_key = "trial" if "trial" in self.config else "+trial"
+        trial_key = TRIAL_KEY if TRIAL_KEY in self.config else f"+{TRIAL_KEY}"
         self._exhausted = False
         batch: list[_Trial] = []
         told: set[int] = set()
@@ -517,11 +518,11 @@ class OptunaSweeperImpl(Sweeper):
                         self._finish(study, item, TrialState.FAIL, None, None, told, mlflow_run, heartbeats,
                                      note=f"not run: the study reached max_trials={self.max_trials} meanwhile")
                         continue
-                    hook = {"study_name": study.study_name, "storage": url, "number": item.number,
-                            "id": item.trial_id, "run_id": item.run_id, "report_every": self.report_every,
-                            "pruner": self.pruner_spec}
+                    hook = TrialHook(study_name=study.study_name, number=item.number, storage=url,
+                                     trial_id=item.trial_id, run_id=item.run_id, report_every=self.report_every,
+                                     pruner=self.pruner_spec)
                     overrides = [*(dim.override(item.trial.params[key]) for key, dim in space.items()), *fixed,
-                                 f"{trial_key}={render(hook)}"]
+                                 f"{trial_key}={render(hook.to_config())}"]
                     try:  # a value the config cannot take fails this trial, not the study
                         self.validate_batch_is_legal([overrides])
                     except Exception as err:
