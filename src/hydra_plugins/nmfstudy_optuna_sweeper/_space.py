@@ -48,7 +48,9 @@ def render(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        if math.isfinite(value):
+            return repr(value)
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{key}:{render(item)}" for key, item in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -59,40 +61,55 @@ def render(value: Any) -> str:
 
 
 def _distribution(override: Override) -> tuple[BaseDistribution, dict[str, str]]:
+    """The override's Optuna distribution, and for a categorical the override string of each choice."""
     value = override.value()
     key = override.get_key_element()
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
-        # Typed values for Optuna (so TPE sees numbers), Hydra's own strings for the overrides;
-        # one pass, since shuffle() reorders each pass.
-        raw = list(override.sweep_iterator(transformer=Transformer.identity))
-        if not raw:
-            raise SearchSpaceError(f"{key}: {override.input_line!r} has no values")
-        pairs = [(Transformer.encode(x), Transformer.str(x)) for x in raw]
-        if getattr(value, "shuffle", False):
-            # A resumed study needs the same choices in the same order; shuffling is the sampler's job.
-            try:
-                pairs.sort()
-            except TypeError:
-                pairs.sort(key=repr)
-        return CategoricalDistribution([v for v, _ in pairs]), {repr(v): text for v, text in pairs}
+        return _categorical(override, key)
     if isinstance(value, RangeSweep):
-        start, stop, step = value.start, value.stop, value.step
-        if "log" in value.tags:
-            raise SearchSpaceError(f"{key}: a log scale needs interval(...), e.g. tag(log, int(interval(8, 64)))")
-        n = math.ceil((stop - start) / step)
-        if n <= 0:
-            raise SearchSpaceError(f"{key}: {override.input_line!r} is empty")
-        if all(isinstance(x, int) for x in (start, stop, step)):
-            return IntDistribution(start, start + (n - 1) * step, step=step), {}
-        return FloatDistribution(start, start + (n - 1) * step, step=step), {}
+        return _stepped(override, value, key), {}
     if isinstance(value, IntervalSweep):
-        log = "log" in value.tags
-        if log and value.start <= 0:
-            raise SearchSpaceError(f"{key}: a log-scale interval needs a positive lower bound, got {value.start}")
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log), {}
-        return FloatDistribution(float(value.start), float(value.end), log=log), {}
+        return _interval(value, key), {}
     raise SearchSpaceError(f"{key}: Optuna cannot search {override.input_line!r}")
+
+
+def _categorical(override: Override, key: str) -> tuple[CategoricalDistribution, dict[str, str]]:
+    """choice(...), a,b,c or shuffle(range(...)): typed values for Optuna, Hydra's own strings for overrides."""
+    # one pass, since shuffle() reorders each pass
+    raw = list(override.sweep_iterator(transformer=Transformer.identity))
+    if not raw:
+        raise SearchSpaceError(f"{key}: {override.input_line!r} has no values")
+    pairs = [(Transformer.encode(x), Transformer.str(x)) for x in raw]
+    if getattr(override.value(), "shuffle", False):
+        # A resumed study needs the same choices in the same order; shuffling is the sampler's job.
+        try:
+            pairs.sort()
+        except TypeError:
+            pairs.sort(key=repr)
+    return CategoricalDistribution([v for v, _ in pairs]), {repr(v): text for v, text in pairs}
+
+
+def _stepped(override: Override, value: RangeSweep, key: str) -> BaseDistribution:
+    """range(start, stop, step): that step, `stop` excluded as in Hydra."""
+    start, stop, step = value.start, value.stop, value.step
+    if "log" in value.tags:
+        raise SearchSpaceError(f"{key}: a log scale needs interval(...), e.g. tag(log, int(interval(8, 64)))")
+    n = math.ceil((stop - start) / step)
+    if n <= 0:
+        raise SearchSpaceError(f"{key}: {override.input_line!r} is empty")
+    if all(isinstance(x, int) for x in (start, stop, step)):
+        return IntDistribution(start, start + (n - 1) * step, step=step)
+    return FloatDistribution(start, start + (n - 1) * step, step=step)
+
+
+def _interval(value: IntervalSweep, key: str) -> BaseDistribution:
+    """interval(low, high), int(...) of it, tag(log, ...) of either."""
+    log = "log" in value.tags
+    if log and value.start <= 0:
+        raise SearchSpaceError(f"{key}: a log-scale interval needs a positive lower bound, got {value.start}")
+    if isinstance(value.start, int) and isinstance(value.end, int):
+        return IntDistribution(value.start, value.end, log=log)
+    return FloatDistribution(float(value.start), float(value.end), log=log)
 
 
 def parse_search_space(
