@@ -1,12 +1,15 @@
 """The names that the Optuna sweeper, the jobs, the tracking and the report share: one place for each.
 
 MLflow tag keys and their values, the study settings' param prefix, the Optuna user attrs that
-link a study to its MLflow run, and the trial hook: what the sweeper tells a job about its trial
-through the job's `trial` config key. Plain Python (standard library only), so that the sweeper
-plugin can import it without importing the application.
+link a study to its MLflow run, how a run ends, the trial hook (what the sweeper tells a job
+about its trial through the job's `trial` config key), and the owner of a run or trial (the
+process whose identity the owner tags hold). Plain Python (standard library only), so that the
+sweeper plugin can import it without importing the application.
 """
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -39,6 +42,9 @@ BEST_TRIAL_TAG = BEST_PREFIX + "trial_number"
 # its search space under SPACE_PREFIX (optuna.space.k = "range(10, 51, 5)").
 SETTING_PREFIX = "optuna."
 SPACE_PREFIX = SETTING_PREFIX + "space."
+
+# How a study's or a trial's run ends (MLflow's run statuses).
+RUN_FINISHED, RUN_FAILED, RUN_KILLED = "FINISHED", "FAILED", "KILLED"
 
 # --- Optuna user attrs -----------------------------------------------------------------------
 
@@ -124,3 +130,72 @@ class TrialHook:
                    trial_id=None if trial_id is None else int(trial_id), run_id=node.get("run_id"),
                    report_every=int(node.get("report_every", 10) or 0),
                    pruner=dict(node["pruner"]) if node.get("pruner") else None)
+
+
+# --- the owner of a run or a trial -----------------------------------------------------------
+
+def _process_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process, which tells a reused process id apart.
+
+    Parameters
+    ----------
+    pid : int
+        A process of this host.
+
+    Returns
+    -------
+    str or None
+        Clock ticks since boot (Linux); None where /proc cannot tell.
+    """
+    stat = _process_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
+
+
+def owner() -> dict[str, str]:
+    """This process as the owner of a run or a trial.
+
+    Returns
+    -------
+    dict
+        `{HOST_TAG: host name, PID_TAG: process id, PID_START_TAG: its start time or ""}`.
+    """
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether a process of this host still runs (and is the one that started at `start`).
+
+    A zombie (killed, not yet reaped by its parent) is dead.
+
+    Parameters
+    ----------
+    pid : int
+        The process id.
+    start : str or None
+        Its start time as `process_start` gave it; None or "": any process with that id.
+
+    Returns
+    -------
+    bool
+        True while it runs.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    stat = _process_stat(pid)
+    if stat is None:  # not Linux: the signal's answer is all there is
+        return True
+    return stat[0] != "Z" and (not start or stat[19] == start)

@@ -38,6 +38,8 @@ from nmfstudy.study_names import (
     PID_START_TAG,
     PID_TAG,
     RUN_NAME_TAG,
+    owner,
+    process_alive,
 )
 
 log = logging.getLogger(__name__)
@@ -212,42 +214,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 # --- which process owns a run, and which runs are dead ------------------------------
 
-def _process_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, Linux), telling a reused pid apart."""
-    stat = _process_stat(pid)
-    return stat[19] if stat and len(stat) > 19 else None
-
-
 def process_tags() -> dict[str, str]:
     """Tags naming this process as the owner of a run: host, pid and the pid's start time."""
-    pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid) or ""}
-
-
-def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process `pid` of this host still runs (and is the one that started at `start`).
-
-    A zombie (killed, not yet reaped by its parent) is dead.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user
-    stat = _process_stat(pid)
-    if stat is None:  # not Linux: the signal's answer is all there is
-        return True
-    return stat[0] != "Z" and (not start or stat[19] == start)
+    return owner()
 
 
 def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: float) -> bool | None:
