@@ -398,10 +398,20 @@ def log_history(name: str, values) -> None:
 
 
 def log_figure(figure, artifact_file: str) -> None:
-    import matplotlib.pyplot as plt
+    """Log a matplotlib Figure to the active run as a PNG artifact (90 dpi).
 
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure; one that pyplot made (and keeps) is closed once logged.
+    artifact_file : str
+        Its path among the run's artifacts, e.g. "figures/components.png".
+    """
     mlflow.log_figure(figure, artifact_file, save_kwargs={"dpi": 90})
-    plt.close(figure)
+    if getattr(figure.canvas, "manager", None) is not None:  # pyplot's: it keeps the figure until closed
+        import matplotlib.pyplot as plt  # already imported by whoever made it
+
+        plt.close(figure)
 
 
 def log_text(text: str, artifact_file: str) -> None:
