@@ -27,7 +27,7 @@ from nmfstudy.study_names import TrialHook  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-PRESETS = ("nmf_k", "nmf_sparse", "nmf_hoyer", "kmeans_k")
+PRESETS = tuple(sorted(path.stem for path in (CONF / "hparams_search").glob("*.yaml")))
 STUDY = "nmf_k-digits"
 
 
@@ -94,12 +94,15 @@ def test_render_round_trips_through_hydras_parser():
 
 
 def test_presets_compose_and_their_trials_pass_the_config_checks():
-    """Every preset selects our sweeper, parses, and a sampled trial composes into a valid run config."""
+    """Every preset selects our sweeper wired to nmfstudy, parses, and sampled trials compose into valid configs."""
     from hydra import compose, initialize_config_dir
+    from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
 
     from nmfstudy import config as settings
+    from nmfstudy.tracking.study import StudyTracker
 
+    assert PRESETS == ("gnmf", "kmeans_k", "nmf_hoyer", "nmf_k", "nmf_sparse", "symnmf")
     for preset in PRESETS:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -108,7 +111,13 @@ def test_presets_compose_and_their_trials_pass_the_config_checks():
             assert sweeper._target_.endswith("nmfstudy_optuna_sweeper.optuna_sweeper.OptunaSweeper")
             assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
             assert sweeper.pruner is None and sweeper.storage is None and 5 <= sweeper.n_trials <= 20
-            assert sweeper.study_name == f"{preset}-mnist_5k" and cfg.objective == "accuracy"
+            assert sweeper.study_name.startswith(f"{preset}-mnist_5k") and sweeper.root is None
+            assert cfg.objective in ("accuracy", "hungarian_accuracy")
+            # the application reaches the plugin through these keys only
+            assert get_method(sweeper.check) is settings.check
+            assert get_method(sweeper.open_storage).__module__ == "nmfstudy.pruning"
+            tracker = instantiate(OmegaConf.to_container(sweeper.tracker, resolve=True))
+            assert isinstance(tracker, StudyTracker) and tracker.experiment == cfg.tracking.experiment
             space, fixed = parse_search_space(OmegaConf.to_container(sweeper.params))
             assert len(space) >= 2 and not fixed
             for _ in range(3):

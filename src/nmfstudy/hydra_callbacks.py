@@ -43,8 +43,8 @@ def command_line() -> str:
 class MlflowParentRun(Callback):
     """Creates the store and a parent run before the jobs of a multirun start; ends it after.
 
-    An Optuna study (our sweeper) gets no sweep run: the sweeper keeps one run per study, shared
-    by every worker. Either way, runs of the experiment whose process died are ended KILLED first.
+    A sweeper with a `tracker` (an Optuna study: one run per study, shared by every worker) gets
+    no sweep run. Either way, runs of the experiment whose process died are ended KILLED first.
     """
 
     _open: list["MlflowParentRun"] = []
@@ -71,8 +71,8 @@ class MlflowParentRun(Callback):
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period"))
-        if "nmfstudy_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
-            return
+        if config.hydra.sweeper.get("tracker"):
+            return  # a sweeper with a tracker (the Optuna sweeper's: one run per study) records its own runs
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self._run_id = tracking.start_parent_run(
             self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
