@@ -25,7 +25,21 @@ class SearchSpaceError(ValueError):
 
 @dataclass
 class Dimension:
-    """One searched key: its distribution, and how a suggested value is written back as an override."""
+    """One searched key: its distribution, and how a suggested value is written back as an override.
+
+    Parameters
+    ----------
+    key : str
+        The key as written in the override, with any +/++ prefix or @package.
+    name : str
+        Optuna's param name: the config path.
+    distribution : BaseDistribution
+        What Optuna samples from.
+    text : str
+        The grammar it came from, e.g. "tag(log, interval(1e-5, 1e-1))".
+    choice_strings : dict
+        For a categorical: repr(choice) -> the choice as Hydra's override wrote it.
+    """
 
     key: str  # as written in the override, with any +/++ prefix or @package
     name: str  # Optuna's param name: the config path
@@ -34,13 +48,36 @@ class Dimension:
     choice_strings: dict[str, str] = field(default_factory=dict)  # repr(choice) -> override string
 
     def override(self, value: Any) -> str:
+        """The override that sets this key to a suggested value.
+
+        Parameters
+        ----------
+        value : object
+            A value of the distribution.
+
+        Returns
+        -------
+        str
+            "key=value" in Hydra's override grammar.
+        """
         if self.choice_strings:
             return f"{self.key}={self.choice_strings[repr(value)]}"
         return f"{self.key}={render(value)}"
 
 
 def render(value: Any) -> str:
-    """`value` in Hydra's override grammar (strings quoted, None as null, dicts and lists nested)."""
+    """`value` in Hydra's override grammar (strings quoted, None as null, dicts and lists nested).
+
+    Parameters
+    ----------
+    value : object
+        None, a bool, number, string, mapping or sequence of them.
+
+    Returns
+    -------
+    str
+        Text that Hydra's override parser reads back as `value`.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -115,10 +152,29 @@ def _interval(value: IntervalSweep, key: str) -> BaseDistribution:
 def parse_search_space(
     params: Mapping[str, Any] | None, arguments: Iterable[str] = (), config_loader: Any = None
 ) -> tuple[dict[str, Dimension], list[str]]:
-    """(searched dimensions by param name, fixed overrides) from hydra.sweeper.params and the command line.
+    """The searched dimensions and the fixed overrides of hydra.sweeper.params and the command line.
 
     A key given on the command line replaces the same key of `params` (a sweep there is searched,
     a plain value fixes it).
+
+    Parameters
+    ----------
+    params : mapping or None
+        hydra.sweeper.params: key -> grammar (a string) or a plain value.
+    arguments : iterable of str
+        The command line's overrides.
+    config_loader : object
+        Hydra's config loader, for the parser (None in tests).
+
+    Returns
+    -------
+    tuple
+        ({param name: Dimension}, [fixed override]).
+
+    Raises
+    ------
+    SearchSpaceError
+        For a sweep Optuna cannot search (naming its key).
     """
     lines = [f"{key}={value if isinstance(value, str) else render(value)}" for key, value in (params or {}).items()]
     parser = OverridesParser.create(config_loader=config_loader)
