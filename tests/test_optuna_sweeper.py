@@ -182,6 +182,11 @@ def _reporter_study(tmp_path, direction, pruner=None):
     return url, study
 
 
+def _stored(url: str, number: int):
+    """The trial as the storage holds it now (Optuna's public API)."""
+    return optuna.load_study(study_name="s", storage=url).get_trials()[number]
+
+
 @pytest.mark.parametrize("direction, sign", [("maximize", -1.0), ("minimize", 1.0)])
 def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, direction, sign):
     pruner = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1, "n_warmup_steps": 0}
@@ -191,9 +196,11 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
         first.report(sign * 100.0 / step, step)  # a fit whose loss goes 10, 5
     study.tell(first, 0.5)
     trial = study.ask()
+    storage = optuna.storages.RDBStorage(url)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number)
     assert TrialHook.from_config(None) is None
     reporter = TrialReporter(TrialHook.from_config({"study_name": "s", "storage": url, "number": trial.number,
-                                                    "id": trial._trial_id, "report_every": 10, "pruner": pruner}))
+                                                    "id": trial_id, "report_every": 10, "pruner": pruner}))
     calls = []
     callback = reporter.wrap(lambda *args: calls.append(args))
     assert reporter.tags() == {"optuna.study_name": "s", "optuna.trial_number": "1"}
@@ -202,8 +209,7 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
     assert len(calls) == 11 and reporter.pruned
     assert reporter.tags()["optuna.state"] == "PRUNED" and reporter.tags()["optuna.pruned_at_iteration"] == "20"
     assert isinstance(reporter.pruned_exception(), optuna.TrialPruned)
-    stored = study._storage.get_trial(trial._trial_id).intermediate_values
-    assert stored == {10: sign * 8.0, 20: sign * 50.0}
+    assert _stored(url, trial.number).intermediate_values == {10: sign * 8.0, 20: sign * 50.0}
 
 
 def test_reporter_without_pruner_only_reports_and_multi_objective_reports_nothing(tmp_path):
@@ -211,7 +217,7 @@ def test_reporter_without_pruner_only_reports_and_multi_objective_reports_nothin
     trial = study.ask()
     reporter = TrialReporter(TrialHook("s", 0, storage=url, report_every=5))  # the trial found by its number
     assert not any(reporter.wrap()(it, 100.0 - it, 0.0) for it in range(1, 31))
-    assert sorted(study._storage.get_trial(trial._trial_id).intermediate_values) == [5, 10, 15, 20, 25, 30]
+    assert sorted(_stored(url, trial.number).intermediate_values) == [5, 10, 15, 20, 25, 30]
     multi = optuna.create_study(study_name="m", storage=url, directions=["maximize", "minimize"])
     multi.ask()
     reporter = TrialReporter(TrialHook("m", 0, storage=url, report_every=1))
