@@ -39,8 +39,9 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None
     # null: sqlite:///<root>/optuna.db; "memory": not persisted (no resume, no pruning)
     storage: Optional[str] = None
-    # the folder of the default storage (optuna.db), given to the tracker too; null: the folder
-    # holding the primary config folder (conf/), from hydra.runtime.config_sources
+    # the project root: the folder of the default storage (optuna.db), given to the tracker for its
+    # own default store; null: the folder holding the primary config folder (conf/), read from
+    # hydra.runtime.config_sources, which is how nmfstudy's jobs find theirs (leave it null there)
     root: Optional[str] = None
     # dotted path of a function (url, **RDBStorage keyword arguments) -> optuna storage, e.g. one
     # that retries and checks pooled connections; null: optuna.storages.RDBStorage
