@@ -28,6 +28,7 @@ from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, 
 from nmfstudy.methods import ClusteringMethod
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
+from nmfstudy.study_names import KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.versions import package_versions
 
 log = logging.getLogger("nmfstudy")
@@ -165,23 +166,23 @@ def main(cfg: DictConfig) -> float | list[float]:
     tracking_cfg = run_cfg["tracking"]
     if hydra_cfg.mode == RunMode.RUN:  # a sweep does this once, before its first job
         tracking.end_dead_runs_in(client, tracking_cfg["experiment"], tracking_cfg.get("grace_period"))
-    trial = run_cfg.get("trial") or {}
+    hook = TrialHook.from_config(run_cfg.get(TRIAL_KEY))  # set when the run is an Optuna trial
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))
     run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")
     tags = {
-        "nmfstudy.kind": "run",
+        KIND_TAG: KIND_RUN,
         "git_commit": git_commit(root),
         "dataset_fingerprint": data.fingerprint,
         "command": command_line(),
         "hydra_output_dir": hydra_cfg.runtime.output_dir,
     }
-    reporter = TrialReporter.from_config(run_cfg.get("trial"))
+    reporter = TrialReporter(hook) if hook is not None else None
     if reporter is not None:
         tags.update(reporter.tags())
     # An Optuna trial's run was made when the trial started (trial.run_id): the job continues it.
     with tracking.run(client, tracking_cfg["experiment"], run_name=run_name, parent_run_id=parent, tags=tags,
-                      store=store, run_id=trial.get("run_id"),
+                      store=store, run_id=hook.run_id if hook is not None else None,
                       heartbeat_s=tracking_cfg.get("heartbeat_interval") or 0) as active:
         short = {key: run_cfg[key]["name"] for key in ("dataset", "method", "init", "sparsity")}
         tracking.log_params({**tracking.flatten(run_cfg), **short})

@@ -23,10 +23,11 @@ from optuna.trial import TrialState  # noqa: E402
 
 from hydra_plugins.nmfstudy_optuna_sweeper._space import SearchSpaceError, parse_search_space, render  # noqa: E402
 from nmfstudy.pruning import TrialReporter  # noqa: E402
+from nmfstudy.study_names import TrialHook  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-PRESETS = ("nmf_k", "nmf_sparse", "nmf_hoyer", "kmeans_k")
+PRESETS = tuple(sorted(path.stem for path in (CONF / "hparams_search").glob("*.yaml")))
 STUDY = "nmf_k-digits"
 
 
@@ -93,12 +94,15 @@ def test_render_round_trips_through_hydras_parser():
 
 
 def test_presets_compose_and_their_trials_pass_the_config_checks():
-    """Every preset selects our sweeper, parses, and a sampled trial composes into a valid run config."""
+    """Every preset selects our sweeper wired to nmfstudy, parses, and sampled trials compose into valid configs."""
     from hydra import compose, initialize_config_dir
+    from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
 
     from nmfstudy import config as settings
+    from nmfstudy.tracking.study import StudyTracker
 
+    assert PRESETS == ("gnmf", "kmeans_k", "nmf_hoyer", "nmf_k", "nmf_sparse", "symnmf")
     for preset in PRESETS:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -107,7 +111,13 @@ def test_presets_compose_and_their_trials_pass_the_config_checks():
             assert sweeper._target_.endswith("nmfstudy_optuna_sweeper.optuna_sweeper.OptunaSweeper")
             assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
             assert sweeper.pruner is None and sweeper.storage is None and 5 <= sweeper.n_trials <= 20
-            assert sweeper.study_name == f"{preset}-mnist_5k" and cfg.objective == "accuracy"
+            assert sweeper.study_name.startswith(f"{preset}-mnist_5k") and sweeper.root is None
+            assert cfg.objective in ("accuracy", "hungarian_accuracy")
+            # the application reaches the plugin through these keys only
+            assert get_method(sweeper.check) is settings.check
+            assert get_method(sweeper.open_storage).__module__ == "nmfstudy.pruning"
+            tracker = instantiate(OmegaConf.to_container(sweeper.tracker, resolve=True))
+            assert isinstance(tracker, StudyTracker) and tracker.experiment == cfg.tracking.experiment
             space, fixed = parse_search_space(OmegaConf.to_container(sweeper.params))
             assert len(space) >= 2 and not fixed
             for _ in range(3):
@@ -154,10 +164,27 @@ def test_job_returns_become_trial_states():
 
 # --- the job's reporter ---------------------------------------------------------------------
 
+def test_trial_hook_round_trips_through_the_override_grammar():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hook = TrialHook("nmf_k-digits", 7, storage="sqlite:////tmp/o.db", trial_id=12, run_id="abc", report_every=5,
+                     pruner={"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 20})
+    (override,) = OverridesParser.create().parse_overrides([f"trial={render(hook.to_config())}"])
+    assert TrialHook.from_config(override.value()) == hook
+    assert override.value()["id"] == 12  # the config key the docs name
+    with pytest.raises(ValueError, match="trial needs number"):
+        TrialHook.from_config({"study_name": "s"})
+
+
 def _reporter_study(tmp_path, direction, pruner=None):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction=direction, pruner=pruner)
     return url, study
+
+
+def _stored(url: str, number: int):
+    """The trial as the storage holds it now (Optuna's public API)."""
+    return optuna.load_study(study_name="s", storage=url).get_trials()[number]
 
 
 @pytest.mark.parametrize("direction, sign", [("maximize", -1.0), ("minimize", 1.0)])
@@ -169,9 +196,11 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
         first.report(sign * 100.0 / step, step)  # a fit whose loss goes 10, 5
     study.tell(first, 0.5)
     trial = study.ask()
-    assert TrialReporter.from_config(None) is None
-    reporter = TrialReporter.from_config({"study_name": "s", "storage": url, "number": trial.number,
-                                          "id": trial._trial_id, "report_every": 10, "pruner": pruner})
+    storage = optuna.storages.RDBStorage(url)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number)
+    assert TrialHook.from_config(None) is None
+    reporter = TrialReporter(TrialHook.from_config({"study_name": "s", "storage": url, "number": trial.number,
+                                                    "id": trial_id, "report_every": 10, "pruner": pruner}))
     calls = []
     callback = reporter.wrap(lambda *args: calls.append(args))
     assert reporter.tags() == {"optuna.study_name": "s", "optuna.trial_number": "1"}
@@ -180,19 +209,18 @@ def test_reporter_reports_the_loss_oriented_to_the_study_and_prunes(tmp_path, di
     assert len(calls) == 11 and reporter.pruned
     assert reporter.tags()["optuna.state"] == "PRUNED" and reporter.tags()["optuna.pruned_at_iteration"] == "20"
     assert isinstance(reporter.pruned_exception(), optuna.TrialPruned)
-    stored = study._storage.get_trial(trial._trial_id).intermediate_values
-    assert stored == {10: sign * 8.0, 20: sign * 50.0}
+    assert _stored(url, trial.number).intermediate_values == {10: sign * 8.0, 20: sign * 50.0}
 
 
 def test_reporter_without_pruner_only_reports_and_multi_objective_reports_nothing(tmp_path):
     url, study = _reporter_study(tmp_path, "maximize")
     trial = study.ask()
-    reporter = TrialReporter.from_config({"study_name": "s", "storage": url, "number": 0, "report_every": 5})
+    reporter = TrialReporter(TrialHook("s", 0, storage=url, report_every=5))  # the trial found by its number
     assert not any(reporter.wrap()(it, 100.0 - it, 0.0) for it in range(1, 31))
-    assert sorted(study._storage.get_trial(trial._trial_id).intermediate_values) == [5, 10, 15, 20, 25, 30]
+    assert sorted(_stored(url, trial.number).intermediate_values) == [5, 10, 15, 20, 25, 30]
     multi = optuna.create_study(study_name="m", storage=url, directions=["maximize", "minimize"])
     multi.ask()
-    reporter = TrialReporter.from_config({"study_name": "m", "storage": url, "number": 0, "report_every": 1})
+    reporter = TrialReporter(TrialHook("m", 0, storage=url, report_every=1))
     assert reporter.wrap()(1, 5.0, 0.0) is None and not reporter.pruned
 
 
@@ -311,8 +339,8 @@ def test_resume_adds_parallel_trials_with_continuing_numbers_and_folders(study):
 @pytest.mark.slow
 def test_multi_objective_kmeans_study_logs_a_pareto_front(tmp_path):
     result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", "k=choice(5,10,15)",
-                       "method.n_init=1", "objective=[accuracy,fit_time_s]", "hydra.sweeper.direction=[maximize,minimize]",
-                       "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                       "method.n_init=1", "objective=[accuracy,fit_time_s]",
+                       "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
                        multirun=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = _trials(tmp_path, "kmeans_k-digits")

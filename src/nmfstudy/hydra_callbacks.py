@@ -16,10 +16,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from . import tracking
+from .study_names import KIND_SWEEP, KIND_TAG
 
 
 def project_root(hydra_cfg: DictConfig | None = None) -> Path:
-    """The folder holding the primary config folder (conf/): where mlflow.db and mlruns/ live by default."""
+    """The folder holding the primary config folder (conf/): where mlflow.db and mlruns/ live by default.
+
+    Parameters
+    ----------
+    hydra_cfg : DictConfig or None
+        The `hydra` node of a config; None: the running job's (HydraConfig).
+
+    Returns
+    -------
+    Path
+        That folder; the working directory when the config did not come from a folder.
+    """
     hydra_cfg = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     for source in hydra_cfg.runtime.config_sources:
         if source.provider == "main" and source.schema == "file":
@@ -28,6 +40,18 @@ def project_root(hydra_cfg: DictConfig | None = None) -> Path:
 
 
 def git_commit(folder: Path) -> str:
+    """The commit checked out in `folder`.
+
+    Parameters
+    ----------
+    folder : Path
+        A folder of a git work tree.
+
+    Returns
+    -------
+    str
+        The commit's hash, or "unknown" (no git, not a work tree).
+    """
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -36,21 +60,34 @@ def git_commit(folder: Path) -> str:
 
 
 def command_line() -> str:
+    """This process's command line, with the script's name only.
+
+    Returns
+    -------
+    str
+        E.g. "train.py -m k=10,20".
+    """
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 class MlflowParentRun(Callback):
     """Creates the store and a parent run before the jobs of a multirun start; ends it after.
 
-    An Optuna study (our sweeper) gets no sweep run: the sweeper keeps one run per study, shared
-    by every worker. Either way, runs of the experiment whose process died are ended KILLED first.
+    A sweeper with a `tracker` (an Optuna study: one run per study, shared by every worker) gets
+    no sweep run. Either way, runs of the experiment whose process died are ended KILLED first.
     """
 
     _open: list["MlflowParentRun"] = []
 
     @classmethod
     def end_all(cls, status: str) -> None:
-        """End every parent run still open in this process (e.g. KILLED after Ctrl-C), and its jobs' runs."""
+        """End every parent run still open in this process (e.g. KILLED after Ctrl-C), and its jobs' runs.
+
+        Parameters
+        ----------
+        status : str
+            How they end: KILLED or FAILED.
+        """
         for callback in list(cls._open):
             callback._end(status)
 
@@ -59,6 +96,17 @@ class MlflowParentRun(Callback):
         self._run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the store, end dead runs, and start the sweep's parent run (unless the sweeper tracks itself).
+
+        Exits with status 2 and one line when the store cannot be used: Hydra would only warn.
+
+        Parameters
+        ----------
+        config : DictConfig
+            The primary config, with `hydra`.
+        **kwargs
+            Hydra's other arguments.
+        """
         root = project_root(config.hydra)
         try:
             store = tracking.resolve_store(config.tracking.uri, root)
@@ -70,13 +118,13 @@ class MlflowParentRun(Callback):
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period"))
-        if "nmfstudy_optuna_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
-            return
+        if config.hydra.sweeper.get("tracker"):
+            return  # a sweeper with a tracker (the Optuna sweeper's: one run per study) records its own runs
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self._run_id = tracking.start_parent_run(
             self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
             tags={
-                tracking.KIND_TAG: "sweep",
+                KIND_TAG: KIND_SWEEP,
                 "command": command_line(),
                 "git_commit": git_commit(root),
                 "sweep_dir": str(sweep_dir),
@@ -89,6 +137,15 @@ class MlflowParentRun(Callback):
         atexit.register(self._end, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """End the sweep's parent run FINISHED.
+
+        Parameters
+        ----------
+        config : DictConfig
+            The primary config, with `hydra`.
+        **kwargs
+            Hydra's other arguments.
+        """
         self._end("FINISHED")
 
     def _end(self, status: str) -> None:

@@ -1,8 +1,10 @@
 """A job's side of an Optuna trial: report the fit's loss, stop a fit the pruner gives up on.
 
 The Optuna sweeper (hydra_plugins.nmfstudy_optuna_sweeper) asks a trial, then launches the job
-with `trial={study_name, storage, number, id, report_every, pruner}`. The job may run in another
-process (joblib launcher), so it re-opens the trial from the RDB storage by id.
+with its `trial` config key (`study_names.TrialHook`: study_name, storage, number, id, run_id,
+report_every, pruner). The job may run in another process (joblib launcher), so it re-opens the
+trial from the RDB storage by id. `open_storage` is how both sides open that storage (the sweeper
+through its `open_storage` key).
 
 What is reported: every `report_every` iterations, the loss ||X - WH||_F, oriented to the study:
 `loss` in a minimizing study, `-loss` in a maximizing one, so that "better" means the same to the
@@ -23,6 +25,8 @@ import logging
 import math
 from typing import Any, Callable, Mapping
 
+from .study_names import PRUNED_AT_TAG, STUDY_NAME_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, TrialHook
+
 log = logging.getLogger(__name__)
 
 IterationCallback = Callable[[int, float, float], "bool | None"]
@@ -38,12 +42,26 @@ def _instantiate(spec: Mapping[str, Any] | None):
 
 
 def open_storage(url: str, attempts: int = 5, **kwargs: Any):
-    """Optuna's RDB storage (keyword arguments: RDBStorage's, e.g. heartbeat_interval).
+    """Open Optuna's RDB storage at `url`, robustly: the sweeper's `open_storage` and the jobs' opener.
 
     SQLite waits for a lock (parallel jobs write to one file) instead of failing; a database
     server's pooled connections are checked before use, so a restarted server costs no error.
     Workers started at once on a new database race to create Optuna's tables, and all but one
     fail on a duplicate type or table: the losers try again, and then find the tables made.
+
+    Parameters
+    ----------
+    url : str
+        An SQLAlchemy URL: sqlite:///path, postgresql+psycopg://user@host/db, ...
+    attempts : int
+        Tries when creating the tables collides with another process.
+    **kwargs
+        Keyword arguments of `optuna.storages.RDBStorage` (heartbeat_interval, grace_period, ...).
+
+    Returns
+    -------
+    optuna.storages.RDBStorage
+        The storage.
     """
     import random
     import time
@@ -63,44 +81,66 @@ def open_storage(url: str, attempts: int = 5, **kwargs: Any):
 
 @functools.lru_cache(maxsize=8)
 def job_storage(url: str):
-    """One storage per URL and process: in-process jobs of a study then share one connection pool."""
+    """The storage at `url`, one per URL and process: in-process jobs of a study share one connection pool.
+
+    Parameters
+    ----------
+    url : str
+        The storage's URL.
+
+    Returns
+    -------
+    optuna.storages.RDBStorage
+        The storage, opened by `open_storage` on first use.
+    """
     return open_storage(url)
 
 
 class TrialReporter:
-    """Reports a fit's loss to its Optuna trial and asks the pruner, every `report_every` iterations."""
+    """Reports a fit's loss to its Optuna trial and asks the pruner, every `report_every` iterations.
 
-    def __init__(self, study_name: str, storage: str | None, number: int, trial_id: int | None = None,
-                 report_every: int = 10, pruner: Mapping[str, Any] | None = None) -> None:
-        self.study_name, self.storage, self.number, self.trial_id = study_name, storage, int(number), trial_id
-        self.report_every = int(report_every or 0)
-        self.pruner_spec = dict(pruner) if pruner else None
+    Parameters
+    ----------
+    hook : TrialHook
+        The trial, as the sweeper passed it in the job's `trial` config key.
+    """
+
+    def __init__(self, hook: TrialHook) -> None:
+        self.hook = hook
+        self.number, self.report_every = hook.number, int(hook.report_every or 0)
+        self.pruner_spec = dict(hook.pruner) if hook.pruner else None
         self.pruned = False
         self.pruned_at: int | None = None
         self._trial = None
         self._sign = 1.0
-        self._off = not storage or self.report_every <= 0  # nothing to report to
-
-    @classmethod
-    def from_config(cls, trial: Mapping[str, Any] | None) -> "TrialReporter | None":
-        """The reporter for the `trial` config key; None when the run is not a trial."""
-        if not trial:
-            return None
-        missing = [key for key in ("study_name", "number") if trial.get(key) is None]
-        if missing:
-            raise ValueError(f"trial needs {', '.join(missing)}; got {dict(trial)}")
-        return cls(trial["study_name"], trial.get("storage"), trial["number"], trial.get("id"),
-                   trial.get("report_every", 10), trial.get("pruner"))
+        self._off = not hook.storage or self.report_every <= 0  # nothing to report to
 
     def tags(self) -> dict[str, str]:
-        """MLflow tags of the trial's run; `optuna.state` is PRUNED once pruned (the sweeper sets the others)."""
-        tags = {"optuna.study_name": self.study_name, "optuna.trial_number": str(self.number)}
+        """MLflow tags of the trial's run; the state is PRUNED once pruned (the sweeper sets the others).
+
+        Returns
+        -------
+        dict
+            Study name and trial number; state and iteration once pruned.
+        """
+        tags = {STUDY_NAME_TAG: self.hook.study_name, TRIAL_NUMBER_TAG: str(self.number)}
         if self.pruned:
-            tags.update({"optuna.state": "PRUNED", "optuna.pruned_at_iteration": str(self.pruned_at)})
+            tags.update({TRIAL_STATE_TAG: "PRUNED", PRUNED_AT_TAG: str(self.pruned_at)})
         return tags
 
     def wrap(self, callback: IterationCallback | None = None) -> IterationCallback:
-        """callback(iteration, loss, elapsed_s) that also reports and returns True when the pruner stops the fit."""
+        """A fit's iteration callback that also reports, and stops the fit when the pruner says so.
+
+        Parameters
+        ----------
+        callback : callable or None
+            `callback(iteration, loss, elapsed_s)`, called first; its answer (True: stop) is kept.
+
+        Returns
+        -------
+        callable
+            `callback(iteration, loss, elapsed_s)` that returns True when the fit should stop.
+        """
 
         def reporting(iteration: int, loss: float, elapsed_s: float) -> bool | None:
             stop = callback(iteration, loss, elapsed_s) if callback is not None else None
@@ -111,7 +151,20 @@ class TrialReporter:
         return reporting
 
     def report(self, iteration: int, loss: float) -> bool:
-        """Report `loss` at `iteration`; True when the trial should be pruned."""
+        """Report `loss` at `iteration` to the trial, oriented to the study, and ask the pruner.
+
+        Parameters
+        ----------
+        iteration : int
+            The step of the intermediate value.
+        loss : float
+            The fit's loss at that iteration.
+
+        Returns
+        -------
+        bool
+            True when the trial should be pruned.
+        """
         trial = self._open()
         if trial is None or not math.isfinite(loss):
             return False
@@ -128,6 +181,13 @@ class TrialReporter:
         return True
 
     def pruned_exception(self) -> Exception:
+        """The exception a pruned job raises, so that the sweeper tells its trial PRUNED.
+
+        Returns
+        -------
+        optuna.TrialPruned
+            Naming the trial and the iteration.
+        """
         import optuna
 
         return optuna.TrialPruned(f"trial {self.number} pruned at iteration {self.pruned_at}")
@@ -138,18 +198,19 @@ class TrialReporter:
         try:
             import optuna
 
-            storage = job_storage(self.storage)
-            study = optuna.load_study(study_name=self.study_name, storage=storage,
+            storage = job_storage(self.hook.storage)
+            study = optuna.load_study(study_name=self.hook.study_name, storage=storage,
                                       sampler=optuna.samplers.RandomSampler(), pruner=_instantiate(self.pruner_spec))
             if len(study.directions) > 1:
                 self._off = True  # Optuna has no intermediate values for multi-objective studies
                 return None
-            trial_id = self.trial_id
+            trial_id = self.hook.trial_id
             if trial_id is None:
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, self.number)
+                study_id = storage.get_study_id_from_name(self.hook.study_name)
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
             self._trial = optuna.trial.Trial(study, trial_id)
             self._sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         except Exception as err:
-            log.warning("trial %d: cannot open it in %s, no reports: %s", self.number, self.storage, err)
+            log.warning("trial %d: cannot open it in %s, no reports: %s", self.number, self.hook.storage, err)
             self._off = True
         return self._trial

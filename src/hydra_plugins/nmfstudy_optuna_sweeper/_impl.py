@@ -1,22 +1,26 @@
 """An Optuna study as a Hydra sweep, by ask-and-tell: ask n_jobs trials, launch them as one batch, tell.
 
 Differences from hydra-optuna-sweeper, and why:
-- current Optuna (distributions of optuna>=3, public ask-and-tell), no optuna<3 pin;
-- persistent by default (SQLite optuna.db in the project root) and resumable: the same command
-  adds n_trials to the same study;
+- current Optuna (distributions of optuna>=3, public ask-and-tell only), no optuna<3 pin;
+- persistent by default (SQLite optuna.db in `root`) and resumable: the same command adds
+  n_trials to the same study;
 - a worker joins a shared study: the same command started on N machines against one RDB storage
   (PostgreSQL) feeds one study, `max_trials` caps it across workers, and each trial's sampler is
   seeded with seed + trial number, so workers never draw from the same random stream;
 - hydra.job.num is the trial number, so job folders of a resumed study never overwrite earlier ones;
-- jobs get their trial (`trial=` key) and can report intermediate values, so pruning works;
+- jobs get their trial (the `trial` key, a `TrialHook`) and can report intermediate values, so
+  pruning works;
 - a failed job is a FAIL trial with its error as user attr `error`, and the study goes on;
 - no trial outlives its process as RUNNING: trials beat in the storage while they run; before
   asking, a worker fails the trials of dead workers (same host: process id; any host: heartbeat
   older than grace_period, Optuna's `fail_stale_trials`) and retries them up to `max_retry` times;
   Ctrl-C or SIGTERM marks the unfinished trials FAIL (SIGTERM, a scheduler's preemption, also
   retries them); a job whose process died fails its trial (retried) and the study goes on;
-- the study is one MLflow run, shared by all workers, and every trial's run is created when the
-  trial starts, nested under it.
+- a `tracker` (nmfstudy's: one MLflow run per study, shared by all workers) records every trial
+  when it starts.
+
+The application reaches the sweeper through its config only (root, open_storage, check,
+tracker); the sweeper imports nothing of it but the names both share (nmfstudy.study_names).
 """
 from __future__ import annotations
 
@@ -25,13 +29,12 @@ import math
 import os
 import signal
 import socket
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -39,27 +42,40 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nmfstudy import tracking
-from nmfstudy.pruning import open_storage
+from nmfstudy.study_names import (
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_ID_ATTR,
+    RUN_KILLED,
+    TRIAL_KEY,
+    TrialHook,
+    process_alive,
+    process_start,
+)
 
-from ._mlflow import StudyRun
 from ._space import Dimension, parse_search_space, render
+from ._storage import Heartbeats, retrying, safe_url
+from ._tracker import TrackedStudy
 
 log = logging.getLogger(__name__)
 # Optuna warns on every ask that heartbeats are "supposed to be used with Study.optimize": this
-# sweeper records them itself, as optimize does (see _Heartbeats).
+# sweeper records them itself, as optimize does (see _storage.Heartbeats).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
 
 DIRECTIONS = ("minimize", "maximize")
 IN_FLIGHT = (TrialState.RUNNING, TrialState.WAITING)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, *IN_FLIGHT)  # what max_trials caps: all but FAIL
-T = TypeVar("T")
+# Trial user attrs: the worker that runs it (its host, process id and the process's start time),
+# its sampler's seed and its error; study user attr: the objective's metric names.
+HOST_ATTR, PID_ATTR, PID_START_ATTR = "worker_host", "worker_pid", "worker_pid_start"
+SEED_ATTR, ERROR_ATTR, OBJECTIVE_ATTR = "sampler_seed", "error", "objective"
+MEMORY = "memory"
 
 
 class SweeperError(CompactHydraException, ValueError):
@@ -68,6 +84,10 @@ class SweeperError(CompactHydraException, ValueError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler preempting or cancelling the worker; its trials are retried elsewhere."""
+
+
+class _ProcessDied(RuntimeError):
+    """The job's process ended without a result (killed, out of memory, a lost node)."""
 
 
 def _container(node: Any) -> Any:
@@ -110,64 +130,39 @@ def _suggest(trial: optuna.Trial, name: str, distribution: Any) -> Any:
     raise TypeError(f"{name}: cannot suggest from {distribution}")
 
 
-def _retrying(what: str, action: Callable[[], T], patience_s: float = 120.0) -> T:
-    """`action()`, tried again while the storage's server is unreachable (a PostgreSQL restart)."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    deadline, wait = time.monotonic() + patience_s, 0.5
-    while True:
-        try:
-            return action()
-        except (OperationalError, DBAPIError) as err:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("%s: the storage did not answer (%s); trying again in %.0f s", what,
-                        str(err).strip().splitlines()[0][:200], wait)
-            time.sleep(wait)
-            wait = min(wait * 2, 10.0)
+def _rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage as it comes: the opener when `open_storage` is null."""
+    return optuna.storages.RDBStorage(url, **kwargs)
 
 
-class _Heartbeats:
-    """Records the heartbeat of this worker's running trials in the storage, from a thread."""
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's best trial; for several objectives, the Pareto-optimal trial best in the first one.
 
-    def __init__(self, storage: Any, interval_s: int) -> None:
-        self.storage, self.interval_s = storage, interval_s
-        self.trial_ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
-        self._thread.start()
+    Parameters
+    ----------
+    study : optuna.Study
+        The study.
 
-    def add(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.add(trial_id)
-        self._beat(trial_id)  # at once: a trial without a heartbeat is never found stale
-
-    def discard(self, trial_id: int) -> None:
-        with self._lock:
-            self.trial_ids.discard(trial_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self, trial_id: int) -> None:
-        try:
-            self.storage.record_heartbeat(trial_id)
-        except Exception as err:  # a restarting server: the next beat may get through
-            log.debug("heartbeat of trial id %d failed: %s", trial_id, err)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            with self._lock:
-                ids = list(self.trial_ids)
-            for trial_id in ids:
-                self._beat(trial_id)
+    Returns
+    -------
+    optuna.trial.FrozenTrial or None
+        None when no trial has completed.
+    """
+    try:
+        if len(study.directions) == 1:
+            return study.best_trial
+        front = study.best_trials
+    except ValueError:  # no completed trial
+        return None
+    if not front:
+        return None
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    return min(front, key=lambda t: sign * t.values[0])
 
 
 @dataclass
 class _Trial:
-    """A trial this worker asked: Optuna's handle, its storage id and its MLflow run."""
+    """A trial this worker asked: Optuna's handle, its storage id and its tracker's record."""
 
     trial: optuna.Trial
     trial_id: int
@@ -179,40 +174,84 @@ class _Trial:
         return self.trial.number
 
 
+@dataclass
+class _Session:
+    """One worker's part in a study, from its first ask to its last tell: what every step needs."""
+
+    study: optuna.Study
+    storage: Any
+    space: dict[str, Dimension]
+    fixed: list[str]
+    url: str | None  # None: in memory
+    names: list[str]  # the objective's metric names
+    tracked: TrackedStudy | None
+    heartbeats: Heartbeats | None
+    told: set[int] = field(default_factory=set)  # trial numbers told by this worker
+    exhausted: bool = False  # the sampler has covered the search space
+
+
 class OptunaSweeperImpl(Sweeper):
+    """The sweeper's work; `optuna_sweeper.OptunaSweeper` (what Hydra finds) hands every call here.
+
+    Parameters
+    ----------
+    sampler, pruner, direction, study_name, storage, n_trials, n_jobs, max_failure_rate, report_every, params,
+    max_trials, heartbeat_interval, grace_period, max_retry, check, root, open_storage, tracker
+        The keys of `hydra.sweeper` (config.OptunaSweeperConf documents each).
+    """
+
     def __init__(self, *, sampler: Any, pruner: Any, direction: Any, study_name: str | None, storage: str | None,
                  n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
                  max_trials: int | None = None, heartbeat_interval: int = 60, grace_period: int | None = None,
-                 max_retry: int = 3, check: str | None = None) -> None:
+                 max_retry: int = 3, check: str | None = None, root: str | None = None,
+                 open_storage: str | None = None, tracker: Any = None) -> None:
         self.sampler_spec = _container(sampler) or {"_target_": "optuna.samplers.TPESampler", "seed": 0}
         self.pruner_spec = _container(pruner) or None
         direction = _container(direction)
         self.directions = [str(d).lower() for d in (direction if isinstance(direction, list) else [direction])]
-        bad = [d for d in self.directions if d not in DIRECTIONS]
-        if bad or not self.directions:
-            raise SweeperError(f"hydra.sweeper.direction must be minimize or maximize, or a list of them; got {direction}")
-        if n_trials < 0 or n_jobs < 1 or report_every < 0 or not 0.0 <= max_failure_rate <= 1.0:
-            raise SweeperError("hydra.sweeper: need n_trials >= 0, n_jobs >= 1, report_every >= 0 and "
-                               f"0 <= max_failure_rate <= 1; got {n_trials}, {n_jobs}, {report_every}, {max_failure_rate}")
-        if (max_trials is not None and max_trials < 0) or heartbeat_interval < 1 or max_retry < 0 or (
-                grace_period is not None and grace_period <= heartbeat_interval):
-            raise SweeperError("hydra.sweeper: need max_trials >= 0 (or null), heartbeat_interval >= 1 (seconds), "
-                               "grace_period > heartbeat_interval (or null: twice it) and max_retry >= 0; got "
-                               f"{max_trials}, {heartbeat_interval}, {grace_period}, {max_retry}")
+        self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
+                             heartbeat_interval, grace_period, max_retry)
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.report_every = report_every
         self.max_trials, self.max_retry = max_trials, max_retry
         self.heartbeat_interval, self.grace_period = int(heartbeat_interval), grace_period
         self.params = _container(params) or {}
-        self.check = check
+        self.check, self.root, self.open_storage = check, root, open_storage
+        self.tracker_spec = _container(tracker) or None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self._storage: Any = None
+
+    def _check_settings(self, direction: Any, n_trials: int, n_jobs: int, report_every: int, max_failure_rate: float,
+                        max_trials: int | None, heartbeat_interval: int, grace_period: int | None,
+                        max_retry: int) -> None:
+        if not self.directions or any(d not in DIRECTIONS for d in self.directions):
+            raise SweeperError("hydra.sweeper.direction must be minimize or maximize, or a list of them; "
+                               f"got {direction}")
+        if n_trials < 0 or n_jobs < 1 or report_every < 0 or not 0.0 <= max_failure_rate <= 1.0:
+            raise SweeperError("hydra.sweeper: need n_trials >= 0, n_jobs >= 1, report_every >= 0 and "
+                               "0 <= max_failure_rate <= 1; got "
+                               f"{n_trials}, {n_jobs}, {report_every}, {max_failure_rate}")
+        if (max_trials is not None and max_trials < 0) or heartbeat_interval < 1 or max_retry < 0 or (
+                grace_period is not None and grace_period <= heartbeat_interval):
+            raise SweeperError("hydra.sweeper: need max_trials >= 0 (or null), heartbeat_interval >= 1 (seconds), "
+                               "grace_period > heartbeat_interval (or null: twice it) and max_retry >= 0; got "
+                               f"{max_trials}, {heartbeat_interval}, {grace_period}, {max_retry}")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keep the config and make the launcher (Hydra calls this before `sweep`).
+
+        Parameters
+        ----------
+        hydra_context : HydraContext
+            Hydra's context (the config loader composes each trial's config).
+        task_function : TaskFunction
+            The job.
+        config : DictConfig
+            The primary config, with `hydra`.
+        """
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
@@ -230,13 +269,20 @@ class OptunaSweeperImpl(Sweeper):
                                f"but objective names {len(names)} metric(s) {names}: give one direction per metric")
         return names
 
+    def _root(self) -> Path:
+        """`root`, or the folder holding the primary config folder (Hydra's `main` config source)."""
+        if self.root:
+            return Path(self.root).expanduser().resolve()
+        for source in self.config.hydra.runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path).resolve().parent
+        return Path.cwd()
+
     def _storage_url(self) -> str | None:
         """None: in memory. Relative SQLite paths are made absolute, as jobs may run elsewhere (chdir)."""
         if not self.storage:
-            from nmfstudy.hydra_callbacks import project_root
-
-            return f"sqlite:///{project_root(self.config.hydra) / 'optuna.db'}"
-        if self.storage == "memory":
+            return f"sqlite:///{self._root() / 'optuna.db'}"
+        if self.storage == MEMORY:
             return None
         if self.storage.startswith("sqlite:///"):
             path = self.storage.removeprefix("sqlite:///")
@@ -252,8 +298,6 @@ class OptunaSweeperImpl(Sweeper):
         """The application's check (`check`) on a job's config with the fixed overrides, before any trial."""
         if not self.check:
             return
-        from hydra.utils import get_method
-
         job = self.hydra_context.config_loader.load_sweep_config(self.config, list(fixed))
         with open_dict(job):
             del job["hydra"]  # its job-level keys (hydra.job.num) exist only once a job runs
@@ -263,20 +307,19 @@ class OptunaSweeperImpl(Sweeper):
             raise SweeperError(str(err)) from None
 
     def _open_storage(self, url: str | None) -> Any:
-        """The RDB storage with heartbeats and retries of stale trials; one line on any failure."""
+        """The storage, with heartbeats and retries of stale trials (by `open_storage`); one line on failure."""
         if url is None:
             return optuna.storages.InMemoryStorage()
         label = safe_url(url)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
+        opener = get_method(self.open_storage) if self.open_storage else _rdb_storage
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
-                return open_storage(url, heartbeat_interval=self.heartbeat_interval,
-                                    grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
+                return opener(url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
+                              heartbeat_stale_trial_callback=retry)
         except (ImportError, ModuleNotFoundError) as err:
             raise SweeperError(f"hydra.sweeper.storage {label} needs a database driver that is not installed "
                                f"({err}): pip install -e '.[cluster]' and use postgresql+psycopg://...") from None
@@ -285,18 +328,30 @@ class OptunaSweeperImpl(Sweeper):
             raise SweeperError(f"hydra.sweeper.storage {label} cannot be used: {first}") from None
 
     def _open_study(self, name: str, storage: Any, label: str, names: list[str]) -> optuna.Study:
-        study = _retrying("opening the study", lambda: optuna.create_study(
+        study = retrying("opening the study", lambda: optuna.create_study(
             study_name=name, storage=storage, directions=self.directions, load_if_exists=True))
         stored = [d.name.lower() for d in study.directions]
         if stored != self.directions:
             raise SweeperError(f"study {name!r} in {label} has directions {stored}, not {self.directions}: "
                                "set another hydra.sweeper.study_name")
-        if study.user_attrs.get("objective") is None:
-            study.set_user_attr("objective", names)
-        elif list(study.user_attrs["objective"]) != names:
-            raise SweeperError(f"study {name!r} in {label} optimizes {study.user_attrs['objective']}, not {names}: "
-                               "set another hydra.sweeper.study_name")
+        if study.user_attrs.get(OBJECTIVE_ATTR) is None:
+            study.set_user_attr(OBJECTIVE_ATTR, names)
+        elif list(study.user_attrs[OBJECTIVE_ATTR]) != names:
+            raise SweeperError(f"study {name!r} in {label} optimizes {study.user_attrs[OBJECTIVE_ATTR]}, not "
+                               f"{names}: set another hydra.sweeper.study_name")
         return study
+
+    def _prepare_study(self, study: optuna.Study, space: dict[str, Dimension], url: str | None) -> list:
+        """Sampler and pruner set, the space checked against the study's trials; those trials."""
+        study.sampler = instantiate(self.sampler_spec)
+        before = study.get_trials(deepcopy=False)
+        self._check_space(study.study_name, before, space)
+        self._warn_about_sqlite_on_many_machines(url, before)
+        study.pruner = instantiate(self.pruner_spec) if self.pruner_spec else optuna.pruners.NopPruner()
+        if self.pruner_spec and (len(self.directions) > 1 or url is None):
+            log.warning("hydra.sweeper.pruner is ignored: %s", "Optuna cannot prune multi-objective studies"
+                        if len(self.directions) > 1 else "jobs cannot reach an in-memory storage")
+        return before
 
     @staticmethod
     def _check_space(name: str, trials: list, space: dict[str, Dimension]) -> None:
@@ -313,20 +368,42 @@ class OptunaSweeperImpl(Sweeper):
                                        f"trials have {seen[key]} ({err}): keep it, or set another "
                                        "hydra.sweeper.study_name") from None
 
-    def _warn_about_one_machine_stores(self, url: str | None, trials: list) -> None:
-        hosts = {t.user_attrs.get("worker_host") for t in trials} - {None, self.host}
+    def _warn_about_sqlite_on_many_machines(self, url: str | None, trials: list) -> None:
+        hosts = {t.user_attrs.get(HOST_ATTR) for t in trials} - {None, self.host}
         if url and url.startswith("sqlite") and hosts:
             log.warning("hydra.sweeper.storage is SQLite, but workers on %s also wrote to it: SQLite on a shared "
                         "file system is not safe for several machines; use PostgreSQL (postgresql+psycopg://...)",
                         ", ".join(sorted(hosts)))
-        tracking_uri = str(self.config.tracking.get("uri") or "")
-        if url and not url.startswith("sqlite") and (not tracking_uri or tracking_uri.startswith("sqlite")):
-            log.warning("the study is shared on %s but tracking.uri is a local SQLite store: workers on other "
-                        "machines will each log to their own; set tracking.uri=http://HOST:PORT", safe_url(url))
+
+    def _settings(self, name: str, label: str, names: list[str], fixed: list[str],
+                  space: dict[str, Dimension]) -> dict[str, Any]:
+        """The study's settings, for its tracker."""
+        return {"study_name": name, "storage": label, "direction": ",".join(self.directions),
+                "objective": ",".join(names), "sampler": _describe(self.sampler_spec),
+                "pruner": _describe(self.pruner_spec), "max_trials": self.max_trials,
+                "fixed": " ".join(fixed) or "none", **{f"space.{key}": dim.text for key, dim in space.items()}}
+
+    def _open_tracker(self, study: optuna.Study, label: str, settings: dict[str, Any]) -> TrackedStudy | None:
+        """The study's record in the `tracker` (None without one); one line when its store cannot be used."""
+        if not self.tracker_spec:
+            return None
+        tracker = instantiate(self.tracker_spec)
+        try:
+            return tracker.open(study, storage=label, settings=settings, root=self._root())
+        except (RuntimeError, ValueError) as err:
+            raise SweeperError(str(err)) from None
 
     # --- the sweep -------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
+        """Run this worker's part of the study: ask, launch and tell until n_trials (or max_trials) are done.
+
+        Parameters
+        ----------
+        arguments : list of str
+            The command line's overrides: sweeps there are searched (replacing `params`' same keys),
+            plain values are fixed.
+        """
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         try:
             space, fixed = parse_search_space(self.params, arguments, self.hydra_context.config_loader)
@@ -336,111 +413,202 @@ class OptunaSweeperImpl(Sweeper):
         self._check_fixed_settings(fixed)
         name = self.study_name or self._default_study_name()
         url = self._storage_url()
-        label = safe_url(url) if url else "memory"
-        storage = self._storage = self._open_storage(url)
+        label = safe_url(url) if url else MEMORY
+        storage = self._open_storage(url)
         study = self._open_study(name, storage, label, names)
-        study.sampler = instantiate(self.sampler_spec)
-        before = study.get_trials(deepcopy=False)
-        self._check_space(name, before, space)
-        self._warn_about_one_machine_stores(url, before)
-        study.pruner = instantiate(self.pruner_spec) if self.pruner_spec else optuna.pruners.NopPruner()
-        if self.pruner_spec and (len(self.directions) > 1 or url is None):
-            log.warning("hydra.sweeper.pruner is ignored: %s", "Optuna cannot prune multi-objective studies"
-                        if len(self.directions) > 1 else "jobs cannot reach an in-memory storage")
+        before = self._prepare_study(study, space, url)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        try:
-            mlflow_run = StudyRun.open(self.config, study, label, {
-                "optuna.study_name": name, "optuna.storage": label,
-                "optuna.direction": ",".join(self.directions), "optuna.objective": ",".join(names),
-                "optuna.sampler": _describe(self.sampler_spec), "optuna.pruner": _describe(self.pruner_spec),
-                "optuna.max_trials": self.max_trials, "optuna.fixed": " ".join(fixed) or "none",
-                **{f"optuna.space.{key}": dim.text for key, dim in space.items()},
-            })
-        except tracking.TrackingError as err:
-            raise SweeperError(str(err)) from None
+        tracked = self._open_tracker(study, label, self._settings(name, label, names, fixed, space))
         log.info("study %r in %s: %d trial(s) so far, adding %d%s; directions %s of %s; sampler %s, seeded "
                  "with seed + trial number; pruner %s; worker %s:%d", name, label, len(before), self.n_trials,
                  f" up to {self.max_trials} in all" if self.max_trials is not None else "", self.directions, names,
                  _describe(self.sampler_spec), _describe(self.pruner_spec), self.host, self.pid)
 
-        heartbeats = _Heartbeats(storage, self.heartbeat_interval) if url else None
-        status = "FAILED"
+        heartbeats = Heartbeats(storage, self.heartbeat_interval) if url else None
+        session = _Session(study, storage, space, fixed, url, names, tracked, heartbeats)
+        status = RUN_FAILED
         try:
-            self._run_trials(study, storage, space, fixed, url, names, mlflow_run, heartbeats)
-            status = "FINISHED"
+            self._run_trials(session)
+            status = RUN_FINISHED
         except KeyboardInterrupt:
-            status = "KILLED"
+            status = RUN_KILLED
             raise
         finally:
             if heartbeats is not None:
                 heartbeats.stop()
-            if mlflow_run is not None:
-                mlflow_run.finish(study, names, len(space), status)
+            if tracked is not None:
+                tracked.finish(study, names, len(space), status, self._best_or_none(study))
         self._report(study, names, sweep_dir)
-        if mlflow_run is not None:
-            log.info("study %r in MLflow: run %s (%s)", name, mlflow_run.run_id, mlflow_run.link())
+        if tracked is not None:
+            log.info("study %r: %s", name, tracked.describe())
+
+    @staticmethod
+    def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+        try:
+            return best_trial(study)
+        except Exception as err:  # a lost storage: the sweep's own error matters more
+            log.warning("cannot read the best trial: %s", err)
+            return None
+
+    def _run_trials(self, s: _Session) -> None:
+        """Batches of trials until n_trials are done, the space is covered or max_trials is reached."""
+        batch: list[_Trial] = []
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            done = 0
+            while done < self.n_trials and not s.exhausted:
+                room = self._room_to_start(s)
+                if room == 0:
+                    break
+                batch = [self._start(s) for _ in range(min(self.n_jobs, self.n_trials - done, room or self.n_jobs))]
+                # A retry redoes a trial an earlier command asked for: it adds nothing to n_trials.
+                done += sum(item.retry_of is None for item in batch)
+                self._run_batch(s, batch)
+            if s.exhausted:
+                log.info("the sampler has covered the whole search space: stopping after %d trial(s)", done)
+        except BaseException as err:
+            self._fail_untold(s, batch, err)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _room_to_start(self, s: _Session) -> int | None:
+        """Trials that may start now, once dead workers' trials are failed: None (no cap), or 0 when the
+        study has max_trials and none is running; while others' trials run, wait (one may come back)."""
+        while True:
+            self._clean_up_dead_trials(s)
+            room = self._room(s.study)
+            if room is None or room > 0:
+                return room
+            if not self._others_in_flight(s.study):
+                log.info("study %r has reached max_trials=%d", s.study.study_name, self.max_trials)
+                return 0
+            # Stay until the others' trials end: a dead worker's trial comes back as a retry.
+            time.sleep(min(self.heartbeat_interval, 2))
+
+    def _run_batch(self, s: _Session, batch: list[_Trial]) -> None:
+        """Launch a batch of started trials and tell each its outcome; stop past max_failure_rate."""
+        jobs, failed = [], 0
+        for item in batch:
+            if self._over_cap(s.study, item.number):
+                self._finish(s, item, TrialState.FAIL,
+                             note=f"not run: the study reached max_trials={self.max_trials} meanwhile")
+                continue
+            overrides = self._overrides(s, item)
+            try:  # a value the config cannot take fails this trial, not the study
+                self.validate_batch_is_legal([overrides])
+            except Exception as err:
+                self._finish(s, item, TrialState.FAIL, error=err)
+                failed += 1
+                continue
+            jobs.append((item, overrides))
+        for run in _consecutive(jobs):
+            for item, state, values, error in self._launch(run, s):
+                self._finish(s, item, state, values, error, retry=isinstance(error, _ProcessDied))
+                failed += state == TrialState.FAIL
+        if batch and failed / len(batch) > self.max_failure_rate:
+            raise SweeperError(f"{failed} of {len(batch)} trials failed, more than "
+                               f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; see the warnings above")
+
+    def _overrides(self, s: _Session, item: _Trial) -> list[str]:
+        """The trial's job: its params, the fixed overrides and its hook."""
+        hook = TrialHook(study_name=s.study.study_name, number=item.number, storage=s.url, trial_id=item.trial_id,
+                         run_id=item.run_id, report_every=self.report_every, pruner=self.pruner_spec)
+        key = TRIAL_KEY if TRIAL_KEY in self.config else f"+{TRIAL_KEY}"
+        return [*(dim.override(item.trial.params[name]) for name, dim in s.space.items()), *s.fixed,
+                f"{key}={render(hook.to_config())}"]
+
+    def _fail_untold(self, s: _Session, batch: list[_Trial], err: BaseException) -> None:
+        """Never leave a trial RUNNING: what was asked and not told is a failure.
+
+        A preempted worker's trials (SIGTERM) are queued again; Ctrl-C means stop, so they are not.
+        """
+        for item in batch:
+            if item.number in s.told:
+                continue
+            try:
+                self._finish(s, item, TrialState.FAIL, error=err, retry=isinstance(err, Terminated),
+                             status=RUN_KILLED)
+            except BaseException as tell_err:  # a second Ctrl-C, a lost storage
+                log.error("trial %d left RUNNING: %s", item.number, tell_err)
 
     # --- dead workers ------------------------------------------------------------------
 
-    def _clean_up_dead_trials(self, study: optuna.Study, storage: Any, mlflow_run: StudyRun | None) -> None:
-        """FAIL (and retry) the RUNNING trials whose worker is gone; end their MLflow runs KILLED."""
-        running = _retrying("listing running trials", lambda: study.get_trials(deepcopy=False,
-                                                                                states=(TrialState.RUNNING,)))
-        dead: list[tuple[Any, str]] = []
-        for trial in running:
-            host, pid = trial.user_attrs.get("worker_host"), trial.user_attrs.get("worker_pid")
-            if host == self.host and pid is not None and pid != self.pid and not tracking.process_alive(
-                    int(pid), trial.user_attrs.get("worker_pid_start") or None):
-                reason = f"its worker, process {pid} on {host}, is gone"
-                try:
-                    study.tell(trial.number, state=TrialState.FAIL)
-                except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                    continue  # another worker got there first
-                self._retry(study, trial.number)
-                dead.append((trial, reason))
-        if isinstance(storage, optuna.storages.RDBStorage):
-            # Optuna's own check (and its retry callback) for the trials of any host.
-            failed_here = {trial.number for trial, _ in dead}
-            others = {t.number: t for t in running if t.number not in failed_here}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                _retrying("failing stale trials", lambda: optuna.storages.fail_stale_trials(study))
-            if others:
-                # Failed meanwhile without an error of its own: Optuna's stale check, not its worker, did it.
-                failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if not t.user_attrs.get("error")}
-                grace = self.grace_period or 2 * self.heartbeat_interval
-                dead += [(t, f"no heartbeat for {grace} s from its worker on {t.user_attrs.get('worker_host')}")
-                         for n, t in others.items() if n in failed]
+    def _clean_up_dead_trials(self, s: _Session) -> None:
+        """FAIL (and retry) the RUNNING trials whose worker is gone; end their tracked records KILLED."""
+        running = retrying("listing running trials",
+                           lambda: s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        dead = self._fail_dead_workers_here(s, running)
+        if isinstance(s.storage, optuna.storages.RDBStorage):
+            dead += self._fail_stale(s, running, {trial.number for trial, _ in dead})
         for trial, reason in dead:
-            log.warning("study %r: trial %d FAIL, %s; retried (up to %d times)", study.study_name, trial.number,
+            log.warning("study %r: trial %d FAIL, %s; retried (up to %d times)", s.study.study_name, trial.number,
                         reason, self.max_retry)
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            if mlflow_run is not None and run_id:
-                mlflow_run.end_trial(run_id, "FAIL", f"trial {trial.number}: {reason}", status="KILLED")
+            run_id = trial.user_attrs.get(RUN_ID_ATTR)
+            if s.tracked is not None and run_id:
+                s.tracked.end_trial(run_id, TrialState.FAIL.name, f"trial {trial.number}: {reason}", status=RUN_KILLED)
 
-    def _retry(self, study: optuna.Study, number: int) -> None:
-        """Queue a failed trial again (WAITING), as the storage's stale-trial callback does."""
-        storage = self._storage
-        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-        if callback is None:
-            return
-        study_id = storage.get_study_id_from_name(study.study_name)
-        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    def _fail_dead_workers_here(self, s: _Session, running: list) -> list[tuple[Any, str]]:
+        """The running trials of this host whose worker process is gone, told FAIL and retried."""
+        dead = []
+        for trial in running:
+            host, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
+            if host != self.host or pid is None or pid == self.pid or process_alive(
+                    int(pid), trial.user_attrs.get(PID_START_ATTR) or None):
+                continue
+            try:
+                s.study.tell(trial.number, state=TrialState.FAIL)
+            except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # another worker got there first
+            self._retry(s, trial.number)
+            dead.append((trial, f"its worker, process {pid} on {host}, is gone"))
+        return dead
+
+    def _fail_stale(self, s: _Session, running: list, failed_here: set[int]) -> list[tuple[Any, str]]:
+        """Optuna's own check (and its retry callback) for the trials of any host; those it failed."""
+        others = {t.number: t for t in running if t.number not in failed_here}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            _retrying("queueing a retry", lambda: callback(study, frozen))
+            retrying("failing stale trials", lambda: optuna.storages.fail_stale_trials(s.study))
+        if not others:
+            return []
+        # Failed meanwhile without an error of its own: Optuna's stale check, not its worker, did it.
+        failed = {t.number for t in s.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if not t.user_attrs.get(ERROR_ATTR)}
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        return [(t, f"no heartbeat for {grace} s from its worker on {t.user_attrs.get(HOST_ATTR)}")
+                for n, t in others.items() if n in failed]
+
+    def _retry(self, s: _Session, number: int) -> None:
+        """Queue a failed trial again (WAITING), as the storage's stale-trial callback does."""
+        callback = getattr(s.storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is None:
+            return
+        frozen = s.storage.get_trial(self._trial_id(s, number))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retrying("queueing a retry", lambda: callback(s.study, frozen))
 
     # --- trials ------------------------------------------------------------------------
+
+    @staticmethod
+    def _trial_id(s: _Session, number: int) -> int:
+        """A trial's id in the storage, by Optuna's public storage API."""
+        study_id = s.storage.get_study_id_from_name(s.study.study_name)
+        return s.storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def _room(self, study: optuna.Study) -> int | None:
         """How many more trials may start under max_trials (queued retries can always start); None: no cap."""
         if self.max_trials is None:
             return None
-        counted = _retrying("counting trials", lambda: study.get_trials(deepcopy=False, states=COUNTED))
+        counted = retrying("counting trials", lambda: study.get_trials(deepcopy=False, states=COUNTED))
         waiting = sum(t.state == TrialState.WAITING for t in counted)
         return self.max_trials - len(counted) + waiting
 
@@ -451,119 +619,44 @@ class OptunaSweeperImpl(Sweeper):
         counted = study.get_trials(deepcopy=False, states=COUNTED)
         return sum(t.number < number for t in counted) >= self.max_trials
 
-    def _start(self, study: optuna.Study, storage: Any, space: dict[str, Dimension],
-               mlflow_run: StudyRun | None, heartbeats: _Heartbeats | None) -> _Trial:
-        trial = _retrying("asking a trial", study.ask)
+    def _others_in_flight(self, study: optuna.Study) -> bool:
+        return bool(retrying("listing running trials", lambda: study.get_trials(deepcopy=False, states=IN_FLIGHT)))
+
+    def _start(self, s: _Session) -> _Trial:
+        """Ask a trial, suggest its params, start its heartbeat and its tracked record."""
+        trial = retrying("asking a trial", s.study.ask)
         seed = None
         if self.sampler_spec.get("seed") is not None:
             # Seeded per trial, not per worker: simultaneous workers never draw the same points,
             # and a trial's draw depends only on the study's history and its number.
             seed = int(self.sampler_spec["seed"]) + trial.number
-            study.sampler = instantiate({**self.sampler_spec, "seed": seed})
-        for key, dim in space.items():
+            s.study.sampler = instantiate({**self.sampler_spec, "seed": seed})
+        for key, dim in s.space.items():
             _suggest(trial, key, dim.distribution)
-        study_id = storage.get_study_id_from_name(study.study_name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        if heartbeats is not None:
-            heartbeats.add(trial_id)
+        trial_id = self._trial_id(s, trial.number)
+        if s.heartbeats is not None:
+            s.heartbeats.add(trial_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(storage.get_trial(trial_id))
+            retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(s.storage.get_trial(trial_id))
         run_id = None
-        if mlflow_run is not None:
-            run_id = mlflow_run.start_trial(trial.number, trial_id, retry_of,
-                                            " ".join(f"{k}={trial.params[k]}" for k in space))
-        owner = tracking.process_tags()
-        for key, value in {"worker_host": self.host, "worker_pid": self.pid,
-                           "worker_pid_start": owner[tracking.PID_START_TAG], "sampler_seed": seed,
-                           "mlflow_run_id": run_id, "error": None}.items():
+        if s.tracked is not None:
+            run_id = s.tracked.start_trial(trial.number, trial_id, retry_of,
+                                           " ".join(f"{k}={trial.params[k]}" for k in s.space))
+        for key, value in {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
+                           SEED_ATTR: seed, RUN_ID_ATTR: run_id, ERROR_ATTR: None}.items():
             trial.set_user_attr(key, value)
         if retry_of is not None:
             log.info("trial %d retries trial %d", trial.number, retry_of)
         return _Trial(trial, trial_id, run_id, retry_of)
 
-    def _run_trials(self, study: optuna.Study, storage: Any, space: dict[str, Dimension], fixed: list[str],
-                    url: str | None, names: list[str], mlflow_run: StudyRun | None,
-                    heartbeats: _Heartbeats | None) -> None:
-        trial_key = "trial" if "trial" in self.config else "+trial"
-        self._exhausted = False
-        batch: list[_Trial] = []
-        told: set[int] = set()
-        try:
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        except ValueError:  # not the main thread
-            previous = None
-        try:
-            done = 0
-            while done < self.n_trials and not self._exhausted:
-                self._clean_up_dead_trials(study, storage, mlflow_run)
-                room = self._room(study)
-                if room is not None and room <= 0:
-                    if not self._others_in_flight(study):
-                        log.info("study %r has reached max_trials=%d", study.study_name, self.max_trials)
-                        break
-                    # Stay until the others' trials end: a dead worker's trial comes back as a retry.
-                    time.sleep(min(self.heartbeat_interval, 2))
-                    continue
-                size = min(self.n_jobs, self.n_trials - done, room if room is not None else self.n_jobs)
-                batch = []
-                for _ in range(size):
-                    batch.append(self._start(study, storage, space, mlflow_run, heartbeats))
-                # A retry redoes a trial an earlier command asked for: it adds nothing to n_trials.
-                done += sum(item.retry_of is None for item in batch)
-                jobs, failed = [], 0
-                for item in batch:
-                    if self._over_cap(study, item.number):
-                        self._finish(study, item, TrialState.FAIL, None, None, told, mlflow_run, heartbeats,
-                                     note=f"not run: the study reached max_trials={self.max_trials} meanwhile")
-                        continue
-                    hook = {"study_name": study.study_name, "storage": url, "number": item.number,
-                            "id": item.trial_id, "run_id": item.run_id, "report_every": self.report_every,
-                            "pruner": self.pruner_spec}
-                    overrides = [*(dim.override(item.trial.params[key]) for key, dim in space.items()), *fixed,
-                                 f"{trial_key}={render(hook)}"]
-                    try:  # a value the config cannot take fails this trial, not the study
-                        self.validate_batch_is_legal([overrides])
-                    except Exception as err:
-                        self._finish(study, item, TrialState.FAIL, None, err, told, mlflow_run, heartbeats)
-                        failed += 1
-                        continue
-                    jobs.append((item, overrides))
-                for run in _consecutive(jobs):
-                    for item, state, values, error in self._launch(run, names, mlflow_run):
-                        self._finish(study, item, state, values, error, told, mlflow_run, heartbeats,
-                                     retry=isinstance(error, _ProcessDied))
-                        failed += state == TrialState.FAIL
-                if batch and failed / len(batch) > self.max_failure_rate:
-                    raise SweeperError(f"{failed} of {len(batch)} trials failed, more than "
-                                       f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; see the warnings above")
-            if self._exhausted:
-                log.info("the sampler has covered the whole search space: stopping after %d trial(s)", done)
-        except BaseException as err:
-            # Never leave a trial RUNNING: what was asked and not told is a failure. A preempted
-            # worker's trials (SIGTERM) are queued again; Ctrl-C means stop, so they are not.
-            for item in batch:
-                if item.number not in told:
-                    try:
-                        self._finish(study, item, TrialState.FAIL, None, err, told, mlflow_run, heartbeats,
-                                     retry=isinstance(err, Terminated), status="KILLED")
-                    except BaseException as tell_err:  # a second Ctrl-C, a lost storage
-                        log.error("trial %d left RUNNING: %s", item.number, tell_err)
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-
-    def _others_in_flight(self, study: optuna.Study) -> bool:
-        return bool(_retrying("listing running trials", lambda: study.get_trials(deepcopy=False, states=IN_FLIGHT)))
-
-    def _launch(self, run: list[tuple[_Trial, Sequence[str]]], names: list[str],
-                mlflow_run: StudyRun | None) -> list[tuple[_Trial, TrialState, list[float] | None, BaseException | None]]:
+    def _launch(self, run: list[tuple[_Trial, Sequence[str]]],
+                s: _Session) -> list[tuple[_Trial, TrialState, list[float] | None, BaseException | None]]:
         """Launch consecutive trials as one batch; their states, values and errors.
 
         When a job's process dies (the OOM killer, a lost node), the launcher loses the whole
-        batch's returns: each trial's result is then read back from its MLflow run, and the
-        trials whose run did not finish fail (and are retried).
+        batch's returns: each trial's result is then read back from its tracked record, and the
+        trials whose record did not finish fail (and are retried).
         """
         items = [item for item, _ in run]
         try:
@@ -574,13 +667,13 @@ class OptunaSweeperImpl(Sweeper):
                         str(err).strip().splitlines()[0][:300] if str(err).strip() else "")
             outcomes = []
             for item in items:
-                recovered = mlflow_run.recovered(item.run_id, names) if mlflow_run and item.run_id else None
+                recovered = s.tracked.recovered(item.run_id, s.names) if s.tracked and item.run_id else None
                 if recovered is None:
                     outcomes.append((item, TrialState.FAIL, None, _ProcessDied(f"{type(err).__name__}: {err}")))
                 else:
                     outcomes.append((item, *recovered, None))
             return outcomes
-        return [(item, *self._outcome(ret, len(names))) for item, ret in zip(items, returns, strict=False)]
+        return [(item, *self._outcome(ret, len(s.names))) for item, ret in zip(items, returns, strict=False)]
 
     @staticmethod
     def _outcome(ret: JobReturn, n_values: int) -> tuple[TrialState, list[float] | None, BaseException | None]:
@@ -602,50 +695,59 @@ class OptunaSweeperImpl(Sweeper):
             return TrialState.FAIL, None, ValueError(f"the job returned {value!r}, not {n_values} finite number(s)")
         return TrialState.COMPLETE, values, None
 
-    def _finish(self, study: optuna.Study, item: _Trial, state: TrialState, values: list[float] | None,
-                error: BaseException | None, told: set[int], mlflow_run: StudyRun | None,
-                heartbeats: _Heartbeats | None, *, retry: bool = False, note: str | None = None,
-                status: str = "FAILED") -> None:
-        """Tell Optuna, stop the trial's heartbeat, end its MLflow run if the job did not, retry if asked."""
-        text = note
+    def _finish(self, s: _Session, item: _Trial, state: TrialState, values: list[float] | None = None,
+                error: BaseException | None = None, *, retry: bool = False, note: str | None = None,
+                status: str = RUN_FAILED) -> None:
+        """Tell Optuna, stop the trial's heartbeat, end its tracked record if the job did not, retry if asked."""
+        text = self._record_error(item, error, note)
+        state = self._tell(s, item, state, values)
+        s.told.add(item.number)
+        if s.heartbeats is not None:
+            s.heartbeats.discard(item.trial_id)
+        if s.tracked is not None and item.run_id:
+            s.tracked.end_trial(item.run_id, state.name, text, status=RUN_KILLED if retry else status)
+        if retry:
+            self._retry(s, item.number)
+        if state == TrialState.PRUNED:
+            log.info("trial %d pruned", item.number)
+        elif state == TrialState.COMPLETE:
+            log.info("trial %d: %s = %s", item.number, ",".join(s.names), values)
+
+    @staticmethod
+    def _record_error(item: _Trial, error: BaseException | None, note: str | None) -> str | None:
+        """The trial's error (or note) as its user attr `error`; the text."""
         if error is not None:
-            text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            text = text[:2000]
-            item.trial.set_user_attr("error", text)
+            text = (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)[:2000]
+            item.trial.set_user_attr(ERROR_ATTR, text)
             log.warning("trial %d failed: %s", item.number, text)
-        elif note is not None:
-            item.trial.set_user_attr("error", note)
+            return text
+        if note is not None:
+            item.trial.set_user_attr(ERROR_ATTR, note)
+        return note
+
+    @staticmethod
+    def _tell(s: _Session, item: _Trial, state: TrialState, values: list[float] | None) -> TrialState:
+        """Tell Optuna; the state stored (FAIL when another worker failed the trial meanwhile)."""
         try:
-            _retrying("telling a trial", lambda: study.tell(item.trial, values=values, state=state))
+            retrying("telling a trial", lambda: s.study.tell(item.trial, values=values, state=state))
         except RuntimeError as err:
             # Grid-like samplers call study.stop() once the space is covered, which Optuna only
             # allows inside study.optimize; the trial is stored all the same.
             if "Study.stop" not in str(err):
                 raise
-            self._exhausted = True
+            s.exhausted = True
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d was failed by another worker (no heartbeat within grace_period); its result "
                         "is dropped and its retry runs it again", item.number)
-            state = TrialState.FAIL
-        told.add(item.number)
-        if heartbeats is not None:
-            heartbeats.discard(item.trial_id)
-        if mlflow_run is not None and item.run_id:
-            mlflow_run.end_trial(item.run_id, state.name, text, status="KILLED" if retry else status)
-        if retry:
-            self._retry(study, item.number)
-        if state == TrialState.PRUNED:
-            log.info("trial %d pruned", item.number)
-        elif state == TrialState.COMPLETE:
-            log.info("trial %d: %s = %s", item.number, ",".join(study.user_attrs.get("objective", [])), values)
+            return TrialState.FAIL
+        return state
 
     def _report(self, study: optuna.Study, names: list[str], sweep_dir: Path) -> None:
-        from ._mlflow import _best_trial
-
+        """optimization_results.yaml in the sweep folder (as the official plugin writes it) and one log line."""
         trials = study.get_trials(deepcopy=False)
         counts = {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
                                                                         TrialState.FAIL)}
-        best = _best_trial(study)
+        best = best_trial(study)
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "n_trials": len(trials),
                                    "states": counts}
         if best is not None:
@@ -655,20 +757,7 @@ class OptunaSweeperImpl(Sweeper):
                 results["pareto_front"] = [{"number": t.number, "params": t.params, "values": t.values}
                                            for t in study.best_trials]
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        best_line = (f"; best trial {best.number}: {dict(zip(names, best.values, strict=False))} with {best.params}"
+                     if best else "")
         log.info("study %r: %d trials (%s)%s", study.study_name, len(trials),
-                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
-                 f"; best trial {best.number}: {dict(zip(names, best.values, strict=False))} with {best.params}" if best else "")
-
-
-class _ProcessDied(RuntimeError):
-    """The job's process ended without a result (killed, out of memory, a lost node)."""
-
-
-def safe_url(url: str) -> str:
-    """A storage URL without its password, for messages and MLflow params."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), best_line)

@@ -3,8 +3,13 @@
 Keys follow hydra-optuna-sweeper where they overlap (sampler, direction, study_name, storage,
 n_trials, n_jobs, max_failure_rate, params). Ours: pruner, report_every, a persistent default
 storage, and for studies shared by many workers max_trials, heartbeat_interval, grace_period
-(as Optuna's RDBStorage names them) and max_retry. Sampler and pruner options are plain dicts (not typed dataclasses) so that a
-preset may add any keyword argument its `_target_` takes.
+(as Optuna's RDBStorage names them) and max_retry. Sampler and pruner options are plain dicts (not
+typed dataclasses) so that a preset may add any keyword argument its `_target_` takes.
+
+What the sweeper needs of an application comes through these keys too, never by import: `root`
+(the folder of the default storage), `open_storage` (how to open an RDB storage), `check` (a
+job's config check) and `tracker` (where the study is recorded besides Optuna; see _tracker.py).
+nmfstudy sets them in conf/hydra/sweeper/nmfstudy.yaml, which its presets select.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -14,6 +19,8 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class OptunaSweeperConf:
+    """The keys of `hydra.sweeper` (see docs/optuna.md, "Keys")."""
+
     _target_: str = "hydra_plugins.nmfstudy_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     # Keep sampler and pruner as configs: the sweeper reseeds the sampler on resume and hands
     # the pruner's config to each job, which needs its own pruner object.
@@ -23,14 +30,22 @@ class OptunaSweeperConf:
 
     # `_target_`-instantiable optuna sampler (hydra/sweeper/sampler=tpe|random|nsgaii|bruteforce|qmc)
     sampler: Any = None
-    # `_target_`-instantiable optuna pruner, or null (hydra/sweeper/pruner=median|percentile|hyperband|successive_halving)
+    # `_target_`-instantiable optuna pruner, or null
+    # (hydra/sweeper/pruner=median|percentile|hyperband|successive_halving)
     pruner: Any = None
     # maximize | minimize, or a list of them for a multi-objective study (one per name in `objective`)
     direction: Any = "maximize"
     # null: "<hparams_search preset>-<dataset>"; the same name in the same storage resumes the study
     study_name: Optional[str] = None
-    # null: sqlite:///<project root>/optuna.db; "memory": not persisted (no resume, no pruning)
+    # null: sqlite:///<root>/optuna.db; "memory": not persisted (no resume, no pruning)
     storage: Optional[str] = None
+    # the project root: the folder of the default storage (optuna.db), given to the tracker for its
+    # own default store; null: the folder holding the primary config folder (conf/), read from
+    # hydra.runtime.config_sources, which is how nmfstudy's jobs find theirs (leave it null there)
+    root: Optional[str] = None
+    # dotted path of a function (url, **RDBStorage keyword arguments) -> optuna storage, e.g. one
+    # that retries and checks pooled connections; null: optuna.storages.RDBStorage
+    open_storage: Optional[str] = None
     # new trials added by this invocation (a resumed study keeps its earlier ones; retries of trials
     # whose worker died come on top)
     n_trials: int = 20
@@ -56,6 +71,9 @@ class OptunaSweeperConf:
     # raises ValueError with one line: run once on the fixed settings before any trial is asked,
     # so that a mistake outside the search space (objective=foo) stops the study, not every trial
     check: Optional[str] = None
+    # `_target_`-instantiable object whose open(study, storage=, settings=, root=) records the study
+    # and its trials elsewhere (nmfstudy: an MLflow run per study), see _tracker.py; null: none
+    tracker: Any = None
 
 
 _SAMPLERS = {

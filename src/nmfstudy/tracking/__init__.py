@@ -27,17 +27,26 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+from nmfstudy.study_names import (
+    ERROR_TAG,
+    HEARTBEAT_INTERVAL_TAG,
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    KIND_STUDY,
+    KIND_TAG,
+    PARENT_RUN_TAG,
+    PID_START_TAG,
+    PID_TAG,
+    RUN_NAME_TAG,
+    owner,
+    process_alive,
+)
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 PARENT_RUN_FILE = ".mlflow_parent_run_id"
-ERROR_TAG = "error"
-KIND_TAG = "nmfstudy.kind"
-# Which process owns a run, so that any later command can tell a dead run from a live one.
-HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
-# Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
-HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
 
 
 class TrackingError(RuntimeError):
@@ -46,12 +55,40 @@ class TrackingError(RuntimeError):
 
 @dataclass(frozen=True)
 class Store:
+    """Where runs are logged.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        MLflow's tracking URI: sqlite:///ABSOLUTE/PATH, a tracking server or a database.
+    artifact_root : Path or None
+        Where a local store keeps artifacts; None: the server decides.
+    """
+
     tracking_uri: str
-    artifact_root: Path | None  # where a local store keeps artifacts; None: the server decides
+    artifact_root: Path | None
 
 
 def resolve_store(uri: str | None, project_root: str | Path) -> Store:
-    """The store a run logs to: `uri`, or SQLite in the project root; artifacts beside a SQLite file."""
+    """The store a run logs to: `uri`, or SQLite in the project root; artifacts beside a SQLite file.
+
+    Parameters
+    ----------
+    uri : str or None
+        tracking.uri; None or "": `mlflow.db` in `project_root`.
+    project_root : str or Path
+        The project folder.
+
+    Returns
+    -------
+    Store
+        With an absolute SQLite path.
+
+    Raises
+    ------
+    TrackingError
+        For a URI of another kind.
+    """
     if not uri:
         root = Path(project_root).resolve()
         return Store(f"sqlite:///{root / DB_NAME}", root / ARTIFACT_DIR)
@@ -61,7 +98,8 @@ def resolve_store(uri: str | None, project_root: str | Path) -> Store:
     if uri.startswith(("http://", "https://", "databricks", "postgresql", "mysql", "mssql")):
         return Store(uri, None)
     raise TrackingError(
-        f"tracking.uri must be sqlite:///path/to/mlflow.db, an http(s):// tracking server or a database URL; got {uri!r}"
+        "tracking.uri must be sqlite:///path/to/mlflow.db, an http(s):// tracking server or a database URL; "
+        f"got {uri!r}"
     )
 
 
@@ -129,7 +167,23 @@ def _set_aside_if_half_made(db: Path) -> None:
 
 
 def open_store(store: Store) -> MlflowClient:
-    """A client whose store is ready: schema created (once, under a lock) and reachable."""
+    """A client whose store is ready: schema created (once, under a lock) and reachable.
+
+    Parameters
+    ----------
+    store : Store
+        The store; MLflow's global tracking URI is set to it.
+
+    Returns
+    -------
+    MlflowClient
+        A client of the store.
+
+    Raises
+    ------
+    TrackingError
+        One line when the store cannot be used (a folder, not SQLite, a half-made schema, a dead server).
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     mlflow.set_tracking_uri(store.tracking_uri)
@@ -170,7 +224,27 @@ def _quick_http_probe() -> Iterator[None]:
 
 
 def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
-    """The id of experiment `name`, created if missing (safe when parallel jobs race to create it)."""
+    """The id of experiment `name`, created if missing (safe when parallel jobs race to create it).
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    store : Store
+        The store (a local one gets the experiment's artifacts under its artifact root).
+    name : str
+        The experiment's name.
+
+    Returns
+    -------
+    str
+        The experiment's id.
+
+    Raises
+    ------
+    TrackingError
+        When the experiment was deleted (the message says how to restore it).
+    """
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
@@ -193,7 +267,20 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'method': {'tol': 1e-4}} -> {'method.tol': 1e-4}; lists are kept whole."""
+    """{'method': {'tol': 1e-4}} -> {'method.tol': 1e-4}; lists are kept whole.
+
+    Parameters
+    ----------
+    tree : object
+        A nested dict (a resolved config), or a leaf.
+    prefix : str
+        The key path so far.
+
+    Returns
+    -------
+    dict
+        Dotted key -> leaf value.
+    """
     if not isinstance(tree, dict):
         return {prefix: tree}
     flat: dict[str, Any] = {}
@@ -204,42 +291,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 # --- which process owns a run, and which runs are dead ------------------------------
 
-def _process_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process `pid` (clock ticks since boot, Linux), telling a reused pid apart."""
-    stat = _process_stat(pid)
-    return stat[19] if stat and len(stat) > 19 else None
-
-
 def process_tags() -> dict[str, str]:
-    """Tags naming this process as the owner of a run: host, pid and the pid's start time."""
-    pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid) or ""}
+    """Tags naming this process as the owner of a run: host, pid and the pid's start time.
 
-
-def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process `pid` of this host still runs (and is the one that started at `start`).
-
-    A zombie (killed, not yet reaped by its parent) is dead.
+    Returns
+    -------
+    dict
+        `study_names.owner()`: HOST_TAG, PID_TAG, PID_START_TAG.
     """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user
-    stat = _process_stat(pid)
-    if stat is None:  # not Linux: the signal's answer is all there is
-        return True
-    return stat[0] != "Z" and (not start or stat[19] == start)
+    return owner()
 
 
 def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: float) -> bool | None:
@@ -247,6 +307,22 @@ def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: fl
 
     On this host the process id answers; for another host, the run's last heartbeat (or its start)
     older than `grace_s` means dead. Runs without an owner or a heartbeat are unknown.
+
+    Parameters
+    ----------
+    tags : dict
+        The run's tags.
+    start_time_ms : int
+        The run's start (ms since the epoch).
+    now_ms : int
+        Now (ms since the epoch).
+    grace_s : float
+        Seconds without a heartbeat after which a run of another host is dead.
+
+    Returns
+    -------
+    bool or None
+        Alive, dead, or unknown.
     """
     if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
         return process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG) or None)
@@ -257,7 +333,24 @@ def run_alive(tags: dict[str, str], start_time_ms: int, now_ms: int, grace_s: fl
 
 
 def kill_run(client: MlflowClient, run_id: str, reason: str, status: str = "KILLED") -> bool:
-    """End a run that is still RUNNING as KILLED (or `status`) with `reason` as its error tag."""
+    """End a run that is still RUNNING as KILLED (or `status`) with `reason` as its error tag.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    run_id : str
+        The run.
+    reason : str
+        Its error tag.
+    status : str
+        How it ends: KILLED or FAILED.
+
+    Returns
+    -------
+    bool
+        True when it was RUNNING and is ended now.
+    """
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return False
@@ -270,17 +363,46 @@ def kill_run(client: MlflowClient, run_id: str, reason: str, status: str = "KILL
 
 
 def kill_running_children(client: MlflowClient, parent_run_id: str, reason: str) -> int:
-    """End the RUNNING runs nested under `parent_run_id` as KILLED; returns how many."""
+    """End the RUNNING runs nested under `parent_run_id` as KILLED.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    parent_run_id : str
+        The parent run.
+    reason : str
+        Their error tag.
+
+    Returns
+    -------
+    int
+        How many were ended.
+    """
     experiment = client.get_run(parent_run_id).info.experiment_id
-    query = f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{parent_run_id}'"
+    query = f"attributes.status = 'RUNNING' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
     return sum(kill_run(client, r.info.run_id, reason) for r in client.search_runs([experiment], query))
 
 
 def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: float = 300.0) -> list[str]:
-    """Mark KILLED the RUNNING runs whose process is gone; returns their ids and logs one line.
+    """Mark KILLED the RUNNING runs whose process is gone; log one line about them.
 
     A process killed by SIGKILL or the out-of-memory killer cannot end its run; the next command
     that opens the experiment does it. A study's run lives while any of its trials' runs lives.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    experiment_ids : list of str
+        The experiments to look in.
+    grace_s : float
+        Seconds without a heartbeat after which a run of another host is dead.
+
+    Returns
+    -------
+    list of str
+        The ids of the runs ended.
     """
     if not experiment_ids:
         return []
@@ -289,12 +411,13 @@ def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: floa
     alive = {r.info.run_id: run_alive(r.data.tags, r.info.start_time, now, grace_s) for r in running}
     children: dict[str, list[str]] = {}
     for r in running:
-        children.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r.info.run_id)
+        children.setdefault(r.data.tags.get(PARENT_RUN_TAG, ""), []).append(r.info.run_id)
     dead = []
     for r in running:
         verdict = alive[r.info.run_id]
         # Several workers share a study's run: it lives while any of its trials' runs may live.
-        if r.data.tags.get(KIND_TAG) == "study" and any(alive[c] is not False for c in children.get(r.info.run_id, [])):
+        trials = children.get(r.info.run_id, [])
+        if r.data.tags.get(KIND_TAG) == KIND_STUDY and any(alive[c] is not False for c in trials):
             verdict = True
         if verdict is False:
             dead.append(r)
@@ -309,7 +432,22 @@ def end_dead_runs(client: MlflowClient, experiment_ids: list[str], grace_s: floa
 
 
 def end_dead_runs_in(client: MlflowClient, experiment: str, grace_s: float | None = None) -> list[str]:
-    """`end_dead_runs` for the experiment named `experiment`, if it exists (grace_s None: 300 s)."""
+    """`end_dead_runs` for the experiment named `experiment`, if it exists.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    experiment : str
+        The experiment's name.
+    grace_s : float or None
+        As for `end_dead_runs`; None: 300 s.
+
+    Returns
+    -------
+    list of str
+        The ids of the runs ended.
+    """
     found = client.get_experiment_by_name(experiment)
     return end_dead_runs(client, [found.experiment_id], grace_s or 300.0) if found is not None else []
 
@@ -318,6 +456,15 @@ class Heartbeat:
     """Tags runs with the time every `interval_s`, so that other machines can tell they are alive.
 
     Only for a tracking server or database: on one machine (SQLite) the process id is enough.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    store : Store
+        The store; a SQLite one gets no heartbeat.
+    interval_s : float
+        Seconds between two beats; 0: none.
     """
 
     def __init__(self, client: MlflowClient, store: Store, interval_s: float) -> None:
@@ -328,12 +475,25 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def tags(self) -> dict[str, str]:
-        """The tags a new run gets so that readers know it beats."""
+        """The tags a new run gets so that readers know it beats.
+
+        Returns
+        -------
+        dict
+            The interval and the first beat; empty when disabled.
+        """
         if not self.enabled:
             return {}
         return {HEARTBEAT_INTERVAL_TAG: f"{self.interval_s:g}", HEARTBEAT_TAG: str(get_current_time_millis())}
 
     def add(self, run_id: str) -> None:
+        """Beat for a run from now on (the thread starts with the first run).
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+        """
         if not self.enabled:
             return
         self.run_ids.add(run_id)
@@ -342,9 +502,17 @@ class Heartbeat:
             self._thread.start()
 
     def discard(self, run_id: str) -> None:
+        """Stop beating for a run.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+        """
         self.run_ids.discard(run_id)
 
     def stop(self) -> None:
+        """Stop beating (the thread ends at its next wake-up)."""
         self._stop.set()
 
     def _beat(self) -> None:
@@ -370,14 +538,36 @@ def run(
 ) -> Iterator[mlflow.ActiveRun]:
     """An active MLflow run that ends FINISHED, FAILED (with the error as a tag) or KILLED, never RUNNING.
 
-    `run_id` continues a run made for this job beforehand (an Optuna trial's run, made when the
-    trial starts); this process then becomes its owner.
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    experiment : str
+        The experiment of a new run.
+    run_name : str or None
+        Its name.
+    parent_run_id : str or None
+        The run it nests under (a sweep's parent run).
+    tags : dict or None
+        Its tags (the owner and heartbeat tags are added).
+    store : Store
+        The store.
+    run_id : str or None
+        A run made for this job beforehand (an Optuna trial's run, made when the trial starts) to
+        continue; this process then becomes its owner.
+    heartbeat_s : float
+        Seconds between two heartbeat tags (tracking servers only); 0: none.
+
+    Yields
+    ------
+    mlflow.ActiveRun
+        The active run.
     """
     heartbeat = Heartbeat(client, store, heartbeat_s)
     tags = {**(tags or {}), **process_tags(), **heartbeat.tags()}
     if run_id is not None:
         active = mlflow.start_run(run_id=run_id)
-        mlflow.set_tags({**tags, **({"mlflow.runName": run_name} if run_name else {})})
+        mlflow.set_tags({**tags, **({RUN_NAME_TAG: run_name} if run_name else {})})
     else:
         exp_id = experiment_id(client, store, experiment)
         active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
@@ -399,7 +589,13 @@ def run(
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log params (values rendered as text, None as 'null') in batches."""
+    """Log params of the active run (values rendered as text, None as 'null') in batches.
+
+    Parameters
+    ----------
+    params : dict
+        Name -> value.
+    """
     items = [Param(key, "null" if value is None else str(value)) for key, value in params.items()]
     client, run_id = MlflowClient(), mlflow.active_run().info.run_id
     for start in range(0, len(items), 100):
@@ -407,11 +603,26 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
+    """Log metrics of the active run.
+
+    Parameters
+    ----------
+    metrics : dict
+        Name -> number.
+    """
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
 
 
 def log_history(name: str, values) -> None:
-    """One metric with a step per value (step 1 = first iteration), e.g. the loss per iteration."""
+    """Log one metric with a step per value (step 1 = first iteration), e.g. the loss per iteration.
+
+    Parameters
+    ----------
+    name : str
+        The metric.
+    values : iterable of float
+        Its value at each step.
+    """
     now = get_current_time_millis()
     metrics = [Metric(name, float(v), now, step) for step, v in enumerate(values, start=1)]
     client, run_id = MlflowClient(), mlflow.active_run().info.run_id
@@ -420,34 +631,99 @@ def log_history(name: str, values) -> None:
 
 
 def log_figure(figure, artifact_file: str) -> None:
-    import matplotlib.pyplot as plt
+    """Log a matplotlib Figure to the active run as a PNG artifact (90 dpi).
 
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure; one that pyplot made (and keeps) is closed once logged.
+    artifact_file : str
+        Its path among the run's artifacts, e.g. "figures/components.png".
+    """
     mlflow.log_figure(figure, artifact_file, save_kwargs={"dpi": 90})
-    plt.close(figure)
+    if getattr(figure.canvas, "manager", None) is not None:  # pyplot's: it keeps the figure until closed
+        import matplotlib.pyplot as plt  # already imported by whoever made it
+
+        plt.close(figure)
 
 
 def log_text(text: str, artifact_file: str) -> None:
+    """Log a text artifact of the active run.
+
+    Parameters
+    ----------
+    text : str
+        Its content.
+    artifact_file : str
+        Its path among the run's artifacts, e.g. "config.yaml".
+    """
     mlflow.log_text(text, artifact_file)
 
 
 def set_tags(tags: dict[str, Any]) -> None:
+    """Set tags of the active run (values as text).
+
+    Parameters
+    ----------
+    tags : dict
+        Name -> value.
+    """
     mlflow.set_tags({key: str(value) for key, value in tags.items()})
 
 
 # --- multirun parents -------------------------------------------------------------
 
 def start_parent_run(client: MlflowClient, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    """Create the run that the jobs of one sweep nest under; returns its id (left RUNNING)."""
+    """Create the run that the jobs of one sweep nest under, left RUNNING.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    store : Store
+        The store.
+    experiment : str
+        The experiment's name.
+    run_name : str
+        The run's name.
+    tags : dict
+        Its tags (the owner tags are added).
+
+    Returns
+    -------
+    str
+        The run's id.
+    """
     exp_id = experiment_id(client, store, experiment)
     parent = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
     return parent.info.run_id
 
 
 def end_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    """End a sweep's parent run.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    run_id : str
+        The run.
+    status : str
+        FINISHED, FAILED or KILLED.
+    """
     client.set_terminated(run_id, status)
 
 
 def write_parent_run_id(sweep_dir: str | Path, run_id: str) -> None:
+    """Record the parent run's id in the sweep folder, where jobs in any process read it.
+
+    Parameters
+    ----------
+    sweep_dir : str or Path
+        The sweep folder (made if missing).
+    run_id : str
+        The parent run.
+    """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=sweep_dir, delete=False) as tmp:
@@ -456,5 +732,17 @@ def write_parent_run_id(sweep_dir: str | Path, run_id: str) -> None:
 
 
 def read_parent_run_id(sweep_dir: str | Path) -> str | None:
+    """The parent run's id recorded in the sweep folder.
+
+    Parameters
+    ----------
+    sweep_dir : str or Path
+        The sweep folder.
+
+    Returns
+    -------
+    str or None
+        None when the sweep has no parent run.
+    """
     path = Path(sweep_dir) / PARENT_RUN_FILE
     return path.read_text().strip() if path.exists() else None

@@ -1,0 +1,201 @@
+"""The names that the Optuna sweeper, the jobs, the tracking and the report share: one place for each.
+
+MLflow tag keys and their values, the study settings' param prefix, the Optuna user attrs that
+link a study to its MLflow run, how a run ends, the trial hook (what the sweeper tells a job
+about its trial through the job's `trial` config key), and the owner of a run or trial (the
+process whose identity the owner tags hold). Plain Python (standard library only), so that the
+sweeper plugin can import it without importing the application.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# --- MLflow run tags -------------------------------------------------------------------------
+
+# What a run is: one job, the parent of a plain sweep, an Optuna study, or a report.
+KIND_TAG = "nmfstudy.kind"
+KIND_RUN, KIND_SWEEP, KIND_STUDY, KIND_REPORT = "run", "sweep", "study", "report"
+# A failed or killed run's error.
+ERROR_TAG = "error"
+# Which process owns a run (host, pid, the pid's start time), so that any later command can tell a
+# dead run from a live one on the same host.
+HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
+# Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
+HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
+# MLflow's own: the run a run is nested under, and a run's name.
+PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
+
+# An Optuna study's run and its trials' runs.
+STUDY_NAME_TAG = "optuna.study_name"
+STUDY_KEY_TAG = "optuna.study_key"  # "<study name> @ <storage>": tells two studies of one name apart
+TRIAL_NUMBER_TAG, TRIAL_ID_TAG = "optuna.trial_number", "optuna.trial_id"
+TRIAL_STATE_TAG = "optuna.state"  # RUNNING, then COMPLETE, PRUNED or FAIL (Optuna's TrialState names)
+RETRY_OF_TAG = "optuna.retry_of"  # the number of the trial a retry runs again
+PRUNED_AT_TAG = "optuna.pruned_at_iteration"
+BEST_PREFIX = "best."  # the study run's best.<param> tags: the best trial's params
+BEST_TRIAL_TAG = BEST_PREFIX + "trial_number"
+
+# The study run's params are its settings under this prefix (optuna.direction, optuna.objective, ...),
+# its search space under SPACE_PREFIX (optuna.space.k = "range(10, 51, 5)").
+SETTING_PREFIX = "optuna."
+SPACE_PREFIX = SETTING_PREFIX + "space."
+
+# How a study's or a trial's run ends (MLflow's run statuses).
+RUN_FINISHED, RUN_FAILED, RUN_KILLED = "FINISHED", "FAILED", "KILLED"
+
+# --- Optuna user attrs -----------------------------------------------------------------------
+
+# The MLflow run of a study (study user attr) and of a trial (trial user attr).
+RUN_ID_ATTR = "mlflow_run_id"
+
+# --- the trial hook --------------------------------------------------------------------------
+
+TRIAL_KEY = "trial"  # the job's config key that carries the hook (null when the run is not a trial)
+
+
+@dataclass(frozen=True)
+class TrialHook:
+    """What the sweeper tells a job about its trial, through the job's `trial` config key.
+
+    The job may run in another process or on another machine (joblib, SLURM), so the hook holds
+    what is needed to re-open the trial from its storage and to continue its MLflow run.
+
+    Parameters
+    ----------
+    study_name : str
+        The Optuna study.
+    number : int
+        The trial's number in the study.
+    storage : str or None
+        The study's RDB storage URL; None when the study is in memory (jobs cannot reach it).
+    trial_id : int or None
+        The trial's id in the storage (config key `id`); None: looked up from the number.
+    run_id : str or None
+        The trial's MLflow run, made by the sweeper when the trial started; the job continues it.
+    report_every : int
+        Iterations between two intermediate values the job reports; 0: none.
+    pruner : dict or None
+        The pruner's config (`_target_` and keyword arguments); None: no pruning.
+    """
+
+    study_name: str
+    number: int
+    storage: str | None = None
+    trial_id: int | None = None
+    run_id: str | None = None
+    report_every: int = 10
+    pruner: Mapping[str, Any] | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        """The hook as the `trial` config value (plain types only).
+
+        Returns
+        -------
+        dict
+            `{study_name, storage, number, id, run_id, report_every, pruner}`.
+        """
+        return {"study_name": self.study_name, "storage": self.storage, "number": self.number, "id": self.trial_id,
+                "run_id": self.run_id, "report_every": self.report_every,
+                "pruner": dict(self.pruner) if self.pruner else None}
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> TrialHook | None:
+        """The hook from a job's `trial` config value, as `to_config` wrote it.
+
+        Parameters
+        ----------
+        node : mapping or None
+            The resolved `trial` config value.
+
+        Returns
+        -------
+        TrialHook or None
+            None when the run is not a trial (`trial` null or empty).
+
+        Raises
+        ------
+        ValueError
+            When `study_name` or `number` is missing.
+        """
+        if not node:
+            return None
+        missing = [key for key in ("study_name", "number") if node.get(key) is None]
+        if missing:
+            raise ValueError(f"{TRIAL_KEY} needs {', '.join(missing)}; got {dict(node)}")
+        trial_id = node.get("id")
+        return cls(study_name=str(node["study_name"]), number=int(node["number"]), storage=node.get("storage"),
+                   trial_id=None if trial_id is None else int(trial_id), run_id=node.get("run_id"),
+                   report_every=int(node.get("report_every", 10) or 0),
+                   pruner=dict(node["pruner"]) if node.get("pruner") else None)
+
+
+# --- the owner of a run or a trial -----------------------------------------------------------
+
+def _process_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process, which tells a reused process id apart.
+
+    Parameters
+    ----------
+    pid : int
+        A process of this host.
+
+    Returns
+    -------
+    str or None
+        Clock ticks since boot (Linux); None where /proc cannot tell.
+    """
+    stat = _process_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
+
+
+def owner() -> dict[str, str]:
+    """This process as the owner of a run or a trial.
+
+    Returns
+    -------
+    dict
+        `{HOST_TAG: host name, PID_TAG: process id, PID_START_TAG: its start time or ""}`.
+    """
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether a process of this host still runs (and is the one that started at `start`).
+
+    A zombie (killed, not yet reaped by its parent) is dead.
+
+    Parameters
+    ----------
+    pid : int
+        The process id.
+    start : str or None
+        Its start time as `process_start` gave it; None or "": any process with that id.
+
+    Returns
+    -------
+    bool
+        True while it runs.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user
+    stat = _process_stat(pid)
+    if stat is None:  # not Linux: the signal's answer is all there is
+        return True
+    return stat[0] != "Z" and (not start or stat[19] == start)
