@@ -104,6 +104,13 @@ def test_only_tracking_and_the_report_store_import_mlflow():
     assert importers and all(m.startswith(MLFLOW_HOMES) for m in importers), importers
 
 
+def test_the_sweeper_plugin_imports_only_the_shared_names_of_the_application():
+    """Storage, project root and tracker reach the plugin through its config (hydra.sweeper.*)."""
+    plugin = [p for p in SRC.rglob("*.py") if module_name(p).startswith("hydra_plugins.")]
+    used = {m for p in plugin for m in imports(p) if m.startswith("nmfstudy")}
+    assert plugin and used == {"nmfstudy.study_names"}, used
+
+
 def test_no_module_switches_the_matplotlib_backend():
     offenders = [str(p) for p in SRC.rglob("*.py") if "matplotlib.use(" in p.read_text()]
     assert offenders == []

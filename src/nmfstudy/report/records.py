@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-PARENT_TAG = "mlflow.parentRunId"
+from .. import study_names as names
+
 FINISHED = "FINISHED"
 NO_SPARSITY = ("", "none", "null")
 # Smaller is better for these objectives (used only when a study does not say its direction).
@@ -88,18 +89,18 @@ class RunRecord:
     @property
     def parent_id(self) -> str | None:
         """The id of the run it is nested under (a sweep or an Optuna study), if any."""
-        return self.tags.get(PARENT_TAG)
+        return self.tags.get(names.PARENT_RUN_TAG)
 
     @property
     def pruned(self) -> bool:
         """Whether Optuna pruned the trial this run belongs to."""
-        return self.tags.get("optuna.state") == "PRUNED"
+        return self.tags.get(names.TRIAL_STATE_TAG) == "PRUNED"
 
     @property
     def trial_number(self) -> int | None:
         """The Optuna trial's number, None for a run outside a study."""
         try:
-            return int(self.tags["optuna.trial_number"])
+            return int(self.tags[names.TRIAL_NUMBER_TAG])
         except (KeyError, ValueError):
             return None
 
@@ -337,7 +338,7 @@ class Study:
     @property
     def name(self) -> str:
         """The study's name: ``optuna.study_name`` (tag or param), else the run's name."""
-        return self.run.tags.get("optuna.study_name") or self.run.params.get("optuna.study_name") or self.run.name
+        return self.run.tags.get(names.STUDY_NAME_TAG) or self.run.params.get(names.STUDY_NAME_TAG) or self.run.name
 
     def scored(self) -> list[RunRecord]:
         """List the trials that count for the study's best.
@@ -360,7 +361,7 @@ class Study:
             with the best objective, else None.
         """
         # The sweeper keeps the best trial in tags (a shared study's best changes); older stores: params.
-        number = self.run.tags.get("best.trial_number") or self.run.params.get("best.trial_number")
+        number = self.run.tags.get(names.BEST_TRIAL_TAG) or self.run.params.get(names.BEST_TRIAL_TAG)
         logged = [t for t in self.trials if number is not None and str(t.trial_number) == number]
         if logged:
             return logged[0]
@@ -379,9 +380,9 @@ class Study:
             the trials vary and the best trial's values ("" where unknown).
         """
         params = self.run.params
-        space = {k.removeprefix("optuna.space."): v for k, v in params.items() if k.startswith("optuna.space.")}
-        best = {k.removeprefix("best."): v for k, v in {**params, **self.run.tags}.items()
-                if k.startswith("best.") and k != "best.trial_number"}
+        space = {k.removeprefix(names.SPACE_PREFIX): v for k, v in params.items() if k.startswith(names.SPACE_PREFIX)}
+        best = {k.removeprefix(names.BEST_PREFIX): v for k, v in {**params, **self.run.tags}.items()
+                if k.startswith(names.BEST_PREFIX) and k != names.BEST_TRIAL_TAG}
         if not best and (trial := self.best_trial()) is not None:
             keys = set(space) or {key for t in self.trials for key in t.params
                                   if len({u.params.get(key) for u in self.trials}) > 1}
@@ -391,7 +392,7 @@ class Study:
 
 def _objectives(study_run: RunRecord, trials: list[RunRecord]) -> list[str]:
     """Name the objective metrics, in the study's order."""
-    named = study_run.params.get("optuna.objective")
+    named = study_run.params.get(names.SETTING_PREFIX + "objective")
     if named:
         return named.split(",")
     for text in [t.params.get("objective") for t in trials]:
@@ -407,7 +408,7 @@ def _objectives(study_run: RunRecord, trials: list[RunRecord]) -> list[str]:
 
 def _direction(study_run: RunRecord, objective: str) -> str:
     """Tell the first objective's direction: the study's `optuna.direction`, else a guess from its name."""
-    given = (study_run.params.get("optuna.direction") or "").split(",")[0].strip().lower()
+    given = (study_run.params.get(names.SETTING_PREFIX + "direction") or "").split(",")[0].strip().lower()
     if given in ("maximize", "minimize"):
         return given
     return "minimize" if objective in MINIMIZED else "maximize"

@@ -14,6 +14,7 @@ import mlflow.artifacts
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
+from .. import study_names as names
 from .. import tracking
 from .records import Experiment, Fetch, ReportError, RunRecord, Settings, check_rank_by
 from .render import Report, render
@@ -28,7 +29,7 @@ def _search(client, experiment_id: str, kind: str) -> list[RunRecord]:
     """Every active run of `kind`, page by page."""
     records, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = '{kind}'",
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{names.KIND_TAG}` = '{kind}'",
                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
         records += [_record(run) for run in page]
         token = page.token
@@ -68,7 +69,7 @@ def collect(client, experiment: str, tracking_uri: str) -> Experiment:
     runs = _search(client, found.experiment_id, "run")
     if not runs:
         raise ReportError(f"tracking.experiment={experiment!r} has no runs of train.py "
-                          f"({tracking.KIND_TAG}=run) in {tracking_uri}; nothing to report")
+                          f"({names.KIND_TAG}={names.KIND_RUN}) in {tracking_uri}; nothing to report")
     return Experiment(found.experiment_id, experiment, tracking_uri, runs,
                       _search(client, found.experiment_id, "study"),
                       n_sweeps=len(_search(client, found.experiment_id, "sweep")))
@@ -126,7 +127,7 @@ def log_report_run(client, store, experiment: str, report: Report, out: Path, ta
         The new run's id.
     """
     name = f"report {datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    with tracking.run(client, experiment, run_name=name, tags={tracking.KIND_TAG: "report", **tags},
+    with tracking.run(client, experiment, run_name=name, tags={names.KIND_TAG: names.KIND_REPORT, **tags},
                       store=store) as active:
         for path in report.files:
             folder = path.parent.relative_to(out).as_posix()
