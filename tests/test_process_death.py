@@ -59,9 +59,9 @@ def _query(db: Path, sql: str) -> list[tuple]:
 def _fitting(tmp: Path, n: int = 1):
     """{run id: owner pid} of RUNNING job runs that logged their params (the fit is under way), once there are n."""
     def check():
-        rows = _query(tmp / "mlflow.db", "select r.run_uuid, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
-                      "and t.key = 'nmfstudy.pid' where r.status = 'RUNNING' and exists (select 1 from params p "
-                      "where p.run_uuid = r.run_uuid and p.key = 'k')")
+        rows = _query(tmp / "mlflow.db", "select r.run_uuid, t.value from runs r join tags t "
+                      "on t.run_uuid = r.run_uuid and t.key = 'nmfstudy.pid' where r.status = 'RUNNING' "
+                      "and exists (select 1 from params p where p.run_uuid = r.run_uuid and p.key = 'k')")
         return dict(rows) if len(rows) >= n else None
     return check
 
@@ -137,7 +137,8 @@ def _trials(tmp: Path):
 def _running_trial(tmp: Path) -> dict[int, str] | None:
     """{trial number: its MLflow run id} of RUNNING trials that have their run."""
     rows = _query(tmp / "optuna.db", "select t.number, a.value_json from trials t join trial_user_attributes a on "
-                  "a.trial_id = t.trial_id and a.key = 'mlflow_run_id' where t.state = 'RUNNING' and a.value_json != 'null'")
+                  "a.trial_id = t.trial_id and a.key = 'mlflow_run_id' "
+                  "where t.state = 'RUNNING' and a.value_json != 'null'")
     return {number: value.strip('"') for number, value in rows} or None
 
 
