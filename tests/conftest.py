@@ -5,51 +5,20 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from helpers import CONF
 
 
-def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
-              script: str = "src/train.py", env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path."""
-    args = [sys.executable, script]
-    if multirun:
-        args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    else:
-        args += [f"hydra.run.dir={tmp_path / 'run'}"]
-    if not any(o.startswith("tracking.uri=") for o in overrides):
-        args.append(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
-    args += overrides
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
-    full_env.pop("HYDRA_FULL_ERROR")
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+@pytest.fixture
+def one_thread():
+    """One BLAS and OpenMP thread: on small matrices more threads only add overhead, and far worse
+    when other jobs hold the cores (their threads spin on each other)."""
+    from threadpoolctl import threadpool_limits
 
-
-def default_sigint() -> None:
-    """preexec_fn for a child that the test interrupts with SIGINT, as Ctrl-C does.
-
-    A background job of a non-interactive shell (`pytest &` in a script) starts with SIGINT
-    ignored, Python keeps that, and children inherit it: their Ctrl-C would then do nothing.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):
-    """All runs of `experiment` in the temporary store, newest first."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture

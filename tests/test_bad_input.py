@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ROOT, mlflow_runs, run_train
-from test_data import corrupt_deflate, make_mnist_folder, write_idx, write_typed_idx
+from helpers import (
+    ROOT,
+    corrupt_deflate,
+    make_mnist_folder,
+    mlflow_runs,
+    run_train,
+    the_one_line,
+    write_idx,
+    write_typed_idx,
+)
 
 # One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Inside the nmf_sparse preset's own search space: on mnist_5k every component dies.
 DEGENERATE = ["sparsity=l1", "sparsity.alpha_W=0.1", "sparsity.alpha_H=0.01", "sparsity.l1_ratio=1"]
-
-
-def the_one_line(result) -> str:
-    """The run ended in exactly one line on stderr, with a non-zero exit and no traceback."""
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # --- settings checked at the door, before any data is fitted or any MLflow run made ---------------

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_train
+from helpers import ROOT, run_train
 
 QUICK = ["dataset=digits", "method.max_iter=5"]
 
@@ -85,7 +85,7 @@ def test_study_errors_are_one_line_and_a_new_storage_folder_is_made(tmp_path):
 
 
 def test_two_studies_get_folders_of_their_own(compose):
-    from conftest import CONF
+    from helpers import CONF
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

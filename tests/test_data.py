@@ -1,25 +1,10 @@
 import gzip
-import struct
 
 import numpy as np
 import pytest
+from helpers import corrupt_deflate, make_mnist_folder, write_idx, write_typed_idx
 
 from nmfstudy.data import DataError, load_dataset, read_idx
-
-
-def write_idx(path, array, compress=True):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(payload)
-
-
-def make_mnist_folder(folder, n_train=40, n_test=10, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(exist_ok=True)
-    for part, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return folder
 
 
 def test_read_idx_round_trips_gzipped_and_plain(tmp_path):
@@ -77,18 +62,6 @@ def test_digits_are_8x8_scaled_to_unit():
     data = load_dataset("digits")
     assert data.image_shape == (8, 8) and data.X_train.shape[1] == 64
     assert data.X_train.max() == pytest.approx(1.0)
-
-
-def corrupt_deflate(path):
-    """Flip bytes inside the deflate stream of a gzip file (past its 10-byte header): zlib.error on reading."""
-    data = bytearray(gzip.compress(gzip.decompress(path.read_bytes()), mtime=0))
-    data[12:40] = bytes(b ^ 0xFF for b in data[12:40])
-    path.write_bytes(bytes(data))
-
-
-def write_typed_idx(path, array, type_code, dtype):
-    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(dtype).tobytes()))
 
 
 DAMAGES = {

@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -60,16 +59,6 @@ def _running_trial_of(servers, study: str, pid: int):
     return mine[0] if mine else None
 
 
-def _wait(condition, what: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found is not None:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _mlflow_runs(servers, experiment: str):
     from mlflow.tracking import MlflowClient
 
@@ -90,9 +79,9 @@ def test_three_workers_survive_sigkill_sigterm_and_a_postgres_restart(tmp_path, 
         for _ in range(3):
             workers.append(_start_worker(tmp_path, _worker_argv(tmp_path, servers, study, experiment, *extra)))
         killed, terminated, survivor = workers
-        killed_trial = _wait(lambda: _running_trial_of(servers, study, killed.pid), "worker 0's trial")
+        killed_trial = wait_until(lambda: _running_trial_of(servers, study, killed.pid), "worker 0's trial")
         os.killpg(killed.pid, signal.SIGKILL)
-        terminated_trial = _wait(lambda: _running_trial_of(servers, study, terminated.pid), "worker 1's trial")
+        terminated_trial = wait_until(lambda: _running_trial_of(servers, study, terminated.pid), "worker 1's trial")
         terminated.send_signal(signal.SIGTERM)
         assert terminated.wait(timeout=60) != 0
         servers.postgres.restart()
@@ -208,7 +197,7 @@ def test_a_study_that_exists_with_another_objective_is_refused(tmp_path, study_s
 
 def test_the_slurm_preset_composes_on_submitit():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from conftest import CONF
+    from helpers import CONF
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -223,7 +212,7 @@ def test_the_slurm_preset_composes_on_submitit():
 def test_a_study_on_submitit_local_jobs(tmp_path):
     """hydra/launcher=submitit_local: each trial's job is another process, started by submitit."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from conftest import mlflow_runs, run_train
+    from helpers import mlflow_runs, run_train
 
     result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", "hydra/launcher=submitit_local",
                        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.n_trials=2",
@@ -240,7 +229,7 @@ def test_a_study_on_submitit_local_jobs(tmp_path):
 
 
 def test_sqlite_storage_written_from_another_machine_is_warned_about(tmp_path):
-    from conftest import run_train
+    from helpers import run_train
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="nmf_k-digits", storage=url, direction="maximize")

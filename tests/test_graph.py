@@ -9,7 +9,6 @@ import scipy.sparse as sp
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
-from threadpoolctl import threadpool_limits
 
 from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
@@ -18,13 +17,7 @@ from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize
 from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # small matrices: BLAS and OpenMP (K-means) threads only add overhead, and far
-    # worse when other jobs hold the cores (their threads spin on each other)
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

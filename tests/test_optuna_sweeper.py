@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT, default_sigint, mlflow_runs, run_train
+from helpers import CONF, ROOT, default_sigint, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402

@@ -11,12 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, mlflow_runs, run_train
+from helpers import ROOT, mlflow_runs, run_train, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -33,18 +32,6 @@ def _start(tmp: Path, *args: str, multirun: bool = False) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _wait(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode} before {what}:\n{process.stdout.read()[-3000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _query(db: Path, sql: str) -> list[tuple]:
@@ -78,7 +65,7 @@ def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
 def test_a_killed_run_is_marked_killed_by_the_next_run(tmp_path):
     process = _start(tmp_path, *LONG_FIT)
     try:
-        (victim,) = _wait(_fitting(tmp_path), "the fit to start", process)
+        (victim,) = wait_until(_fitting(tmp_path), "the fit to start", process)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -103,7 +90,7 @@ def _interrupt_while_two_fit(tmp: Path, process: subprocess.Popen, signum: int) 
     """Once two jobs fit: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM
     to the main process (as `kill` or a scheduler sends it); returns the output."""
     try:
-        _wait(_fitting(tmp, 2), "two jobs to fit", process)
+        wait_until(_fitting(tmp, 2), "two jobs to fit", process)
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)
         else:
@@ -146,7 +133,7 @@ def test_a_study_killed_during_a_trial_is_cleaned_up_and_retried_on_resume(tmp_p
     process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=3", "method.max_iter=1000000",
                                        "k=10", "dataset.n_samples=600"), multirun=True)
     try:
-        ((number, run_id),) = _wait(lambda: _running_trial(tmp_path), "a trial to start", process).items()
+        ((number, run_id),) = wait_until(lambda: _running_trial(tmp_path), "a trial to start", process).items()
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -182,7 +169,7 @@ def test_a_killed_joblib_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
         def worker_run():
             return {run: pid for run, pid in (_fitting(tmp_path)() or {}).items() if pid != str(process.pid)} or None
 
-        victim, pid = next(iter(_wait(worker_run, "a joblib worker's fit", process).items()))
+        victim, pid = next(iter(wait_until(worker_run, "a joblib worker's fit", process).items()))
         os.kill(int(pid), signal.SIGKILL)
         out = _finish(process, timeout=300)
     finally:

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, default_sigint, mlflow_runs, run_train
+from helpers import ROOT, default_sigint, mlflow_runs, run_train
 
 TINY = ["dataset.n_samples=200", "method.max_iter=20"]
 

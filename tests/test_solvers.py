@@ -20,11 +20,7 @@ SOLVERS = {"mu": nmf_mu, "hals": nmf_hals,
            "hals-extrapolated": nmf_hals_extrapolated}
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # the matrices here are tiny: BLAS threads only add overhead (and noise on a busy machine)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

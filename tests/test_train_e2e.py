@@ -2,8 +2,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_runs, run_train
-from test_data import make_mnist_folder
+from helpers import make_mnist_folder, mlflow_runs, run_train
 
 SMALL = ["dataset.n_samples=400", "method.max_iter=60"]
 

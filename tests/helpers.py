@@ -1,0 +1,110 @@
+"""What the tests share: running the real entry point, reading the store, waiting, making data.
+
+Fixtures live in conftest.py; the real servers in servers.py; everything else here.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
+              script: str = "src/train.py", env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path."""
+    args = [sys.executable, script]
+    if multirun:
+        args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    else:
+        args += [f"hydra.run.dir={tmp_path / 'run'}"]
+    if not any(o.startswith("tracking.uri=") for o in overrides):
+        args.append(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    args += overrides
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
+    full_env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that the test interrupts with SIGINT, as Ctrl-C does.
+
+    A background job of a non-interactive shell (`pytest &` in a script) starts with SIGINT
+    ignored, Python keeps that, and children inherit it: their Ctrl-C would then do nothing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):
+    """All runs of `experiment` in the temporary store, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 180,
+               interval: float = 0.2):
+    """Poll `condition()` until it returns something other than None or False, and return that.
+
+    Fails when `timeout` seconds pass first, or when `process` (if given) exits first.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found is not None and found is not False:
+            return found
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read()[-3000:] if process.stdout else ""
+            raise AssertionError(f"exited {process.returncode} before {what}:\n{output}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def the_one_line(result: subprocess.CompletedProcess) -> str:
+    """The run ended in exactly one line on stderr, with a non-zero exit and no traceback."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- MNIST IDX files
+
+def write_idx(path, array, compress=True):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(payload)
+
+
+def make_mnist_folder(folder, n_train=40, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+def corrupt_deflate(path):
+    """Flip bytes inside the deflate stream of a gzip file (past its 10-byte header): zlib.error on reading."""
+    data = bytearray(gzip.compress(gzip.decompress(path.read_bytes()), mtime=0))
+    data[12:40] = bytes(b ^ 0xFF for b in data[12:40])
+    path.write_bytes(bytes(data))
+
+
+def write_typed_idx(path, array, type_code, dtype):
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(dtype).tobytes()))
