@@ -31,6 +31,13 @@ class UserError(CompactHydraException):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
+    """Build the report of ``tracking.experiment`` and log it as a run of kind ``report``.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The report's config (conf/report.yaml plus command-line overrides).
+    """
     # Downloads of single figures need no progress bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     conf = OmegaConf.to_container(cfg, resolve=True)

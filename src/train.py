@@ -151,7 +151,18 @@ def prepare(run_cfg: dict, root: Path) -> tuple[Dataset, tracking.Store, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | list[float]:
-    """One run: check, load, fit, evaluate, draw and log; returns the objective's value(s)."""
+    """One run: check, load, fit, evaluate, draw and log.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        The run's config, as Hydra composed it from conf/.
+
+    Returns
+    -------
+    float or list of float
+        The value(s) of the metric(s) named by ``objective``, for a sweeper to optimize.
+    """
     run_cfg = OmegaConf.to_container(cfg, resolve=True)
     root = project_root()
     hydra_cfg = HydraConfig.get()
