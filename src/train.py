@@ -214,7 +214,10 @@ def main(cfg: DictConfig) -> float | list[float]:
         scores["accuracy"], scores["hungarian_accuracy"], scores["nmi"], scores["test_accuracy"], scores["loss"],
         scores["fit_time_s"], scores["n_iter"],
     )
-    log.info("logged to MLflow run %s; see it with `mlflow ui` in %s", active.info.run_id, root)
+    exp_id = active.info.experiment_id
+    log.info("logged to MLflow run %r (%s); to see it, %sopen the runs table %s (this run: %s)",
+             active.info.run_name, active.info.run_id, tracking.ui_hint(store, root), tracking.ui_link(store, exp_id),
+             tracking.ui_link(store, exp_id, active.info.run_id))
     if reporter is not None and reporter.pruned:
         raise reporter.pruned_exception()
     return objective_value(scores, run_cfg["objective"])

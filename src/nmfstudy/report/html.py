@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
+from .. import study_names as names
 from .records import Experiment, RunRecord, Settings, Study
 
 # (metric, column title) of the table of best runs
@@ -96,7 +97,7 @@ class Page:
         str
             An ``<a>`` element, titled with the run's name.
         """
-        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}/runs/{run.run_id}"
+        url = names.run_page(self.settings.ui_url.rstrip("/"), self.exp.id, run.run_id)
         return f'<a href="{escape(url)}" title="{escape(run.name)}"><code>{escape(text or run.run_id[:8])}</code></a>'
 
     def figure(self, title: str, path: Path, caption: str = "", references: bool = False) -> None:
@@ -199,7 +200,7 @@ class Page:
             statuses[run.status] = statuses.get(run.status, 0) + 1
         datasets = sorted({run.params["dataset"] for run in runs if "dataset" in run.params})
         commits = sorted({run.tags["git_commit"][:10] for run in runs if "git_commit" in run.tags})
-        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}"
+        url = names.runs_page(self.settings.ui_url.rstrip("/"), self.exp.id)
         mixed = ("<p class=note>Warning: this experiment mixes datasets; a method's best run may come from "
                  "any of them.</p>" if len(datasets) > 1 else "")
         return (f"<p>Experiment <a href=\"{escape(url)}\"><code>{escape(self.exp.name)}</code></a> "

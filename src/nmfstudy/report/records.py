@@ -511,8 +511,4 @@ def ui_base(ui_url: str | None, tracking_uri: str) -> str:
         `ui_url`, else the tracking server itself when it is one (http or https), else
         ``http://127.0.0.1:5000``, where plain ``mlflow ui`` serves; without a trailing slash.
     """
-    if ui_url:
-        return ui_url.rstrip("/")
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
-    return "http://127.0.0.1:5000"
+    return names.ui_base(tracking_uri, ui_url)
