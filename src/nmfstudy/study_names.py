@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # --- MLflow run tags -------------------------------------------------------------------------
 
@@ -275,3 +275,50 @@ def run_page(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
         E.g. http://127.0.0.1:5000/#/experiments/1/runs/abc...
     """
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+
+
+# --- run names -------------------------------------------------------------------------------
+
+def short_value(text: str) -> str:
+    """A value as a run's name shows it: a decimal number to 3 significant digits, anything else as is.
+
+    Parameters
+    ----------
+    text : str
+        The value, as an override writes it ("0.000123456", "10", "nndsvda").
+
+    Returns
+    -------
+    str
+        E.g. "0.000123", "10", "nndsvda".
+    """
+    try:
+        int(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:.3g}"
+
+
+def short_overrides(overrides: Iterable[str]) -> str:
+    """Overrides ("key=value") for a run's name, values shortened by `short_value`; the params keep them whole.
+
+    Parameters
+    ----------
+    overrides : iterable of str
+        E.g. ["method.alpha=0.000123456", "init=random"].
+
+    Returns
+    -------
+    str
+        E.g. "method.alpha=0.000123 init=random".
+    """
+    parts = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        parts.append(f"{key}{sep}{short_value(value)}" if sep else override)
+    return " ".join(parts)

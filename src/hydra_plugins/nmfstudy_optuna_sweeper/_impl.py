@@ -57,6 +57,7 @@ from nmfstudy.study_names import (
     TrialHook,
     process_alive,
     process_start,
+    short_overrides,
 )
 
 from ._space import Dimension, parse_search_space, render
@@ -443,7 +444,7 @@ class OptunaSweeperImpl(Sweeper):
                 tracked.finish(study, names, len(space), status, self._best_or_none(study))
         self._report(study, names, sweep_dir)
         if tracked is not None:
-            log.info("study %r: %s", name, tracked.describe())
+            log.info("study %r: %s", name, tracked.describe(self._best_or_none(study)))
 
     @staticmethod
     def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -642,7 +643,7 @@ class OptunaSweeperImpl(Sweeper):
         run_id = None
         if s.tracked is not None:
             run_id = s.tracked.start_trial(trial.number, trial_id, retry_of,
-                                           " ".join(f"{k}={trial.params[k]}" for k in s.space))
+                                           short_overrides(f"{k}={trial.params[k]}" for k in s.space))
         for key, value in {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
                            SEED_ATTR: seed, RUN_ID_ATTR: run_id, ERROR_ATTR: None}.items():
             trial.set_user_attr(key, value)

@@ -789,6 +789,32 @@ def end_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") 
     client.set_terminated(run_id, status)
 
 
+def best_child(client: MlflowClient, parent_run_id: str, metric: str, maximize: bool = True):
+    """The finished run nested under `parent_run_id` with the best `metric`.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    parent_run_id : str
+        The parent run.
+    metric : str
+        The metric that ranks them.
+    maximize : bool
+        Whether larger is better.
+
+    Returns
+    -------
+    mlflow.entities.Run or None
+        None when no finished child has the metric.
+    """
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    query = f"attributes.status = 'FINISHED' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+    found = client.search_runs([experiment], query, max_results=1,
+                               order_by=[f"metrics.`{metric}` {'DESC' if maximize else 'ASC'}"])
+    return found[0] if found and metric in found[0].data.metrics else None
+
+
 def write_parent_run_id(sweep_dir: str | Path, run_id: str) -> None:
     """Record the parent run's id in the sweep folder, where jobs in any process read it.
 

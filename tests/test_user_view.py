@@ -1,7 +1,8 @@
-"""What a user sees in the real `mlflow ui`: the links the project prints open the study's runs table.
+"""What a user sees: the links the project prints open the study's runs table in the real `mlflow ui`,
+and sweeps, studies and trials say what they are.
 
 MLflow 3 opens an experiment on its GenAI overview ("Traces 0") unless the experiment says it is
-model training; these tests start the real UI on a small sweep's store and render its pages in
+model training; the UI tests start the real UI on a small sweep's store and render its pages in
 headless Chromium.
 """
 from __future__ import annotations
@@ -16,14 +17,14 @@ import pytest
 from helpers import mlflow_runs, run_train
 from servers import HOST, free_port, process_group
 
+from nmfstudy.hydra_callbacks import run_label, sweep_label
+from nmfstudy.study_names import TrialHook, short_overrides, short_value
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 METRIC_COLUMNS = ("accuracy", "hungarian_accuracy", "nmi", "test_accuracy", "fit_time_s")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                       reason="needs Debian's chromium (apt-get install -y chromium) to render the UI"),
-]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                    reason="needs Debian's chromium (apt-get install -y chromium) to render the UI")
 
 
 def render(url: str, profile, screenshot=None, budget_ms: int = 20000, width: int = 3200) -> str:
@@ -84,6 +85,8 @@ def printed_links(log: str) -> list[str]:
     return re.findall(r"http://127\.0\.0\.1:5000(/#/experiments/\S+?)(?=[\s)]|$)", log)
 
 
+@pytest.mark.slow
+@needs_chromium
 def test_the_printed_link_opens_the_runs_table_with_the_metrics(ui, tmp_path):
     tables = [link for link in printed_links(ui["log"]) if "/runs?" in link]
     assert tables, ui["log"][-3000:]
@@ -98,8 +101,71 @@ def test_the_printed_link_opens_the_runs_table_with_the_metrics(ui, tmp_path):
     assert "Runs" in text and not re.search(r"Traces\s*0|Overview", text), text[:3000]
 
 
+@pytest.mark.slow
+@needs_chromium
 def test_a_run_link_opens_its_page_and_artifacts(ui, tmp_path):
     runs = [link for link in printed_links(ui["log"]) if re.search(r"/runs/[0-9a-f]{32}$", link)]
     assert runs, ui["log"][-3000:]
     text = text_of(render(ui["base"] + runs[0] + "/artifacts", tmp_path / "profile"))
     assert "config.yaml" in text and "figures" in text, text[:3000]
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_its_runs_name_and_link_and_the_best_runs(ui):
+    runs = {r.info.run_id: r for r in ui["runs"]}
+    (parent,) = [r for r in runs.values() if r.data.tags.get("nmfstudy.kind") == "sweep"]
+    assert parent.info.run_name == "sweep method=nmf,kmeans k=6 · digits"
+    best = max((r for r in runs.values() if r.data.tags.get("nmfstudy.kind") == "run"),
+               key=lambda r: r.data.metrics["accuracy"])
+    exp = parent.info.experiment_id
+    line = next(line for line in ui["log"].splitlines() if "sweep run " in line)
+    assert (f"sweep run {parent.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/"
+            f"{parent.info.run_id})") in line
+    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id})" in line
+
+
+# --- names ----------------------------------------------------------------------------------
+
+def test_names_show_numbers_to_3_significant_digits():
+    assert [short_value(v) for v in ("0.000123456", "10", "1e-05", "0.5", "nndsvda", "12345.678")] == [
+        "0.000123", "10", "1e-05", "0.5", "nndsvda", "1.23e+04"]
+    assert short_overrides(["method.alpha=0.3333333", "init=random", "+x"]) == "method.alpha=0.333 init=random +x"
+
+
+def test_a_trials_run_name_says_it_is_a_trial_with_rounded_values():
+    cfg = {"method": {"name": "nmf"}, "k": 20}
+    hook = TrialHook(study_name="s", number=3, storage=None)
+    name = run_label(cfg, ["k=20", "method=nmf", "sparsity.alpha_W=0.000123456789", "trial={study_name:s}",
+                           "tracking.uri=sqlite:///x.db", "dataset=digits"], hook)
+    assert name == "trial 3 nmf k=20 [sparsity.alpha_W=0.000123 dataset=digits]"
+    assert run_label(cfg, ["k=20"], None) == "nmf k=20"
+
+
+def test_a_sweeps_name_says_what_it_sweeps_and_on_what_data():
+    overrides = ["method=nmf,kmeans", "k=10,20,50", "tracking.uri=sqlite:///x.db", "dataset=mnist_5k",
+                 "method.tol=0.000123456"]
+    assert sweep_label(overrides, "mnist_5k") == "sweep method=nmf,kmeans k=10,20,50 method.tol=0.000123 · mnist_5k"
+    assert sweep_label(["k=range(5,20,5)"], "digits", 1000) == "sweep k=range(5,20,5) · digits n_samples=1000"
+
+
+@pytest.mark.slow
+def test_an_optuna_studys_trials_show_rounded_values_and_it_ends_with_its_links(tmp_path):
+    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", "hydra.sweeper.n_trials=2", "k=5",
+                       "method.tol=interval(0.0001,0.001)", "method.max_iter=10",
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    runs = mlflow_runs(tmp_path)
+    (study,) = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "study"]
+    trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert len(trials) == 2
+    for run in trials:
+        tol = run.data.params["method.tol"]
+        assert len(tol.replace("0.", "").lstrip("0")) > 3  # the param keeps every digit
+        assert run.info.run_name.startswith(f"trial {run.data.tags['optuna.trial_number']} nmf k=5 [")
+        assert f"method.tol={float(tol):.3g}" in run.info.run_name.split()
+    exp = study.info.experiment_id
+    (line,) = [line for line in log.splitlines() if "MLflow run 'study " in line]
+    assert f"(http://127.0.0.1:5000/#/experiments/{exp}/runs/{study.info.run_id})" in line
+    (best,) = [r for r in trials if r.data.tags["optuna.trial_number"] == study.data.tags["best.trial_number"]]
+    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id})" in line
