@@ -28,7 +28,7 @@ from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, 
 from nmfstudy.methods import ClusteringMethod
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
-from nmfstudy.study_names import KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
+from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.versions import package_versions
 
 log = logging.getLogger("nmfstudy")
@@ -172,7 +172,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     tags = {
         KIND_TAG: KIND_RUN,
         "git_commit": git_commit(root),
-        "dataset_fingerprint": data.fingerprint,
+        DATASET_FINGERPRINT_TAG: data.fingerprint,
         "command": command_line(),
         "hydra_output_dir": hydra_cfg.runtime.output_dir,
     }

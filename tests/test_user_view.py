@@ -150,13 +150,16 @@ def test_a_sweeps_name_says_what_it_sweeps_and_on_what_data():
 
 @pytest.mark.slow
 def test_an_optuna_studys_trials_show_rounded_values_and_it_ends_with_its_links(tmp_path):
-    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", "hydra.sweeper.n_trials=2", "k=5",
+    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=digits", "dataset.n_samples=1000",
+                       "hydra.sweeper.n_trials=2", "k=5",
                        "method.tol=interval(0.0001,0.001)", "method.max_iter=10",
                        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     runs = mlflow_runs(tmp_path)
     (study,) = [r for r in runs if r.data.tags.get("nmfstudy.kind") == "study"]
+    # the default study name says the data size (nmf_k-digits without dataset.n_samples)
+    assert study.data.tags["optuna.study_name"] == "nmf_k-digits-n1000"
     trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert len(trials) == 2
     for run in trials:
@@ -169,3 +172,53 @@ def test_an_optuna_studys_trials_show_rounded_values_and_it_ends_with_its_links(
     assert f"(http://127.0.0.1:5000/#/experiments/{exp}/runs/{study.info.run_id})" in line
     (best,) = [r for r in trials if r.data.tags["optuna.trial_number"] == study.data.tags["best.trial_number"]]
     assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id})" in line
+
+
+# --- the report groups by data --------------------------------------------------------------
+
+def _record(run_id, n_samples, accuracy, k=10, method="nmf", parent=None):
+    from nmfstudy.report import RunRecord
+
+    params = {"method": method, "sparsity": "none", "k": str(k), "dataset": "digits",
+              "dataset.n_samples": str(n_samples) if n_samples else "null"}
+    tags = {"nmfstudy.kind": "run", "dataset_fingerprint": f"fp{n_samples or 'all'}",
+            **({"mlflow.parentRunId": parent, "optuna.trial_number": run_id[-1]} if parent else {})}
+    metrics = {"accuracy": accuracy, "hungarian_accuracy": accuracy, "loss": 1.0, "fit_time_s": 0.1}
+    return RunRecord(run_id, f"{method} k={k}", "FINISHED", params, metrics, tags, 0)
+
+
+def test_the_report_has_one_section_per_data_setting_and_never_ranks_across_them(tmp_path):
+    from nmfstudy import report
+
+    study = report.RunRecord("study1", "study nmf_k-digits-n1000", "FINISHED",
+                             {"optuna.direction": "maximize", "optuna.objective": "accuracy"},
+                             {}, {"nmfstudy.kind": "study", "optuna.study_name": "nmf_k-digits-n1000"}, 0)
+    small = [_record("trial0", 1000, 0.9, parent="study1"), _record("trial1", 1000, 0.8, parent="study1")]
+    full = [_record("fullnmf", None, 0.5), _record("fullkm", None, 0.6, method="kmeans")]
+    exp = report.Experiment("3", "mixed", "sqlite:///x.db", full + small, [study])
+    html = report.render(exp, lambda *_: None, tmp_path, report.Settings()).html.read_text()
+    sections = re.findall(r'<section class="data" id="data-\d">(.*?)</section>', html, re.S)
+    assert len(sections) == 2
+    header = html[:html.index("<section")]
+    assert "digits, all samples (data fpall)" in header and "digits, n_samples=1000 (data fp1000)" in header
+    by_label = {re.search(r"<h2>Data: (.*?)</h2>", s).group(1): s for s in sections}
+    full_part = by_label["digits, all samples (data fpall)"]
+    small_part = by_label["digits, n_samples=1000 (data fp1000)"]
+    # each best table holds only its own setting's runs: trial0 (0.9) never outranks fullnmf (0.5)
+    full_best = re.search(r'<table id="best(?:-\d)?">.*?</table>', full_part, re.S).group(0)
+    small_best = re.search(r'<table id="best(?:-\d)?">.*?</table>', small_part, re.S).group(0)
+    assert "fullnmf" in full_best and "fullkm" in full_best and "trial0" not in full_best
+    assert "trial0" in small_best and "fullnmf" not in small_best and "trial1" not in small_best
+    assert "nmf_k-digits-n1000" in small_part and "Optuna studies" not in full_part
+    assert "<table id=\"best\">" in html and "<table id=\"best-2\">" in html  # ids stay unique
+    assert (tmp_path / "data1" / "accuracy_vs_k.png").exists() and (tmp_path / "data2" / "accuracy_vs_k.png").exists()
+
+
+def test_a_report_on_one_data_setting_names_it_and_keeps_its_layout(tmp_path):
+    from nmfstudy import report
+
+    exp = report.Experiment("3", "one", "sqlite:///x.db", [_record("a", None, 0.5), _record("b", None, 0.6)], [])
+    html = report.render(exp, lambda *_: None, tmp_path, report.Settings()).html.read_text()
+    assert "<section" not in html and "<h2>Best run per method and k</h2>" in html
+    assert "<li>digits, all samples (data fpall)</li>" in html
+    assert (tmp_path / "accuracy_vs_k.png").exists()

@@ -25,6 +25,8 @@ ERROR_TAG = "error"
 HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
 # Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
+# What data a job's run was fitted on: a hash of its arrays (its params add dataset and dataset.n_samples).
+DATASET_FINGERPRINT_TAG = "dataset_fingerprint"
 # MLflow's own: the run a run is nested under, and a run's name.
 PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 

@@ -292,8 +292,26 @@ class OptunaSweeperImpl(Sweeper):
         return self.storage
 
     def _default_study_name(self) -> str:
+        """`<preset>-<dataset>`, with `-n<n_samples>` when dataset.n_samples is set: one study per data setting."""
         choices = self.config.hydra.runtime.choices
-        return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c)
+        return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c) \
+            + self._data_size()
+
+    def _data_size(self) -> str:
+        """"-n<N>" when the command or the config sets dataset.n_samples, else ""."""
+        given = [o.partition("=")[2] for o in self.config.hydra.overrides.task
+                 if o.lstrip("+~").startswith("dataset.n_samples=")]
+        n_samples = given[-1] if given else OmegaConf.select(self.config, "dataset.n_samples", default=None)
+        return "" if str(n_samples).lower() in ("none", "null", "") else f"-n{n_samples}"
+
+    def _study_name(self) -> str:
+        """The study's name: the command's hydra.sweeper.study_name as given; a preset's, or the default
+        (`_default_study_name`), with the data size when dataset.n_samples is set."""
+        if not self.study_name:
+            return self._default_study_name()
+        given = any(o.lstrip("+").startswith("hydra.sweeper.study_name=") for o in self.config.hydra.overrides.hydra)
+        size = self._data_size()
+        return self.study_name if given or not size or self.study_name.endswith(size) else self.study_name + size
 
     def _check_fixed_settings(self, fixed: list[str]) -> None:
         """The application's check (`check`) on a job's config with the fixed overrides, before any trial."""
@@ -412,7 +430,7 @@ class OptunaSweeperImpl(Sweeper):
             raise SweeperError(str(err)) from None
         names = self._objective_names()
         self._check_fixed_settings(fixed)
-        name = self.study_name or self._default_study_name()
+        name = self._study_name()
         url = self._storage_url()
         label = safe_url(url) if url else MEMORY
         storage = self._open_storage(url)
