@@ -104,10 +104,13 @@ def test_the_printed_link_opens_the_runs_table_with_the_metrics(ui, tmp_path):
 @pytest.mark.slow
 @needs_chromium
 def test_a_run_link_opens_its_page_and_artifacts(ui, tmp_path):
-    runs = [link for link in printed_links(ui["log"]) if re.search(r"/runs/[0-9a-f]{32}$", link)]
+    runs = [link for link in printed_links(ui["log"]) if re.search(r"/runs/[0-9a-f]{32}\?", link)]
     assert runs, ui["log"][-3000:]
-    text = text_of(render(ui["base"] + runs[0] + "/artifacts", tmp_path / "profile"))
-    assert "config.yaml" in text and "figures" in text, text[:3000]
+    text = text_of(render(ui["base"] + runs[0], tmp_path / "profile"))
+    assert "Model metrics" in text and "hungarian_accuracy" in text, text[:3000]
+    assert "Evaluation runs" not in text and "Evaluations" not in text, text[:3000]  # not MLflow's GenAI layout
+    text = text_of(render(ui["base"] + runs[0].replace("?", "/artifacts?"), tmp_path / "profile"))
+    assert "config.yaml" in text and "figures" in text and "Evaluations" not in text, text[:3000]
 
 
 @pytest.mark.slow
@@ -120,8 +123,8 @@ def test_a_sweep_ends_with_its_runs_name_and_link_and_the_best_runs(ui):
     exp = parent.info.experiment_id
     line = next(line for line in ui["log"].splitlines() if "sweep run " in line)
     assert (f"sweep run {parent.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/"
-            f"{parent.info.run_id})") in line
-    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id})" in line
+            f"{parent.info.run_id}?") in line
+    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id}?" in line
 
 
 # --- names ----------------------------------------------------------------------------------
@@ -169,9 +172,9 @@ def test_an_optuna_studys_trials_show_rounded_values_and_it_ends_with_its_links(
         assert f"method.tol={float(tol):.3g}" in run.info.run_name.split()
     exp = study.info.experiment_id
     (line,) = [line for line in log.splitlines() if "MLflow run 'study " in line]
-    assert f"(http://127.0.0.1:5000/#/experiments/{exp}/runs/{study.info.run_id})" in line
+    assert f"(http://127.0.0.1:5000/#/experiments/{exp}/runs/{study.info.run_id}?" in line
     (best,) = [r for r in trials if r.data.tags["optuna.trial_number"] == study.data.tags["best.trial_number"]]
-    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id})" in line
+    assert f"run {best.info.run_name!r} (http://127.0.0.1:5000/#/experiments/{exp}/runs/{best.info.run_id}?" in line
 
 
 # --- the report groups by data --------------------------------------------------------------

@@ -274,9 +274,11 @@ def run_page(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
     Returns
     -------
     str
-        E.g. http://127.0.0.1:5000/#/experiments/1/runs/abc...
+        E.g. http://127.0.0.1:5000/#/experiments/1/runs/abc...?workflowType=machine_learning (without
+        it, MLflow 3 shows the run in its GenAI layout, as an "evaluation run").
     """
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+            + "?workflowType=machine_learning")
 
 
 # --- run names -------------------------------------------------------------------------------

@@ -565,7 +565,8 @@ def by_data(exp: Experiment) -> list[tuple[DataSetting, Experiment]]:
     """Split an experiment by data setting: one part per setting, each with its runs and its studies.
 
     A study goes with the setting of most of its trials (a study searches one setting); one without
-    trials goes with the first setting.
+    trials goes with the first setting. Runs that record no data setting (no ``dataset`` param) join
+    the experiment's only known setting; with several known settings they get a section of their own.
 
     Parameters
     ----------
@@ -580,6 +581,11 @@ def by_data(exp: Experiment) -> list[tuple[DataSetting, Experiment]]:
     groups: dict[DataSetting, list[RunRecord]] = {}
     for run in exp.runs:
         groups.setdefault(data_setting(run), []).append(run)
+    unknown = DataSetting("?")
+    if len(groups) == 2 and unknown in groups:
+        # Runs that record no data (made by hand, or failed before logging) join the only known setting.
+        known = next(setting for setting in groups if setting != unknown)
+        return [(known, exp)]
     if len(groups) <= 1:
         setting = next(iter(groups), DataSetting("?"))
         return [(setting, exp)]
