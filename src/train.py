@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from nmfstudy import config as settings
 from nmfstudy import plots, tracking
 from nmfstudy.data import Dataset, load_dataset
-from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root
+from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root, run_label
 from nmfstudy.methods import ClusteringMethod
 from nmfstudy.metrics import evaluate
 from nmfstudy.pruning import TrialReporter
-from nmfstudy.study_names import KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
+from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.versions import package_versions
 
 log = logging.getLogger("nmfstudy")
@@ -179,12 +179,11 @@ def main(cfg: DictConfig) -> float | list[float]:
         tracking.end_dead_runs_in(client, tracking_cfg["experiment"], tracking_cfg.get("grace_period"))
     hook = TrialHook.from_config(run_cfg.get(TRIAL_KEY))  # set when the run is an Optuna trial
     parent = tracking.read_parent_run_id(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    overrides = " ".join(o for o in hydra_cfg.overrides.task if not o.startswith(("tracking.", "trial=", "hydra")))
-    run_name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{overrides}]" if overrides else "")
+    run_name = run_label(run_cfg, hydra_cfg.overrides.task, hook)
     tags = {
         KIND_TAG: KIND_RUN,
         "git_commit": git_commit(root),
-        "dataset_fingerprint": data.fingerprint,
+        DATASET_FINGERPRINT_TAG: data.fingerprint,
         "command": command_line(),
         "hydra_output_dir": hydra_cfg.runtime.output_dir,
     }
@@ -225,7 +224,10 @@ def main(cfg: DictConfig) -> float | list[float]:
         scores["accuracy"], scores["hungarian_accuracy"], scores["nmi"], scores["test_accuracy"], scores["loss"],
         scores["fit_time_s"], scores["n_iter"],
     )
-    log.info("logged to MLflow run %s; see it with `mlflow ui` in %s", active.info.run_id, root)
+    exp_id = active.info.experiment_id
+    log.info("logged to MLflow run %r (%s); to see it, %sopen the runs table %s (this run: %s)",
+             run_name, active.info.run_id, tracking.ui_hint(store, root), tracking.ui_link(store, exp_id),
+             tracking.ui_link(store, exp_id, active.info.run_id))
     if reporter is not None and reporter.pruned:
         raise reporter.pruned_exception()
     return objective_value(scores, run_cfg["objective"])

@@ -122,6 +122,8 @@ def test_full_mnist_offline_without_a_folder_says_where_to_get_it(tmp_path):
     result = run_train(tmp_path, "dataset=mnist", env={"SCIKIT_LEARN_DATA": str(tmp_path / "sk"), "HTTP_PROXY": dead,
                                                        "HTTPS_PROXY": dead, "https_proxy": dead, "http_proxy": dead})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    (line,) = result.stderr.strip().splitlines()  # one line: no warning of sklearn's retries, no traceback
+    assert line.startswith("error: ")
     assert "dataset.dir: not set, no cached copy of MNIST, and OpenML cannot be reached" in line
+    assert "https://ossci-datasets.s3.amazonaws.com/mnist/" in line  # where to get the IDX files
     assert "pass dataset.dir=FOLDER" in line and not (tmp_path / "mlflow.db").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from sklearn.model_selection import train_test_split
 from .params import InvalidParameterError
 
 DATASETS = ("mnist_5k", "mnist", "digits")
+# Where the IDX files can be downloaded (the mirror torchvision uses; yann.lecun.com's original too).
+MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -207,13 +210,15 @@ def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     from sklearn.datasets import fetch_openml
 
     try:
-        X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
+        with warnings.catch_warnings():  # its "network error ... Retrying" warnings: the error below says it all
+            warnings.filterwarnings("ignore", message="A network error occurred", category=UserWarning)
+            X, y = fetch_openml("mnist_784", version=1, return_X_y=True, as_frame=False, parser="liac-arff")
     except (URLError, OSError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
         raise DataError("dir", f"not set, no cached copy of MNIST, and OpenML cannot be reached ({reason}): "
                         "download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-                        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into a folder and pass "
-                        "dataset.dir=FOLDER") from None
+                        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, e.g. from "
+                        f"{MNIST_MIRROR}) into a folder and pass dataset.dir=FOLDER") from None
     y = y.astype(np.int64)
     return X[:60000], y[:60000], X[60000:], y[60000:]
 

@@ -6,6 +6,7 @@ through a small file in the sweep folder rather than through memory.
 from __future__ import annotations
 
 import atexit
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from . import tracking
-from .study_names import KIND_SWEEP, KIND_TAG
+from .metrics import SMALLER_IS_BETTER
+from .study_names import KIND_SWEEP, KIND_TAG, TRIAL_KEY, TrialHook, short_overrides
+
+log = logging.getLogger("nmfstudy")
+# Hydra's sweep syntax: a value with these makes an override swept, not fixed.
+SWEEP_SIGNS = (",", "range(", "choice(", "interval(", "glob(", "tag(", "shuffle(", "sort(")
 
 
 def project_root(hydra_cfg: DictConfig | None = None) -> Path:
@@ -70,6 +76,53 @@ def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+def run_label(run_cfg: dict, overrides: list[str], hook: TrialHook | None) -> str:
+    """A run's name: what it is (an Optuna trial's number), its method and k, and its other overrides with
+    numbers to 3 significant digits (the params keep every digit).
+
+    Parameters
+    ----------
+    run_cfg : dict
+        The run's resolved config.
+    overrides : list of str
+        The job's overrides (Hydra's task overrides).
+    hook : TrialHook or None
+        The trial the run is, if any.
+
+    Returns
+    -------
+    str
+        E.g. "trial 3 nmf k=20 [method.alpha=0.000123 dataset=digits]".
+    """
+    shown = [o for o in overrides if not o.startswith(("tracking.", f"{TRIAL_KEY}=", "hydra", "method=", "k="))]
+    name = f"{run_cfg['method']['name']} k={run_cfg['k']}" + (f" [{short_overrides(shown)}]" if shown else "")
+    return f"trial {hook.number} {name}" if hook is not None else name
+
+
+def sweep_label(overrides: list[str], dataset: str, n_samples: Any = None) -> str:
+    """A sweep's run name: what it sweeps, then its data.
+
+    Parameters
+    ----------
+    overrides : list of str
+        The command's overrides.
+    dataset : str
+        The dataset's name.
+    n_samples : int or None
+        dataset.n_samples, when set.
+
+    Returns
+    -------
+    str
+        E.g. "sweep method=nmf,kmeans k=10,20,50 · mnist_5k" (numbers to 3 significant digits).
+    """
+    shown = [o for o in overrides if not o.startswith(("tracking.", "hydra", "dataset=", "dataset.n_samples="))]
+    swept = [o for o in shown if any(sign in o.partition("=")[2] for sign in SWEEP_SIGNS)]
+    parts = [o if o in swept else short_overrides([o]) for o in (swept + [o for o in shown if o not in swept])]
+    data = dataset + (f" n_samples={n_samples}" if n_samples else "")
+    return " ".join(["sweep", *parts, "·", data])
+
+
 class MlflowParentRun(Callback):
     """Creates the store and a parent run before the jobs of a multirun start; ends it after.
 
@@ -93,6 +146,7 @@ class MlflowParentRun(Callback):
 
     def __init__(self) -> None:
         self._client = None
+        self._store: tracking.Store | None = None
         self._run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -121,8 +175,11 @@ class MlflowParentRun(Callback):
         if config.hydra.sweeper.get("tracker"):
             return  # a sweeper with a tracker (the Optuna sweeper's: one run per study) records its own runs
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        self._store = store
         self._run_id = tracking.start_parent_run(
-            self._client, store, config.tracking.experiment, run_name=f"sweep {sweep_dir.name}",
+            self._client, store, config.tracking.experiment,
+            run_name=sweep_label(list(config.hydra.overrides.task), config.dataset.name,
+                                 config.dataset.get("n_samples")),
             tags={
                 KIND_TAG: KIND_SWEEP,
                 "command": command_line(),
@@ -146,7 +203,22 @@ class MlflowParentRun(Callback):
         **kwargs
             Hydra's other arguments.
         """
+        run_id = self._run_id
         self._end("FINISHED")
+        if run_id is not None:
+            self._describe(run_id, config.objective)
+
+    def _describe(self, run_id: str, objective: Any) -> None:
+        """One line: the sweep's run and the best of its jobs, with their pages in the MLflow UI."""
+        metric = objective if isinstance(objective, str) else list(objective)[0]
+        parent = self._client.get_run(run_id)
+        exp = parent.info.experiment_id
+        line = f"sweep run {parent.info.run_name!r} ({tracking.ui_link(self._store, exp, run_id)})"
+        best = tracking.best_child(self._client, run_id, metric, maximize=metric not in SMALLER_IS_BETTER)
+        if best is not None:
+            line += (f"; best {metric} {best.data.metrics[metric]:.4g}: run {best.info.run_name!r} "
+                     f"({tracking.ui_link(self._store, exp, best.info.run_id)})")
+        log.info("%s; all runs: %s", line, tracking.ui_link(self._store, exp))
 
     def _end(self, status: str) -> None:
         if self._run_id is not None:

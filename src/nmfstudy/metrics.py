@@ -11,6 +11,8 @@ log = logging.getLogger(__name__)
 
 # Every metric a run logs (what `evaluate` returns), by name: the names `objective` may use.
 LABEL_METRICS = ("accuracy", "hungarian_accuracy", "nmi", "ari", "test_accuracy")  # need the true labels
+# Metrics where smaller is better (the others: larger is better).
+SMALLER_IS_BETTER = frozenset({"loss", "j_clust", "fit_time_s", "n_iter"})
 RUN_METRICS = ("loss", "j_clust", "fit_time_s", "n_iter", "n_clusters_used", "n_live_components", "silhouette")
 BASIS_METRICS = ("sparsity_W", "sparsity_H")  # only factorizations with basis images (W and H)
 # A component whose contribution ||w_j|| ||h_j|| is below this share of ||X||_F counts as dead:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # --- MLflow run tags -------------------------------------------------------------------------
 
@@ -25,8 +25,17 @@ ERROR_TAG = "error"
 HOST_TAG, PID_TAG, PID_START_TAG = "nmfstudy.host", "nmfstudy.pid", "nmfstudy.pid_start"
 # Runs on a tracking server also beat (ms since the epoch), for runs of other machines.
 HEARTBEAT_TAG, HEARTBEAT_INTERVAL_TAG = "nmfstudy.heartbeat", "nmfstudy.heartbeat_interval_s"
+# What data a job's run was fitted on: a hash of its arrays (its params add dataset and dataset.n_samples).
+DATASET_FINGERPRINT_TAG = "dataset_fingerprint"
 # MLflow's own: the run a run is nested under, and a run's name.
 PARENT_RUN_TAG, RUN_NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
+
+# MLflow's experiment tag that picks what `mlflow ui` shows first: without it, MLflow 3 opens an
+# experiment on its GenAI overview ("Traces 0"); "custom_model_development" opens the runs table.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# The runs table's view (columns, order) that the project's links open: the JSON of the experiment
+# tag SHARED_VIEW_PREFIX + RUNS_VIEW_KEY, which MLflow's UI loads for `?viewStateShareKey=RUNS_VIEW_KEY`.
+SHARED_VIEW_PREFIX, RUNS_VIEW_KEY = "mlflow.sharedViewState.", "nmfstudy"
 
 # An Optuna study's run and its trials' runs.
 STUDY_NAME_TAG = "optuna.study_name"
@@ -199,3 +208,121 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     if stat is None:  # not Linux: the signal's answer is all there is
         return True
     return stat[0] != "Z" and (not start or stat[19] == start)
+
+
+# --- links into the MLflow UI ----------------------------------------------------------------
+
+# Where plain `mlflow ui` serves.
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:
+    """The MLflow UI that shows a store: `ui_url`, else the tracking server itself, else plain `mlflow ui`.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The store.
+    ui_url : str or None
+        The address asked for, if any.
+
+    Returns
+    -------
+    str
+        Its address, without a trailing slash.
+    """
+    if ui_url:
+        return ui_url.rstrip("/")
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return DEFAULT_UI
+
+
+def runs_page(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI (its "Runs" tab, in the "machine learning" view).
+
+    Parameters
+    ----------
+    base : str
+        The UI's address (`ui_base`).
+    experiment_id : str
+        The experiment.
+
+    Returns
+    -------
+    str
+        E.g. http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=nmfstudy
+        (the view, when the experiment has it, shows the metrics' columns, best accuracy first).
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+
+
+def run_page(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """One run's page in the MLflow UI; `tab` "artifacts" opens its artifacts.
+
+    Parameters
+    ----------
+    base : str
+        The UI's address (`ui_base`).
+    experiment_id : str
+        The run's experiment.
+    run_id : str
+        The run.
+    tab : str
+        "" (overview) or "artifacts".
+
+    Returns
+    -------
+    str
+        E.g. http://127.0.0.1:5000/#/experiments/1/runs/abc...?workflowType=machine_learning (without
+        it, MLflow 3 shows the run in its GenAI layout, as an "evaluation run").
+    """
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+            + "?workflowType=machine_learning")
+
+
+# --- run names -------------------------------------------------------------------------------
+
+def short_value(text: str) -> str:
+    """A value as a run's name shows it: a decimal number to 3 significant digits, anything else as is.
+
+    Parameters
+    ----------
+    text : str
+        The value, as an override writes it ("0.000123456", "10", "nndsvda").
+
+    Returns
+    -------
+    str
+        E.g. "0.000123", "10", "nndsvda".
+    """
+    try:
+        int(text)
+        return text
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:.3g}"
+
+
+def short_overrides(overrides: Iterable[str]) -> str:
+    """Overrides ("key=value") for a run's name, values shortened by `short_value`; the params keep them whole.
+
+    Parameters
+    ----------
+    overrides : iterable of str
+        E.g. ["method.alpha=0.000123456", "init=random"].
+
+    Returns
+    -------
+    str
+        E.g. "method.alpha=0.000123 init=random".
+    """
+    parts = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        parts.append(f"{key}{sep}{short_value(value)}" if sep else override)
+    return " ".join(parts)

@@ -57,6 +57,7 @@ from nmfstudy.study_names import (
     TrialHook,
     process_alive,
     process_start,
+    short_overrides,
 )
 
 from ._space import Dimension, parse_search_space, render
@@ -291,8 +292,26 @@ class OptunaSweeperImpl(Sweeper):
         return self.storage
 
     def _default_study_name(self) -> str:
+        """`<preset>-<dataset>`, with `-n<n_samples>` when dataset.n_samples is set: one study per data setting."""
         choices = self.config.hydra.runtime.choices
-        return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c)
+        return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c) \
+            + self._data_size()
+
+    def _data_size(self) -> str:
+        """"-n<N>" when the command or the config sets dataset.n_samples, else ""."""
+        given = [o.partition("=")[2] for o in self.config.hydra.overrides.task
+                 if o.lstrip("+~").startswith("dataset.n_samples=")]
+        n_samples = given[-1] if given else OmegaConf.select(self.config, "dataset.n_samples", default=None)
+        return "" if str(n_samples).lower() in ("none", "null", "") else f"-n{n_samples}"
+
+    def _study_name(self) -> str:
+        """The study's name: the command's hydra.sweeper.study_name as given; a preset's, or the default
+        (`_default_study_name`), with the data size when dataset.n_samples is set."""
+        if not self.study_name:
+            return self._default_study_name()
+        given = any(o.lstrip("+").startswith("hydra.sweeper.study_name=") for o in self.config.hydra.overrides.hydra)
+        size = self._data_size()
+        return self.study_name if given or not size or self.study_name.endswith(size) else self.study_name + size
 
     def _check_fixed_settings(self, fixed: list[str]) -> None:
         """The application's check (`check`) on a job's config with the fixed overrides, before any trial."""
@@ -411,7 +430,7 @@ class OptunaSweeperImpl(Sweeper):
             raise SweeperError(str(err)) from None
         names = self._objective_names()
         self._check_fixed_settings(fixed)
-        name = self.study_name or self._default_study_name()
+        name = self._study_name()
         url = self._storage_url()
         label = safe_url(url) if url else MEMORY
         storage = self._open_storage(url)
@@ -443,7 +462,7 @@ class OptunaSweeperImpl(Sweeper):
                 tracked.finish(study, names, len(space), status, self._best_or_none(study))
         self._report(study, names, sweep_dir)
         if tracked is not None:
-            log.info("study %r: %s", name, tracked.describe())
+            log.info("study %r: %s", name, tracked.describe(self._best_or_none(study)))
 
     @staticmethod
     def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -642,7 +661,7 @@ class OptunaSweeperImpl(Sweeper):
         run_id = None
         if s.tracked is not None:
             run_id = s.tracked.start_trial(trial.number, trial_id, retry_of,
-                                           " ".join(f"{k}={trial.params[k]}" for k in s.space))
+                                           short_overrides(f"{k}={trial.params[k]}" for k in s.space))
         for key, value in {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
                            SEED_ATTR: seed, RUN_ID_ATTR: run_id, ERROR_ATTR: None}.items():
             trial.set_user_attr(key, value)

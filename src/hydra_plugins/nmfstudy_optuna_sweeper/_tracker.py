@@ -14,8 +14,13 @@ from typing import Any, Mapping, Protocol, Sequence
 class TrackedStudy(Protocol):
     """A study as its tracker holds it for this worker."""
 
-    def describe(self) -> str:
-        """Where to see the study (one line for the log).
+    def describe(self, best: Any = None) -> str:
+        """Where to see the study and its best trial (one line for the log).
+
+        Parameters
+        ----------
+        best : optuna.trial.FrozenTrial or None
+            The best trial, if any.
 
         Returns
         -------

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from .records import Experiment, RunRecord, Settings, Study
+from .. import study_names as names
+from .records import DataSetting, Experiment, RunRecord, Settings, Study
 
 # (metric, column title) of the table of best runs
 COLUMNS = [("accuracy", "accuracy"), ("hungarian_accuracy", "Hungarian acc."), ("nmi", "NMI"), ("ari", "ARI"),
@@ -72,11 +74,13 @@ class Page:
         The best run of each method and k, for the table of best runs.
     counts : dict of (str, int or None) to int
         The number of runs of each (label, k) (see `records.group_counts`).
+    suffix : str, default=""
+        Added to the ids of its tables (``best``, ``runs``), so that several pages share one file.
     """
 
     def __init__(self, exp: Experiment, settings: Settings, best: list[RunRecord],
-                 counts: dict[tuple[str, int | None], int]) -> None:
-        self.exp, self.settings, self.best, self.counts = exp, settings, best, counts
+                 counts: dict[tuple[str, int | None], int], suffix: str = "") -> None:
+        self.exp, self.settings, self.best, self.counts, self.suffix = exp, settings, best, counts, suffix
         self.figures: list[str] = []
         self.parts: list[str] = []
         self.studies: list[str] = []
@@ -96,7 +100,7 @@ class Page:
         str
             An ``<a>`` element, titled with the run's name.
         """
-        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}/runs/{run.run_id}"
+        url = names.run_page(self.settings.ui_url.rstrip("/"), self.exp.id, run.run_id)
         return f'<a href="{escape(url)}" title="{escape(run.name)}"><code>{escape(text or run.run_id[:8])}</code></a>'
 
     def figure(self, title: str, path: Path, caption: str = "", references: bool = False) -> None:
@@ -175,7 +179,8 @@ class Page:
             cells = "".join(f"<td>{fmt(run.metric(metric))}</td>" for metric, _ in COLUMNS)
             rows.append(f"<tr><td class=l>{escape(run.label)}</td><td>{run.k}</td>{cells}"
                         f"<td>{self.counts.get((run.label, run.k), 1)}</td><td class=l>{self.link(run)}</td></tr>")
-        return (f"<table id=\"best\"><tr><th class=l>method</th><th>k</th>{head}<th>runs</th><th class=l>run</th></tr>"
+        return (f"<table id=\"best{self.suffix}\"><tr><th class=l>method</th><th>k</th>{head}<th>runs</th>"
+                "<th class=l>run</th></tr>"
                 + "".join(rows) + "</table>")
 
     def _all_table(self) -> str:
@@ -188,26 +193,10 @@ class Page:
                         f"<td class=l>{escape(state)}</td><td>{fmt(run.metric('accuracy'))}</td>"
                         f"<td>{fmt(run.metric('hungarian_accuracy'))}</td><td>{fmt(run.metric('fit_time_s'))}</td>"
                         f"<td class=l>{escape(run.tags.get('error', '')[:200])}</td></tr>")
-        return ("<table id=\"runs\"><tr><th class=l>run</th><th class=l>name</th><th class=l>method</th><th>k</th>"
+        return (f"<table id=\"runs{self.suffix}\"><tr><th class=l>run</th><th class=l>name</th>"
+                "<th class=l>method</th><th>k</th>"
                 "<th class=l>status</th><th>accuracy</th><th>Hungarian acc.</th><th>fit time (s)</th>"
                 "<th class=l>error</th></tr>" + "".join(rows) + "</table>")
-
-    def _summary(self) -> str:
-        runs = self.exp.runs
-        statuses: dict[str, int] = {}
-        for run in runs:
-            statuses[run.status] = statuses.get(run.status, 0) + 1
-        datasets = sorted({run.params["dataset"] for run in runs if "dataset" in run.params})
-        commits = sorted({run.tags["git_commit"][:10] for run in runs if "git_commit" in run.tags})
-        url = f"{self.settings.ui_url}/#/experiments/{self.exp.id}"
-        mixed = ("<p class=note>Warning: this experiment mixes datasets; a method's best run may come from "
-                 "any of them.</p>" if len(datasets) > 1 else "")
-        return (f"<p>Experiment <a href=\"{escape(url)}\"><code>{escape(self.exp.name)}</code></a> "
-                f"(id {escape(self.exp.id)}) in <code>{escape(self.exp.tracking_uri)}</code>: {len(runs)} runs ("
-                + ", ".join(f"{n} {escape(s.lower())}" for s, n in sorted(statuses.items()))
-                + f"), {self.exp.n_sweeps} sweeps, {len(self.exp.study_runs)} Optuna studies. "
-                f"Dataset: {escape(', '.join(datasets) or '?')}. Commits: {escape(', '.join(commits) or '?')}. "
-                f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>{mixed}")
 
     def _references(self) -> str:
         if not self.settings.references:
@@ -217,25 +206,18 @@ class Page:
                         for r in self.settings.references)
         return f"<p class=note>Reference results drawn as stars:</p><ul class=note>{items}</ul>"
 
-    def write(self, path: Path) -> Path:
-        """Write the page: title, summary, best runs, figures, parts and wholes, studies, all runs.
-
-        Parameters
-        ----------
-        path : pathlib.Path
-            Where to write it (UTF-8).
+    def body(self) -> list[str]:
+        """The page's sections: best runs, figures, parts and wholes, studies, all runs.
 
         Returns
         -------
-        pathlib.Path
-            `path`.
+        list of str
+            HTML, one item per section.
         """
-        title = self.settings.title or f"nmfstudy report: {self.exp.name}"
         rank = escape(self.settings.rank_by)
         best = (self._best_table() if self.best else
                 f"<p class=note>No completed run has the metric <code>{rank}</code> yet.</p>")
         sections = [
-            f"<h1>{escape(title)}</h1>", self._summary(),
             f"<h2>Best run per method and k</h2><p class=note>Best = highest <code>{rank}</code> among finished "
             "runs (failed, unfinished and pruned runs never count); runs = all runs of that method and k. "
             "Accuracy is majority-vote (each cluster predicts its most frequent digit; works for any k); "
@@ -250,7 +232,62 @@ class Page:
             sections.append("<h2>Optuna studies</h2>" + "".join(self.studies))
         sections.append(f"<h2>All runs</h2><details><summary>{len(self.exp.runs)} runs, with status and error"
                         f"</summary>{self._all_table()}</details>")
-        html = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-                f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
-        path.write_text(html, encoding="utf-8")
-        return path
+        return sections
+
+
+def _demote(html: str) -> str:
+    """Headings one level down (h2 -> h3, h3 -> h4), for a page nested in a data setting's section."""
+    return re.sub(r"<(/?)h([23])\b", lambda m: f"<{m.group(1)}h{int(m.group(2)) + 1}", html)
+
+
+def _summary(exp: Experiment, settings: Settings, parts: list[tuple[DataSetting, Page]]) -> str:
+    statuses: dict[str, int] = {}
+    for run in exp.runs:
+        statuses[run.status] = statuses.get(run.status, 0) + 1
+    commits = sorted({run.tags["git_commit"][:10] for run in exp.runs if "git_commit" in run.tags})
+    url = names.runs_page(settings.ui_url.rstrip("/"), exp.id)
+    data = "".join(f"<li><a href=\"#data-{i + 1}\">{escape(setting.label)}</a>: {len(page.exp.runs)} runs, "
+                   f"{len(page.exp.study_runs)} Optuna studies</li>" if len(parts) > 1 else
+                   f"<li>{escape(setting.label)}</li>" for i, (setting, page) in enumerate(parts))
+    several = (" Runs fitted on different data are never ranked together: one section per data setting."
+               if len(parts) > 1 else "")
+    return (f"<p>Experiment <a href=\"{escape(url)}\"><code>{escape(exp.name)}</code></a> "
+            f"(id {escape(exp.id)}) in <code>{escape(exp.tracking_uri)}</code>: {len(exp.runs)} runs ("
+            + ", ".join(f"{n} {escape(s.lower())}" for s, n in sorted(statuses.items()))
+            + f"), {exp.n_sweeps} sweeps, {len(exp.study_runs)} Optuna studies. "
+            f"Commits: {escape(', '.join(commits) or '?')}. "
+            f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+            f"<p>Data settings (dataset, training samples, data fingerprint):{several}</p><ul id=\"data\">{data}</ul>")
+
+
+def write(path: Path, exp: Experiment, settings: Settings, parts: list[tuple[DataSetting, Page]]) -> Path:
+    """Write the page: title, summary with the data settings, then each setting's sections.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Where to write it (UTF-8).
+    exp : Experiment
+        The whole experiment (for the summary).
+    settings : Settings
+        The report's settings (title, links).
+    parts : list of (DataSetting, Page)
+        One page per data setting; with several, each is a section of its own.
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+    """
+    title = settings.title or f"nmfstudy report: {exp.name}"
+    sections = [f"<h1>{escape(title)}</h1>", _summary(exp, settings, parts)]
+    if len(parts) == 1:
+        sections += parts[0][1].body()
+    else:
+        for i, (setting, page) in enumerate(parts):
+            sections.append(f"<section class=\"data\" id=\"data-{i + 1}\"><h2>Data: {escape(setting.label)}</h2>"
+                            + "".join(_demote(part) for part in page.body()) + "</section>")
+    html = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    path.write_text(html, encoding="utf-8")
+    return path

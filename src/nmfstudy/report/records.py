@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ast
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -511,8 +512,87 @@ def ui_base(ui_url: str | None, tracking_uri: str) -> str:
         `ui_url`, else the tracking server itself when it is one (http or https), else
         ``http://127.0.0.1:5000``, where plain ``mlflow ui`` serves; without a trailing slash.
     """
-    if ui_url:
-        return ui_url.rstrip("/")
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
-    return "http://127.0.0.1:5000"
+    return names.ui_base(tracking_uri, ui_url)
+
+
+# --- data settings ------------------------------------------------------------------
+
+@dataclass(frozen=True, order=True)
+class DataSetting:
+    """The data a run was fitted on: runs of different data are never ranked together.
+
+    Parameters
+    ----------
+    dataset : str
+        The dataset's name (``dataset`` param), "?" when unknown.
+    n_samples : str
+        ``dataset.n_samples``, or "all".
+    fingerprint : str
+        The ``dataset_fingerprint`` tag (a hash of the arrays), "" when unknown.
+    """
+
+    dataset: str
+    n_samples: str = "all"
+    fingerprint: str = ""
+
+    @property
+    def label(self) -> str:
+        """E.g. "digits, n_samples=1000 (data 3f2a9c1d0b7e)" or "mnist_5k, all samples"."""
+        size = "all samples" if self.n_samples == "all" else f"n_samples={self.n_samples}"
+        return f"{self.dataset}, {size}" + (f" (data {self.fingerprint[:12]})" if self.fingerprint else "")
+
+
+def data_setting(run: RunRecord) -> DataSetting:
+    """The data setting of a job's run (dataset, number of samples, fingerprint).
+
+    Parameters
+    ----------
+    run : RunRecord
+        The run.
+
+    Returns
+    -------
+    DataSetting
+        Its setting; parts the run does not record are "?", "all" and "".
+    """
+    n_samples = run.params.get("dataset.n_samples")
+    return DataSetting(run.params.get("dataset") or run.params.get("dataset.name") or "?",
+                       "all" if n_samples in (None, "", "null", "None") else n_samples,
+                       run.tags.get(names.DATASET_FINGERPRINT_TAG, ""))
+
+
+def by_data(exp: Experiment) -> list[tuple[DataSetting, Experiment]]:
+    """Split an experiment by data setting: one part per setting, each with its runs and its studies.
+
+    A study goes with the setting of most of its trials (a study searches one setting); one without
+    trials goes with the first setting. Runs that record no data setting (no ``dataset`` param) join
+    the experiment's only known setting; with several known settings they get a section of their own.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The experiment.
+
+    Returns
+    -------
+    list of (DataSetting, Experiment)
+        In the order of the settings; one part (the whole experiment) when it has one setting or no runs.
+    """
+    groups: dict[DataSetting, list[RunRecord]] = {}
+    for run in exp.runs:
+        groups.setdefault(data_setting(run), []).append(run)
+    unknown = DataSetting("?")
+    if len(groups) == 2 and unknown in groups:
+        # Runs that record no data (made by hand, or failed before logging) join the only known setting.
+        known = next(setting for setting in groups if setting != unknown)
+        return [(known, exp)]
+    if len(groups) <= 1:
+        setting = next(iter(groups), DataSetting("?"))
+        return [(setting, exp)]
+    order = sorted(groups)
+    study_runs: dict[DataSetting, list[RunRecord]] = {setting: [] for setting in order}
+    for study_run in exp.study_runs:
+        trials = Counter(data_setting(r) for r in exp.runs if r.parent_id == study_run.run_id)
+        study_runs[trials.most_common(1)[0][0] if trials else order[0]].append(study_run)
+    return [(setting, replace(exp, runs=groups[setting], study_runs=study_runs[setting], n_sweeps=0))
+            for setting in order]

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from . import figures as figs
+from . import html as page_html
 from .html import Page
 from .records import (
     Experiment,
@@ -15,6 +16,7 @@ from .records import (
     RunRecord,
     Settings,
     best_runs,
+    by_data,
     components_by_k,
     group_counts,
     sparse_runs,
@@ -78,6 +80,10 @@ def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Repo
     settings : Settings
         What runs are ranked by, the base of the run links, the reference results, the title.
 
+    Runs fitted on different data (dataset, number of samples, data fingerprint) are never ranked
+    together: each data setting gets its own sections, and its figures a folder data<i>/ when
+    there are several.
+
     Returns
     -------
     Report
@@ -86,10 +92,22 @@ def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Repo
         is a sparse variant; optuna/study<i>_<figure>.png.
     """
     out.mkdir(parents=True, exist_ok=True)
-    folder = _Folder(out)
-    best = best_runs(exp.runs, settings.rank_by)
     colors = figs.label_colors(run.label for run in exp.runs)
-    page = Page(exp, settings, best, group_counts(exp.runs))
+    groups = by_data(exp)
+    parts, files = [], []
+    for i, (setting, part) in enumerate(groups):
+        folder = _Folder(out if len(groups) == 1 else out / f"data{i + 1}")
+        parts.append((setting, _page(part, fetch, folder, settings, colors, "" if i == 0 else f"-{i + 1}")))
+        files += folder.files
+    html = page_html.write(out / "report.html", exp, settings, parts)
+    return Report(html, [html, *files])
+
+
+def _page(exp: Experiment, fetch: Fetch, folder: _Folder, settings: Settings, colors: dict[str, str],
+          suffix: str) -> Page:
+    """The sections of one data setting's runs, their figures saved into `folder`."""
+    best = best_runs(exp.runs, settings.rank_by)
+    page = Page(exp, settings, best, group_counts(exp.runs), suffix)
     if best:
         _against_k(page, folder, best, [r for r in exp.runs if r.complete(settings.rank_by)], colors, settings)
     _components(page, folder, best, fetch)
@@ -100,8 +118,7 @@ def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Repo
                     "Hoyer's sparseness (0: flat, 1: a single non-zero) of the basis images (sparsity_H) and of "
                     "each component's coefficients (sparsity_W), for every completed NMF run; numbers are k.")
     _studies(page, folder, exp, fetch)
-    html = page.write(out / "report.html")
-    return Report(html, [html, *folder.files])
+    return page
 
 
 def _against_k(page: Page, folder: _Folder, best: list[RunRecord], complete: list[RunRecord],

@@ -7,6 +7,7 @@ started there shows everything.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -27,8 +28,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+from nmfstudy.metrics import LABEL_METRICS
 from nmfstudy.study_names import (
     ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     HEARTBEAT_INTERVAL_TAG,
     HEARTBEAT_TAG,
     HOST_TAG,
@@ -38,8 +42,13 @@ from nmfstudy.study_names import (
     PID_START_TAG,
     PID_TAG,
     RUN_NAME_TAG,
+    RUNS_VIEW_KEY,
+    SHARED_VIEW_PREFIX,
     owner,
     process_alive,
+    run_page,
+    runs_page,
+    ui_base,
 )
 
 log = logging.getLogger(__name__)
@@ -252,18 +261,84 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
                 f"tracking.experiment {name!r} was deleted (experiment id {found.experiment_id}): restore it with "
                 f"`mlflow experiments restore --experiment-id {found.experiment_id}`, or choose another "
                 "tracking.experiment")
+        if not _UI_TAGS.keys() <= found.tags.keys():  # made by an older version, or by hand
+            _set_ui_tags(client, found.experiment_id)
         return found.experiment_id
     location = None
     if store.artifact_root is not None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         location = (store.artifact_root / slug).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=_UI_TAGS)
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def ui_hint(store: Store, project_root: str | Path) -> str:
+    """How to start the MLflow UI that shows `store`: nothing for a tracking server (it is its own UI).
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    project_root : str or Path
+        The project folder (plain `mlflow ui` there reads its `mlflow.db`).
+
+    Returns
+    -------
+    str
+        E.g. "start `mlflow ui` in /path/to/project, then ", or "".
+    """
+    if not store.tracking_uri.startswith("sqlite:///"):
+        return ""
+    root = Path(project_root).resolve()
+    if Path(store.tracking_uri.removeprefix("sqlite:///")) == root / DB_NAME:
+        return f"start `mlflow ui` in {root}, then "
+    return f"start `mlflow ui --backend-store-uri {store.tracking_uri}`, then "
+
+
+# What `mlflow ui` shows of the experiment: its runs table (not MLflow 3's GenAI overview), and the view
+# the project's links open: the metrics and the chosen method, k and data as columns, best accuracy first.
+_RUNS_VIEW = {
+    "orderByKey": "metrics.`accuracy`",
+    "orderByAsc": False,
+    "selectedColumns": [f"params.`{p}`" for p in ("dataset", "dataset.n_samples", "method", "k")]
+    + [f"metrics.`{m}`" for m in (*LABEL_METRICS, "loss", "fit_time_s", "n_iter")],
+}
+_UI_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, SHARED_VIEW_PREFIX + RUNS_VIEW_KEY: json.dumps(_RUNS_VIEW)}
+
+
+def _set_ui_tags(client: MlflowClient, exp_id: str) -> None:
+    """Tag an experiment so that `mlflow ui` opens it on its runs table, in the project's view."""
+    try:
+        for key, value in _UI_TAGS.items():
+            client.set_experiment_tag(exp_id, key, value)
+    except MlflowException as err:  # a read-only server: the links still open the runs table
+        log.debug("could not tag experiment %s: %s", exp_id, err)
+
+
+def ui_link(store: Store, experiment_id: str, run_id: str | None = None) -> str:
+    """Where the MLflow UI shows an experiment's runs table, or one run.
+
+    Parameters
+    ----------
+    store : Store
+        The store (a tracking server is its own UI; else plain `mlflow ui` at 127.0.0.1:5000).
+    experiment_id : str
+        The experiment.
+    run_id : str or None
+        A run; None: the runs table.
+
+    Returns
+    -------
+    str
+        The address.
+    """
+    base = ui_base(store.tracking_uri)
+    return runs_page(base, experiment_id) if run_id is None else run_page(base, experiment_id, run_id)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -712,6 +787,32 @@ def end_parent_run(client: MlflowClient, run_id: str, status: str = "FINISHED") 
         FINISHED, FAILED or KILLED.
     """
     client.set_terminated(run_id, status)
+
+
+def best_child(client: MlflowClient, parent_run_id: str, metric: str, maximize: bool = True):
+    """The finished run nested under `parent_run_id` with the best `metric`.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the store.
+    parent_run_id : str
+        The parent run.
+    metric : str
+        The metric that ranks them.
+    maximize : bool
+        Whether larger is better.
+
+    Returns
+    -------
+    mlflow.entities.Run or None
+        None when no finished child has the metric.
+    """
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    query = f"attributes.status = 'FINISHED' and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+    found = client.search_runs([experiment], query, max_results=1,
+                               order_by=[f"metrics.`{metric}` {'DESC' if maximize else 'ASC'}"])
+    return found[0] if found and metric in found[0].data.metrics else None
 
 
 def write_parent_run_id(sweep_dir: str | Path, run_id: str) -> None:

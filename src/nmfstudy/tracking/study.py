@@ -40,7 +40,17 @@ from nmfstudy.study_names import (
     TRIAL_STATE_TAG,
 )
 
-from . import Heartbeat, Store, TrackingError, experiment_id, kill_run, open_store, process_tags, resolve_store
+from . import (
+    Heartbeat,
+    Store,
+    TrackingError,
+    experiment_id,
+    kill_run,
+    open_store,
+    process_tags,
+    resolve_store,
+    ui_link,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +181,30 @@ class StudyRun:
             log.warning("MLflow: %s failed: %s", what, err)
             return None
 
-    def describe(self) -> str:
-        """Where to see the study: its run and the run's page in the MLflow UI.
+    def describe(self, best: Any = None) -> str:
+        """Where to see the study and its best trial: their runs' names and pages in the MLflow UI.
+
+        Parameters
+        ----------
+        best : optuna.trial.FrozenTrial or None
+            The best trial, if any (its run is its user attr RUN_ID_ATTR).
 
         Returns
         -------
         str
-            "MLflow run ID (URL)", with the tracking server's address, or `mlflow ui`'s default one.
+            "MLflow run 'NAME' (URL); best trial N: run 'NAME' (URL)", with the tracking server's
+            address, or `mlflow ui`'s default one.
         """
-        uri = self.store.tracking_uri
-        base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-        return f"MLflow run {self.run_id} ({base}/#/experiments/{self.experiment_id}/runs/{self.run_id})"
+        line = f"MLflow run {self._name(self.run_id)!r} ({ui_link(self.store, self.experiment_id, self.run_id)})"
+        best_run = best.user_attrs.get(RUN_ID_ATTR) if best is not None else None
+        if best_run:
+            line += (f"; best trial {best.number}: run {self._name(best_run)!r} "
+                     f"({ui_link(self.store, self.experiment_id, best_run)})")
+        return line
+
+    def _name(self, run_id: str) -> str:
+        run = self._safely("reading a run's name", self.client.get_run, run_id)
+        return run.info.run_name if run is not None else run_id
 
     def start_trial(self, number: int, trial_id: int, retry_of: int | None, params: str) -> str | None:
         """Create a trial's run, nested under the study's, tagged RUNNING; the job continues it.
