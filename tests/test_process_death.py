@@ -86,11 +86,22 @@ def test_a_killed_run_is_marked_killed_by_the_next_run(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs.values())
 
 
+def _iterating(tmp: Path, n: int):
+    """Like `_fitting`, once n jobs' logs also show a fit's iteration: past every import of the job, where a
+    signal could otherwise land inside Python's import machinery, which prints its own ignored traceback."""
+    fitting = _fitting(tmp, n)
+
+    def check():
+        logs = [log.read_text() for log in (tmp / "multirun").glob("*/train.log")]
+        return fitting() if sum(" iter " in text for text in logs) >= n else None
+    return check
+
+
 def _interrupt_while_two_fit(tmp: Path, process: subprocess.Popen, signum: int) -> str:
     """Once two jobs fit: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM
     to the main process (as `kill` or a scheduler sends it); returns the output."""
     try:
-        wait_until(_fitting(tmp, 2), "two jobs to fit", process)
+        wait_until(_iterating(tmp, 2), "two jobs to fit", process)
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)
         else:
