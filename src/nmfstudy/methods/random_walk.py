@@ -616,8 +616,9 @@ class NMFRClustering(_MultilevelGraphMethod):
 
     Yang, Hao, Dikmen, Chen, Oja, "Clustering by Nonnegative Matrix Factorization Using Graph
     Random Walk", NIPS 2012 (solver: :func:`nmfr`). Start: the sub-clusters' grouping that
-    minimizes NMFR's objective for hard normalized indicators, -sum_k assoc_A(k) / n_k +
-    lam' sum_k 1 / n_k, on the coarse matrix P^T A P (P the sub-cluster indicators, A P from CG).
+    minimizes NMFR's objective at hard normalized indicators (W^T W = I, so the penalty on it is
+    0), -sum_k assoc_A(k) / n_k + (lam n / k) sum_k 1 / n_k, assoc_A(k) the sum of A over the pairs
+    of cluster k, exact on the coarse matrix P^T A P (P the sub-cluster indicators, A P by CG).
 
     Parameters
     ----------
