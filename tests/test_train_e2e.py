@@ -72,7 +72,8 @@ BAD_INPUT = [
      "error: init must be one of kmeans++, random, data, gaussian for method=kmeans; got 'nndsvd'"),
     (["dataset=mnist", "dataset.dir=/nonexistent/mnist"], "error: dataset.dir: /nonexistent/mnist is not a folder"),
     (["dataset=mnist", "dataset.dir={empty}"], "error: dataset.dir: {empty} has no train-images-idx3-ubyte[.gz]"),
-    (["method=spectral"], "Could not find 'method/spectral'\n\nAvailable options in 'method':\n\tgnmf\n\tkmeans"),
+    # the available methods follow, sorted (any new method's config file joins the list)
+    (["method=spectral"], "Could not find 'method/spectral'\n\nAvailable options in 'method':\n\t"),
     (["tracking.uri=http://127.0.0.1:9"], "error: tracking.uri http://127.0.0.1:9 cannot be used: "),
     (["tracking.uri=ftp://example/store"], "error: tracking.uri must be sqlite:///path/to/mlflow.db, an http(s)://"),
 ]

@@ -1,0 +1,179 @@
+"""NMFR and DCD (methods/random_walk.py): the sparse solve, monotone updates, the exact coarse
+objective, the grouping search, seeds, and clustering quality on scikit-learn's digits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits
+from sklearn.metrics import normalized_mutual_info_score
+
+from nmfstudy import config as settings
+from nmfstudy.methods import get
+from nmfstudy.methods.random_walk import (
+    DCDClustering,
+    NMFRClustering,
+    RandomWalk,
+    _AssociationGrouping,
+    _DCDGrouping,
+    dcd,
+    dcd_objective,
+    nmfr,
+    nmfr_objective,
+    over_cluster,
+    search_grouping,
+    spectral_embedding,
+)
+from nmfstudy.nmf.graph import knn_graph
+from nmfstudy.nmf.graph_nmf import normalize_graph
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """300 digits, their 10-NN graph S and its normalization Q (float64)."""
+    X, y = digits
+    X, y = X[:300], y[:300]
+    S = knn_graph(X, n_neighbors=10).astype(np.float64)
+    return X, y, S, normalize_graph(S).astype(np.float64)
+
+
+def dense_walk(Q, alpha):
+    n = Q.shape[0]
+    return (1 - alpha) * np.linalg.inv(np.eye(n) - alpha * Q.toarray())
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8, 0.95])
+def test_the_random_walk_product_from_cg_matches_the_dense_inverse(small, alpha):
+    _, _, _, Q = small
+    B = np.random.default_rng(0).random((Q.shape[0], 4))
+    walk = RandomWalk(Q, alpha, tol=1e-10)
+    expected = dense_walk(Q, alpha) @ B
+    np.testing.assert_allclose(walk(B), expected, rtol=1e-7, atol=1e-9)
+    first = walk.n_products
+    # warm-started from the last solution: a nearby right-hand side costs fewer products, same answer
+    np.testing.assert_allclose(walk(B * 1.01), expected * 1.01, rtol=1e-7, atol=1e-9)
+    assert walk.n_products - first < first
+
+
+def test_nmfr_objective_never_rises_and_is_what_it_says(small):
+    _, _, S, Q = small
+    W0 = np.random.default_rng(1).random((S.shape[0], 5))
+    res = nmfr(Q, W0, alpha=0.8, lam=3.0, mu=10.0, max_iter=60, tol=0.0, cg_tol=1e-12)
+    losses = np.concatenate([[res.start_loss], res.loss_history])
+    assert res.n_iter == 60 and losses[-1] < 0.8 * losses[0]
+    assert np.all(np.diff(losses) <= 1e-10 * abs(losses[0]))
+    W, A = res.W, dense_walk(Q, 0.8)
+    by_hand = (-np.trace(W.T @ A @ W) + 5.0 * np.sum((W.T @ W - np.eye(5)) ** 2)
+               + 3.0 * np.sum(np.sum(W * W, axis=1) ** 2) + 5 * (1 + 0.05))
+    assert nmfr_objective(W, A @ W, 3.0, 10.0) == pytest.approx(by_hand, rel=1e-10)
+    assert res.loss == pytest.approx(by_hand, rel=1e-6) and res.loss >= 0
+
+
+@pytest.mark.parametrize("prior", [1.0, 1.5])
+def test_dcd_objective_never_rises_and_keeps_rows_stochastic(small, prior):
+    _, _, S, _ = small
+    W0 = np.random.default_rng(2).random((S.shape[0], 6))
+    res = dcd(S, W0, prior=prior, max_iter=80, tol=0.0)
+    losses = np.concatenate([[res.start_loss], res.loss_history])
+    assert np.all(np.diff(losses) <= 1e-12 * losses[0]) and losses[-1] < losses[0]
+    np.testing.assert_allclose(res.W.sum(axis=1), 1.0, rtol=1e-12)
+    W = res.W
+    A_hat = (W / W.sum(axis=0)) @ W.T
+    dense = S.toarray()
+    by_hand = -np.sum(dense[dense > 0] * np.log(A_hat[dense > 0])) - (prior - 1) * np.log(W).sum()
+    assert res.loss == pytest.approx(by_hand, rel=1e-10) and res.loss >= 0
+
+
+def test_the_coarse_dcd_objective_is_exact_for_rows_constant_on_sub_clusters(small):
+    _, _, S, Q = small
+    sub = over_cluster(spectral_embedding(Q, 10), 25)
+    P = sp.csr_matrix((np.ones(len(sub)), (np.arange(len(sub)), sub)), shape=(len(sub), 25))
+    C, size = P.T @ S @ P, np.bincount(sub).astype(float)
+    Wc = np.random.default_rng(3).random((25, 4))
+    Wc /= Wc.sum(axis=1, keepdims=True)
+    for prior in (1.0, 1.3):
+        assert dcd_objective(C, Wc, prior, size) == pytest.approx(dcd_objective(S, Wc[sub], prior), rel=1e-12)
+    # the coarse updates (rows tied within a sub-cluster) never raise it either, and stay exact
+    res = dcd(C, Wc, prior=1.3, max_iter=40, tol=0.0, size=size)
+    losses = np.concatenate([[res.start_loss], res.loss_history])
+    assert np.all(np.diff(losses) <= 1e-12 * losses[0]) and losses[-1] < losses[0]
+    assert res.loss == pytest.approx(dcd_objective(S, res.W[sub], 1.3), rel=1e-12)
+
+
+def test_each_grouping_move_is_valued_as_the_moved_grouping(small):
+    rng = np.random.default_rng(4)
+    m, k = 12, 4
+    C = rng.random((m, m))
+    C = C + C.T
+    size = rng.integers(5, 20, m).astype(float)
+    W_sub = rng.random((m, m)) + np.eye(m) * 5
+    W_sub /= W_sub.sum(axis=1, keepdims=True)
+    g = rng.permutation(np.arange(m) % k)
+    for objective in (_DCDGrouping(C, size, W_sub, k, 1.2), _AssociationGrouping(C, size, k, 3.0)):
+        for a in range(m):
+            values = objective.moves(g, a)
+            for t in range(k):
+                moved = g.copy()
+                moved[a] = t
+                assert values[t] == pytest.approx(objective.value(moved), rel=1e-12)
+
+
+def test_the_grouping_search_finds_planted_groups():
+    """A coarse stochastic block model with unequal node sizes: the search recovers its blocks."""
+    m, k = 20, 4
+    truth = np.arange(m) % k
+    size = np.arange(1, m + 1, dtype=float)
+    C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
+    W_sub = np.full((m, m), 1e-3) + np.eye(m)
+    W_sub /= W_sub.sum(axis=1, keepdims=True)
+    for objective in (_DCDGrouping(C, size, W_sub, k, 1.0), _AssociationGrouping(C, size, k, 0.0)):
+        g, f = search_grouping(objective, m, k, n_restarts=10, seed=0)
+        assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(objective.value(g))
+
+
+@pytest.mark.parametrize("cls", [NMFRClustering, DCDClustering])
+def test_results_are_fixed_by_the_seed(small, cls):
+    X = small[0]
+    kwargs = dict(k=5, n_init=1, n_restarts=5, max_iter=30)
+    a, b = cls(seed=3, **kwargs).fit(X), cls(seed=3, **kwargs).fit(X)
+    np.testing.assert_array_equal(a.W_, b.W_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
+    other = cls(seed=4, **kwargs).fit(X)
+    assert not np.array_equal(other.W_, a.W_)
+
+
+@pytest.mark.parametrize("name", ["nmfr", "dcd"])
+def test_on_digits_both_beat_kmeans_nmi_with_their_config_defaults(digits, compose, name):
+    X, y = digits
+    cfg = compose(f"method={name}", "dataset=digits", "k=10")
+    settings.check(cfg)
+    model = settings.build_method(cfg)
+    assert isinstance(model, get(name)) and model.init == "random"
+    model.n_init = 1  # the config's 2 over-clusterings give the same partition here; one keeps the test fast
+    model.fit(X)
+    kmeans = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(X)
+    nmi, nmi_kmeans = normalized_mutual_info_score(y, model.labels_), normalized_mutual_info_score(y, kmeans)
+    assert nmi > nmi_kmeans + 0.1, (nmi, nmi_kmeans)
+    # the images are the factor-weighted means of the samples; labels from argmax of W
+    W = model.W_ / model.W_.sum(axis=0)
+    np.testing.assert_allclose(model.components_, W.T @ X, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(model.labels_, model.W_.argmax(axis=1))
+    assert model.predict(X[:20]).shape == (20,) and model.loss_ == model.loss_history_[-1]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("method.alpha", 1.0, r"^method.alpha must be in \[0.0, 1.0\), got 1.0$"),
+    ("method.prior", 0.5, r"^method.prior must be in \[1.0, inf\], got 0.5$"),
+])
+def test_bad_settings_name_their_key(compose, key, value, message):
+    name = key.split(".")[1] == "alpha" and "nmfr" or "dcd"
+    with pytest.raises(settings.ConfigError, match=message):
+        settings.check(compose(f"method={name}", f"{key}={value}"))
