@@ -149,6 +149,19 @@ def nmfr_objective(W: np.ndarray, AW: np.ndarray, lam: float, mu: float) -> floa
     -Tr(W^T A W) + mu/2 |W^T W - I|_F^2 + lam sum_i |w_i|^4 + k (1 + 1 / (2 mu)); the constant
     is minus a lower bound of the rest (A's eigenvalues are at most 1), so the loss is
     non-negative and plots on a log scale.
+
+    Parameters
+    ----------
+    W : ndarray of shape (n_samples, k)
+        The non-negative factor.
+    AW : ndarray of shape (n_samples, k)
+        The product of the random-walk similarity A with W.
+    lam, mu : float
+        The row-norm penalty's weight and the orthogonality penalty's weight.
+
+    Returns
+    -------
+    float
     """
     k = W.shape[1]
     WtW = W.T @ W
@@ -272,6 +285,21 @@ def dcd_objective(S, W, prior: float = 1.0, size: np.ndarray | None = None) -> f
 
     A_hat_ij = sum_k W_ik W_jk / s_k <= 1. With `size` (one weight per node), S is a coarse
     graph whose node a stands for size_a samples that share the row W_a.
+
+    Parameters
+    ----------
+    S : sparse matrix of shape (n_nodes, n_nodes)
+        The symmetric non-negative graph.
+    W : ndarray of shape (n_nodes, k)
+        The positive factor.
+    prior : float
+        The Dirichlet prior's parameter (1: none).
+    size : ndarray of shape (n_nodes,), optional
+        How many samples each node stands for (all 1 without it).
+
+    Returns
+    -------
+    float
     """
     S = sp.csr_matrix(S, dtype=np.float64)
     size = np.ones(S.shape[0]) if size is None else np.asarray(size, dtype=np.float64)
