@@ -160,12 +160,11 @@ def check_data(cfg: dict, X: np.ndarray) -> None:
         The training samples.
     """
     cls = method_class(cfg)
-    model = build_method(cfg)
+    settings, keys = _method_settings(cls, cfg)
     if cls.needs_nonnegative_data and X.min() < 0:
         raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
-    _, keys = _method_settings(cls, cfg)
     with config_keys(keys):
-        model.check_data(X)
+        cls(**settings).check_data(X)
 
 
 def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None,
