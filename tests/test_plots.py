@@ -148,3 +148,48 @@ def test_loss_curve_labels_the_seconds_at_the_iteration_ticks():
     ticks = top.get_xticks()
     labels = [t.get_text() for t in top.get_xticklabels()]
     assert len(ticks) >= 3 and labels == [f"{np.interp(i, np.arange(1, 41), seconds):.2f}" for i in ticks]
+
+
+# --- an Optuna study's figures (nmfstudy.study_plots) ---------------------------------------
+
+def test_slices_are_a_balanced_grid_with_log_and_categorical_axes():
+    from nmfstudy import study_plots
+
+    params = {"k": [5, 20, 40, 10], "alpha": [1e-4, 1e-2, 1e-3, 1e-1], "weight": ["heat", "binary", "heat", None],
+              "n_neighbors": [5, 10, 15, 10]}
+    fig = study_plots.slices(params, [0.5, 0.7, 0.6, 0.55], [0, 1, 2, 4], "accuracy", log_scale=["alpha"])
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and fig.get_figwidth() <= 1150 / 90  # 2 x 2, within the report's width
+    by_name = {ax.get_xlabel(): ax for ax in panels}
+    assert by_name["alpha"].get_xscale() == "log" and by_name["k"].get_xscale() == "linear"
+    # round ticks, a few: matplotlib's minor log labels run into each other in a narrow panel
+    assert [t.get_text() for t in by_name["alpha"].get_xticklabels()] == ["0.0001", "0.001", "0.01", "0.1"]
+    assert [t.get_text() for t in by_name["weight"].get_xticklabels()] == ["binary", "heat"]
+    (dots,) = by_name["weight"].collections
+    np.testing.assert_allclose(dots.get_offsets(), [[1, 0.5], [0, 0.7], [1, 0.6]])  # the trial without it is left out
+    assert "4 completed trials" in fig._suptitle.get_text()
+
+
+def test_intermediate_values_are_drawn_as_the_loss_and_say_so():
+    from nmfstudy import study_plots
+
+    curves = [(0, [5, 10, 15], [-300.0, -250.0, -240.0], False), (1, [5, 10], [-400.0, -390.0], True)]
+    fig = study_plots.intermediate_losses(curves, sign=-1.0)
+    (ax,) = fig.axes
+    drawn = [line.get_ydata() for line in ax.lines]
+    assert list(drawn[0]) == [300.0, 250.0, 240.0] and all(min(y) > 0 for y in drawn)
+    assert any("told -loss" in t.get_text() for t in fig.texts)
+    assert [tuple(line.get_xydata()[0]) for line in ax.lines if line.get_marker() == "x"] == [(10.0, 390.0)]
+
+
+@pytest.mark.parametrize("n_trials, warned", [(4, True), (25, False)])
+def test_importances_say_how_many_trials_they_rest_on(n_trials, warned):
+    from nmfstudy import study_plots
+
+    fig = study_plots.importances({"k": 0.7123456, "alpha": 0.2876544}, n_trials, "accuracy")
+    written = [t.get_text() for t in fig.texts]
+    assert f"parameter importances from {n_trials} completed trials" in written
+    assert any("rough guide" in t for t in written) == warned
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["alpha", "k"]  # most important on top
+    assert [t.get_text() for t in ax.texts] == ["0.288", "0.712"]  # 3 significant digits
