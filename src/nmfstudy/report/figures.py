@@ -126,7 +126,7 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
     -------
     matplotlib.figure.Figure
         Two panels, 10.4 x 4.6 inches, one legend below them; stars labelled "published:
-        <method>" (once a method) and with their value, written towards the panel's middle.
+        <method>" (once a method) and with their value, written beside them in the panel's margin.
 
     References
     ----------
@@ -141,7 +141,7 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
     axes = dict(zip(ACCURACIES, row, strict=False))
     for metric, ax in axes.items():
         _draw(ax, metric, best, complete, colors, ACCURACIES[metric])
-        ax.margins(x=0.08)  # room for a star's value beside the first and last k
+        ax.margins(x=0.12)  # room for a star's value beside the first and last k
     ks = [r.k for r in complete if r.k is not None] + [ref["k"] for ref in references]
     middle = (min(ks) + max(ks)) / 2 if ks else 0
     labelled = set()
@@ -153,10 +153,11 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
                    edgecolors="black", zorder=5,
                    label=None if ref["method"] in labelled else f"published: {ref['method']}")
         labelled.add(ref["method"])
-        # The value on the side towards the middle: at the last k it would run off the panel.
-        left = ref["k"] > middle
+        # The value beside the star, on the side away from the middle: lines run only between the
+        # first and last k, so the panel's margin beyond them holds it without covering any.
+        left = ref["k"] < middle
         ax.annotate(f"{ref['value']:.2f}", (ref["k"], ref["value"]), textcoords="offset points",
-                    xytext=(-8 if left else 8, -3), ha="right" if left else "left", va="center", fontsize=8,
+                    xytext=(-8 if left else 8, 0), ha="right" if left else "left", va="center", fontsize=8,
                     bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     for ax in axes.values():
         ax.set_ylabel("accuracy")
