@@ -108,3 +108,28 @@ def corrupt_deflate(path):
 def write_typed_idx(path, array, type_code, dtype):
     header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path.write_bytes(gzip.compress(header + array.astype(dtype).tobytes()))
+
+
+# ----------------------------------------------------------------------------- a folder of images
+
+def quadrant_image(shape, which: int, rng) -> np.ndarray:
+    """A uint8 grayscale image of `shape`: faint noise, one bright quadrant (0: top left, 1: bottom right)."""
+    h, w = shape
+    image = rng.integers(0, 40, size=shape)
+    rows, cols = (slice(0, h // 2), slice(0, w // 2)) if which == 0 else (slice(h // 2, h), slice(w // 2, w))
+    image[rows, cols] = rng.integers(200, 256, size=image[rows, cols].shape)
+    return image.astype(np.uint8)
+
+
+def make_image_folder(folder: Path, shape=(20, 24), labels=("top_left", "bottom_right"), n_per_label: int = 12,
+                      seed: int = 0) -> Path:
+    """PNG files of quadrant images: one sub-folder per label, or (labels=None) 2 x n_per_label in the folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for which in range(2):
+        place = folder / labels[which] if labels else folder
+        place.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_label):
+            Image.fromarray(quadrant_image(shape, which, rng)).save(place / f"{which}_{i:03d}.png")
+    return folder

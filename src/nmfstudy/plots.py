@@ -68,8 +68,8 @@ def component_titles(members: np.ndarray, y: np.ndarray, k: int) -> list[str]:
     ----------
     members : ndarray of int, shape (n_samples,)
         The component (or cluster) each sample belongs to, in ``0 .. k - 1``.
-    y : ndarray of int, shape (n_samples,)
-        The true labels (digits), non-negative.
+    y : ndarray of int, shape (n_samples,), or None
+        The true labels (digits), non-negative; None when there are none.
     k : int
         The number of components.
 
@@ -77,8 +77,10 @@ def component_titles(members: np.ndarray, y: np.ndarray, k: int) -> list[str]:
     -------
     list of str
         ``"#j: d"`` for component j, with d its most frequent label, or ``"#j: -"`` when no
-        sample belongs to it.
+        sample belongs to it; ``"#j"`` without labels.
     """
+    if y is None:
+        return [f"#{j}" for j in range(k)]
     table = contingency(y, members, k)
     return [f"#{j}: {table[j].argmax()}" if table[j].sum() else f"#{j}: -" for j in range(k)]
 
