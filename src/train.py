@@ -88,6 +88,20 @@ def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
                             "figures/loss_curve.png")
 
 
+def _draws_figures(figures: str, reporter: TrialReporter | None, scores: dict[str, float],
+                   objective: str | list[str]) -> bool:
+    """Whether the run draws its figures under `tracking.figures` (all, final or none)."""
+    if figures != "final" or reporter is None:
+        return figures != "none"
+    names = [objective] if isinstance(objective, str) else list(objective)
+    if reporter.pruned or any(name not in scores for name in names):
+        return False
+    if reporter.beats_finished_trials([scores[name] for name in names]):
+        return True
+    log.info("figures not drawn: a finished trial of the study is better (tracking.figures=final)")
+    return False
+
+
 def objective_value(scores: dict[str, float], objective: str | list[str],
                     optimized: bool = True) -> float | list[float] | None:
     """The value(s) a sweeper optimizes: the metric named by `objective`, or a list for a list of names.
@@ -233,8 +247,9 @@ def main(cfg: DictConfig) -> float | list[float]:
             tracking.log_history("loss", model.loss_history_)
             scores.pop("loss")
         tracking.log_metrics(scores)
-        log_figures(model, data, run_cfg)
         scores["loss"] = model.loss_
+        if _draws_figures(tracking_cfg.get("figures", "final"), reporter, scores, run_cfg["objective"]):
+            log_figures(model, data, run_cfg)
 
     shown = [("accuracy", "accuracy %.4f"), ("hungarian_accuracy", "hungarian %.4f"), ("nmi", "nmi %.4f"),
              ("test_accuracy", "test_accuracy %.4f"), ("silhouette", "silhouette %.4f"), ("loss", "loss %.6g"),

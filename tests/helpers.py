@@ -54,6 +54,14 @@ def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):
     return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
 
 
+def artifact_paths(tmp_path: Path, run, folder: str = "figures") -> set[str]:
+    """The paths of a run's artifacts in `folder` of the temporary store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return {a.path for a in client.list_artifacts(run.info.run_id, folder)}
+
+
 def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 180,
                interval: float = 0.2):
     """Poll `condition()` until it returns something other than None or False, and return that.

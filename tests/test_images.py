@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_image_folder, mlflow_runs, quadrant_image, run_train
+from helpers import artifact_paths, make_image_folder, mlflow_runs, quadrant_image, run_train
 from PIL import Image
 
 from nmfstudy import config as settings
@@ -15,13 +15,6 @@ from nmfstudy.data import DataError, load_dataset, parse_image_size, read_image_
 from nmfstudy.metrics import LABEL_METRICS
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _artifacts(tmp_path, run) -> set[str]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -41,7 +34,7 @@ def test_labelled_images_of_20x24_are_scored_with_labels_and_drawn_in_their_shap
     metrics = run.data.metrics
     assert set(LABEL_METRICS) <= set(metrics)
     assert metrics["hungarian_accuracy"] == 1.0 and metrics["test_accuracy"] == 1.0  # the quadrants part cleanly
-    assert _artifacts(tmp_path, run) >= {"figures/components.png", "figures/confusion.png",
+    assert artifact_paths(tmp_path, run) >= {"figures/components.png", "figures/confusion.png",
                                          "figures/reconstructions.png", "figures/cluster_samples.png"}
     assert "not scored" not in result.stdout + result.stderr
 
@@ -61,7 +54,7 @@ def test_unlabelled_images_run_every_method_and_skip_the_label_metrics_with_one_
         assert not set(LABEL_METRICS) & set(metrics)
         assert metrics["silhouette"] > 0.5 and metrics["n_clusters_used"] == 2 and "loss" in metrics
         assert ("sparsity_W" in metrics) == (run.data.params["method"] == "nmf")
-        figures = _artifacts(tmp_path, run)
+        figures = artifact_paths(tmp_path, run)
         assert {"figures/components.png", "figures/reconstructions.png", "figures/cluster_samples.png"} <= figures
         assert "figures/confusion.png" not in figures
     skipped = [line for line in output.splitlines() if "not scored" in line]

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import methods, metrics
 from .data import DATASETS, parse_image_size, scan_image_folder
-from .params import Interval, InvalidParameterError
+from .params import Interval, InvalidParameterError, Options
 from .params import check as check_value
 
 # The groups of a run's config that hold a method's settings, and what each holds
@@ -29,6 +29,9 @@ RUN_PARAMETERS = {
     "seed": [Interval(Integral, 0, 2**32 - 1)],  # numpy's and scikit-learn's seeds
     "progress_every_s": [Interval(Real, 0.0)],
 }
+# tracking.figures: every run draws its figures (all); a study's trial only when it beats the trials
+# finished before it, so that the best trial has them (final); no run draws any (none)
+FIGURES = ("all", "final", "none")
 # load_dataset's arguments -> their config keys
 DATASET_KEYS = {"name": "dataset", "dir": "dataset.dir", "n_samples": "dataset.n_samples",
                 "test_size": "dataset.test_size", "image_size": "dataset.image_size", "cache_dir": "dataset.cache_dir"}
@@ -131,6 +134,8 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
     with config_keys({}):
         for key, constraints in RUN_PARAMETERS.items():
             check_value(key, cfg.get(key, 2.0 if key == "progress_every_s" else None), constraints)
+    with config_keys({"figures": "tracking.figures"}):
+        check_value("figures", (cfg.get("tracking") or {}).get("figures", "final"), [Options(FIGURES)])
     dataset = cfg.get("dataset") or {}
     if dataset.get("name") not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset.get('name')!r}")
