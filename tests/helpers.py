@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +21,36 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def made_store(db: Path) -> None:
+    """Put an empty MLflow store, its schema already made, at `db` (unless one is there).
+
+    Making MLflow's schema (its migrations) costs a few seconds per store; the tests that are
+    about a first start on a new store pass ``fresh_store=True`` to `run_train` instead.
+    """
+    if db.exists():
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    template = Path(tempfile.gettempdir()) / f"nmfstudy-tests-empty-store-mlflow-{mlflow.__version__}.db"
+    if not template.exists():
+        # made aside, then renamed: a parallel test worker never copies half a file
+        fd, building = tempfile.mkstemp(dir=template.parent, suffix=".db")
+        os.close(fd)
+        os.unlink(building)
+        MlflowClient(f"sqlite:///{building}").search_experiments()
+        os.replace(building, template)
+    shutil.copyfile(template, db)
+
+
 def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
-              script: str = "src/train.py", env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path."""
+              script: str = "src/train.py", env: dict | None = None, fresh_store: bool = False,
+              ) -> subprocess.CompletedProcess:
+    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path.
+
+    The store there starts as a copy of an empty one (`made_store`), or, with `fresh_store`, is
+    left for the run to make.
+    """
     args = [sys.executable, script]
     if multirun:
         args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
@@ -29,6 +58,8 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
         args += [f"hydra.run.dir={tmp_path / 'run'}"]
     if not any(o.startswith("tracking.uri=") for o in overrides):
         args.append(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+        if not fresh_store:
+            made_store(tmp_path / "mlflow.db")
     args += overrides
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})

@@ -42,7 +42,7 @@ AT_THE_DOOR = [
 
 @pytest.mark.parametrize("overrides, line", AT_THE_DOOR, ids=[" ".join(o) for o, _ in AT_THE_DOOR])
 def test_settings_are_refused_before_any_fit_or_run(tmp_path, overrides, line):
-    result = run_train(tmp_path, *overrides, env=ONE_THREAD)
+    result = run_train(tmp_path, *overrides, env=ONE_THREAD, fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run made
 
@@ -69,7 +69,8 @@ def _labels(folder):
 def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
     folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     name, what = damage(folder)
-    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD)
+    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD,
+                       fresh_store=True)
     line = the_one_line(result)
     assert line.startswith("error: dataset.dir: ") and str(folder / name) in line and what in line
     assert not (tmp_path / "mlflow.db").exists()
@@ -106,7 +107,7 @@ def test_bad_images_are_one_line_naming_the_key(tmp_path, damage):
     overrides, line = damage(folder) if damage else ([], IMAGES_NEEDED)
     given = [f"dataset.dir={folder}"] if damage else []
     result = run_train(tmp_path, "dataset=images", *given, *overrides, f"dataset.cache_dir={tmp_path / 'cache'}",
-                       "k=2", env=ONE_THREAD)
+                       "k=2", env=ONE_THREAD, fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
 
