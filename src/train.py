@@ -26,7 +26,7 @@ from nmfstudy import plots, tracking
 from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root, run_label
 from nmfstudy.methods import ClusteringMethod
-from nmfstudy.metrics import evaluate
+from nmfstudy.metrics import LABEL_METRICS, evaluate
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.versions import package_versions
@@ -96,7 +96,22 @@ def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
                             "figures/loss_curve.png")
 
 
-def objective_value(scores: dict[str, float], objective: str | list[str]) -> float | list[float]:
+def _draws_figures(figures: str, reporter: TrialReporter | None, scores: dict[str, float],
+                   objective: str | list[str]) -> bool:
+    """Whether the run draws its figures under `tracking.figures` (all, final or none)."""
+    if figures != "final" or reporter is None:
+        return figures != "none"
+    names = [objective] if isinstance(objective, str) else list(objective)
+    if reporter.pruned or any(name not in scores for name in names):
+        return False
+    if reporter.beats_finished_trials([scores[name] for name in names]):
+        return True
+    log.info("figures not drawn: a finished trial of the study is better (tracking.figures=final)")
+    return False
+
+
+def objective_value(scores: dict[str, float], objective: str | list[str],
+                    optimized: bool = True) -> float | list[float] | None:
     """The value(s) a sweeper optimizes: the metric named by `objective`, or a list for a list of names.
 
     Parameters
@@ -105,25 +120,30 @@ def objective_value(scores: dict[str, float], objective: str | list[str]) -> flo
         The run's metrics by name.
     objective : str or list of str
         The config's ``objective``.
+    optimized : bool, default True
+        Whether a sweeper optimizes it (an Optuna trial). When not, a label metric missing for
+        want of labels gives None: nothing reads the value of a plain run.
 
     Returns
     -------
-    float or list of float
+    float or list of float or None
 
     Raises
     ------
     UserError
-        When a named metric is not among the scores.
+        When a named metric is not among the scores (and not a label metric of an unoptimized run).
     """
     names = [objective] if isinstance(objective, str) else list(objective)
     missing = [name for name in names if name not in scores]
+    if missing and not optimized and set(missing) <= set(LABEL_METRICS):
+        return None
     if missing:
         raise UserError(f"objective names metric(s) {missing} that this run does not produce; it has {sorted(scores)}")
     values = [scores[name] for name in names]
     return values[0] if isinstance(objective, str) else values
 
 
-def prepare(run_cfg: dict, root: Path) -> tuple[Dataset, tracking.Store, Any]:
+def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset, tracking.Store, Any]:
     """Everything that can fail on a user mistake, before any fitting or logging.
 
     Parameters
@@ -131,7 +151,9 @@ def prepare(run_cfg: dict, root: Path) -> tuple[Dataset, tracking.Store, Any]:
     run_cfg : dict
         The run's resolved config.
     root : Path
-        The project root (where the default store lives).
+        The project root (where the default store and the image cache live).
+    optimized : bool, default False
+        Whether a sweeper optimizes the run's objective (see `nmfstudy.config.check`).
 
     Returns
     -------
@@ -144,11 +166,13 @@ def prepare(run_cfg: dict, root: Path) -> tuple[Dataset, tracking.Store, Any]:
         With one line naming the key at fault.
     """
     try:
-        settings.check(run_cfg)
+        settings.check(run_cfg, optimized=optimized)
         ds = run_cfg["dataset"]
         with settings.config_keys(settings.DATASET_KEYS):
             data = load_dataset(ds["name"], dir=ds.get("dir"), n_samples=ds.get("n_samples"),
-                                test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"])
+                                test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"],
+                                image_size=ds.get("image_size"),
+                                cache_dir=ds.get("cache_dir") or root / ".cache" / "images")
         settings.check_data(run_cfg, data.X_train)
         store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
         client = tracking.open_store(store)
@@ -175,8 +199,9 @@ def main(cfg: DictConfig) -> float | list[float]:
     run_cfg = OmegaConf.to_container(cfg, resolve=True)
     root = project_root()
     hydra_cfg = HydraConfig.get()
+    optimized = bool(run_cfg.get(TRIAL_KEY))  # an Optuna trial: its sweeper optimizes the objective
     try:
-        data, store, client = prepare(run_cfg, root)
+        data, store, client = prepare(run_cfg, root, optimized)
     except UserError as err:
         if hydra_cfg.mode == RunMode.RUN:
             print(f"error: {err}", file=sys.stderr)
@@ -204,6 +229,8 @@ def main(cfg: DictConfig) -> float | list[float]:
                       store=store, run_id=hook.run_id if hook is not None else None,
                       heartbeat_s=tracking_cfg.get("heartbeat_interval") or 0) as active:
         short = {key: run_cfg[key]["name"] for key in ("dataset", "method", "init", "sparsity")}
+        # the shape the images were drawn in (images: read from the files, whatever image_size said)
+        short["image_shape"] = "x".join(str(n) for n in data.image_shape)
         tracking.log_params({**tracking.flatten(run_cfg), **short})
         tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tracking.log_text("\n".join(f"{name}=={version}" for name, version in package_versions().items()),
@@ -221,25 +248,28 @@ def main(cfg: DictConfig) -> float | list[float]:
             # Stopped early by the pruner: the run stays FINISHED with what it had, tagged PRUNED.
             tracking.set_tags(reporter.tags())
         scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test, seed=run_cfg["seed"])
+        if not data.has_labels:
+            log.info("%s not scored: the images of dataset.dir=%s have no labels (no sub-folder per label)",
+                     ", ".join(LABEL_METRICS), run_cfg["dataset"]["dir"])
         if len(model.loss_history_) > 1:
             tracking.log_history("loss", model.loss_history_)
             scores.pop("loss")
         tracking.log_metrics(scores)
-        log_figures(model, data, run_cfg)
         scores["loss"] = model.loss_
+        if _draws_figures(tracking_cfg.get("figures", "final"), reporter, scores, run_cfg["objective"]):
+            log_figures(model, data, run_cfg)
 
-    log.info(
-        "accuracy %.4f  hungarian %.4f  nmi %.4f  test_accuracy %.4f  loss %.6g  fit %.1fs  (%d iterations)",
-        scores["accuracy"], scores["hungarian_accuracy"], scores["nmi"], scores["test_accuracy"], scores["loss"],
-        scores["fit_time_s"], scores["n_iter"],
-    )
+    shown = [("accuracy", "accuracy %.4f"), ("hungarian_accuracy", "hungarian %.4f"), ("nmi", "nmi %.4f"),
+             ("test_accuracy", "test_accuracy %.4f"), ("silhouette", "silhouette %.4f"), ("loss", "loss %.6g"),
+             ("fit_time_s", "fit %.1fs"), ("n_iter", "(%d iterations)")]
+    log.info("  ".join(text for name, text in shown if name in scores), *(scores[n] for n, _ in shown if n in scores))
     exp_id = active.info.experiment_id
     log.info("logged to MLflow run %r (%s); to see it, %sopen the runs table %s (this run: %s)",
              run_name, active.info.run_id, tracking.ui_hint(store, root), tracking.ui_link(store, exp_id),
              tracking.ui_link(store, exp_id, active.info.run_id))
     if reporter is not None and reporter.pruned:
         raise reporter.pruned_exception()
-    return objective_value(scores, run_cfg["objective"])
+    return objective_value(scores, run_cfg["objective"], optimized)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +21,36 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def made_store(db: Path) -> None:
+    """Put an empty MLflow store, its schema already made, at `db` (unless one is there).
+
+    Making MLflow's schema (its migrations) costs a few seconds per store; the tests that are
+    about a first start on a new store pass ``fresh_store=True`` to `run_train` instead.
+    """
+    if db.exists():
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    template = Path(tempfile.gettempdir()) / f"nmfstudy-tests-empty-store-mlflow-{mlflow.__version__}.db"
+    if not template.exists():
+        # made aside, then renamed: a parallel test worker never copies half a file
+        fd, building = tempfile.mkstemp(dir=template.parent, suffix=".db")
+        os.close(fd)
+        os.unlink(building)
+        MlflowClient(f"sqlite:///{building}").search_experiments()
+        os.replace(building, template)
+    shutil.copyfile(template, db)
+
+
 def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
-              script: str = "src/train.py", env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path."""
+              script: str = "src/train.py", env: dict | None = None, fresh_store: bool = False,
+              ) -> subprocess.CompletedProcess:
+    """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path.
+
+    The store there starts as a copy of an empty one (`made_store`), or, with `fresh_store`, is
+    left for the run to make.
+    """
     args = [sys.executable, script]
     if multirun:
         args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
@@ -29,6 +58,8 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
         args += [f"hydra.run.dir={tmp_path / 'run'}"]
     if not any(o.startswith("tracking.uri=") for o in overrides):
         args.append(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
+        if not fresh_store:
+            made_store(tmp_path / "mlflow.db")
     args += overrides
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
@@ -52,6 +83,14 @@ def mlflow_runs(tmp_path: Path, experiment: str = "nmfstudy"):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+def artifact_paths(tmp_path: Path, run, folder: str = "figures") -> set[str]:
+    """The paths of a run's artifacts in `folder` of the temporary store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return {a.path for a in client.list_artifacts(run.info.run_id, folder)}
 
 
 def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 180,
@@ -108,3 +147,28 @@ def corrupt_deflate(path):
 def write_typed_idx(path, array, type_code, dtype):
     header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path.write_bytes(gzip.compress(header + array.astype(dtype).tobytes()))
+
+
+# ----------------------------------------------------------------------------- a folder of images
+
+def quadrant_image(shape, which: int, rng) -> np.ndarray:
+    """A uint8 grayscale image of `shape`: faint noise, one bright quadrant (0: top left, 1: bottom right)."""
+    h, w = shape
+    image = rng.integers(0, 40, size=shape)
+    rows, cols = (slice(0, h // 2), slice(0, w // 2)) if which == 0 else (slice(h // 2, h), slice(w // 2, w))
+    image[rows, cols] = rng.integers(200, 256, size=image[rows, cols].shape)
+    return image.astype(np.uint8)
+
+
+def make_image_folder(folder: Path, shape=(20, 24), labels=("top_left", "bottom_right"), n_per_label: int = 12,
+                      seed: int = 0) -> Path:
+    """PNG files of quadrant images: one sub-folder per label, or (labels=None) 2 x n_per_label in the folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for which in range(2):
+        place = folder / labels[which] if labels else folder
+        place.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_label):
+            Image.fromarray(quadrant_image(shape, which, rng)).save(place / f"{which}_{i:03d}.png")
+    return folder

@@ -9,6 +9,7 @@ import pytest
 from helpers import (
     ROOT,
     corrupt_deflate,
+    make_image_folder,
     make_mnist_folder,
     mlflow_runs,
     run_train,
@@ -41,7 +42,7 @@ AT_THE_DOOR = [
 
 @pytest.mark.parametrize("overrides, line", AT_THE_DOOR, ids=[" ".join(o) for o, _ in AT_THE_DOOR])
 def test_settings_are_refused_before_any_fit_or_run(tmp_path, overrides, line):
-    result = run_train(tmp_path, *overrides, env=ONE_THREAD)
+    result = run_train(tmp_path, *overrides, env=ONE_THREAD, fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run made
 
@@ -68,10 +69,60 @@ def _labels(folder):
 def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
     folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     name, what = damage(folder)
-    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD)
+    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD,
+                       fresh_store=True)
     line = the_one_line(result)
     assert line.startswith("error: dataset.dir: ") and str(folder / name) in line and what in line
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- a folder of images --------------------------------------------------------------------------
+
+IMAGES_NEEDED = ("error: dataset.dir: not set: dataset=images needs dataset.dir=FOLDER, a folder of PNG/JPEG images "
+                 "(one sub-folder per label, or all in the folder itself when unlabelled)")
+
+
+def _unreadable(folder):
+    (folder / "top_left" / "broken.png").write_bytes(b"not a png")
+    return [], f"error: dataset.dir: cannot read image {folder}/top_left/broken.png: not a PNG or JPEG image that " \
+               "Pillow can read"
+
+
+def _cut_short(folder):
+    path = folder / "bottom_right" / "1_003.png"
+    path.write_bytes(path.read_bytes()[:200])
+    return [], f"error: dataset.dir: cannot read image {path}: image file is truncated"
+
+
+def _bad_size(folder):
+    return ["dataset.image_size=[20,0]"], ("error: dataset.image_size must be null (the first image's size), an "
+                                           "integer N >= 1 (N x N pixels) or [height, width] in pixels, each >= 1 "
+                                           "(e.g. [20, 24]); got [20, 0]")
+
+
+@pytest.mark.parametrize("damage", [None, _unreadable, _cut_short, _bad_size],
+                         ids=["no dataset.dir", "not an image", "cut short", "image_size [20,0]"])
+def test_bad_images_are_one_line_naming_the_key(tmp_path, damage):
+    folder = make_image_folder(tmp_path / "images", shape=(20, 24), n_per_label=4)
+    overrides, line = damage(folder) if damage else ([], IMAGES_NEEDED)
+    given = [f"dataset.dir={folder}"] if damage else []
+    result = run_train(tmp_path, "dataset=images", *given, *overrides, f"dataset.cache_dir={tmp_path / 'cache'}",
+                       "k=2", env=ONE_THREAD, fresh_store=True)
+    assert the_one_line(result) == line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_study_of_a_label_metric_on_unlabelled_images_stops_before_any_trial(tmp_path):
+    folder = make_image_folder(tmp_path / "loose", shape=(20, 24), labels=None, n_per_label=4)
+    result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=images", f"dataset.dir={folder}",
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True, env=ONE_THREAD)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (
+        "objective must be one of loss, j_clust, fit_time_s, n_iter, n_clusters_used, n_live_components, silhouette, "
+        "sparsity_W, sparsity_H (the metrics a run of method=nmf logs on images without labels: "
+        f"dataset.dir={folder} has no sub-folder per label), or a list of them; got 'accuracy'"
+    ) in result.stderr.splitlines()
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "0").exists()
 
 
 # --- a degenerate fit is scored ------------------------------------------------------------------

@@ -120,7 +120,8 @@ def test_full_mnist_offline_without_a_folder_says_where_to_get_it(tmp_path):
     """No dataset.dir, no cached copy, no network (a dead proxy stands in for it): one line, before any run."""
     dead = "http://127.0.0.1:9"
     result = run_train(tmp_path, "dataset=mnist", env={"SCIKIT_LEARN_DATA": str(tmp_path / "sk"), "HTTP_PROXY": dead,
-                                                       "HTTPS_PROXY": dead, "https_proxy": dead, "http_proxy": dead})
+                                                       "HTTPS_PROXY": dead, "https_proxy": dead, "http_proxy": dead},
+                       fresh_store=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()  # one line: no warning of sklearn's retries, no traceback
     assert line.startswith("error: ")

@@ -70,6 +70,14 @@ def test_check_data_rejects_k_above_samples_and_negative_pixels(compose):
     settings.check_data(compose("method=kmeans"), np.full((20, 4), -0.5, dtype=np.float32))
 
 
+def test_tracking_figures_takes_all_final_or_none(compose):
+    assert compose()["tracking"]["figures"] == "final"
+    for value in ("all", "final", "none"):
+        settings.check(compose(f"tracking.figures={value}"))
+    with pytest.raises(settings.ConfigError, match="^tracking.figures must be one of all, final, none; got 'some'$"):
+        settings.check(compose("tracking.figures=some"))
+
+
 def test_graph_methods_compose_and_check(compose):
     gnmf = settings.build_method(compose("method=gnmf", "method.lam=5", "graph.n_neighbors=7"), fingerprint="fp",
                                  cache_dir="/tmp/x")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CONF, ROOT, default_sigint, mlflow_runs, run_train
+from helpers import CONF, ROOT, artifact_paths, default_sigint, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
@@ -225,6 +225,24 @@ def test_reporter_without_pruner_only_reports_and_multi_objective_reports_nothin
     assert reporter.wrap()(1, 5.0, 0.0) is None and not reporter.pruned
 
 
+def test_a_trial_beats_the_finished_trials_only_when_none_is_better(tmp_path):
+    url, study = _reporter_study(tmp_path, "maximize")
+    study.tell(study.ask(), 0.5)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # failed trials do not count
+    reporter = TrialReporter(TrialHook("s", 2, storage=url))
+    assert [reporter.beats_finished_trials(value) for value in (0.4, 0.5, 0.6)] == [False, True, True]
+    low = optuna.create_study(study_name="low", storage=url, direction="minimize")
+    low.tell(low.ask(), 0.5)
+    reporter = TrialReporter(TrialHook("low", 1, storage=url))
+    assert [reporter.beats_finished_trials(value) for value in (0.4, 0.6)] == [True, False]
+    multi = optuna.create_study(study_name="m", storage=url, directions=["maximize", "minimize"])
+    multi.tell(multi.ask(), [0.5, 10.0])
+    reporter = TrialReporter(TrialHook("m", 1, storage=url))
+    assert reporter.beats_finished_trials([0.4, 5.0])  # better on the second: on the front so far
+    assert not reporter.beats_finished_trials([0.4, 10.0])  # dominated
+    assert TrialReporter(TrialHook("s", 0)).beats_finished_trials(0.0)  # in memory: cannot tell, draws
+
+
 # --- the real command line ------------------------------------------------------------------
 
 def _sweep(tmp: Path, *overrides: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -232,6 +250,27 @@ def _sweep(tmp: Path, *overrides: str, timeout: int = 400) -> subprocess.Complet
                        *overrides, multirun=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def test_a_studys_trials_draw_figures_only_when_they_beat_the_finished_ones(tmp_path):
+    """tracking.figures=final (the default): the best trial has its figures, a trial worse than one
+    finished before it has none; tracking.figures=none draws nothing, in a plain run too."""
+    _sweep(tmp_path, "k=choice(2,9,3,10)", "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.n_trials=4",
+           "dataset.n_samples=300", "method.max_iter=20")
+    trials = {t.number: t for t in _trials(tmp_path, "nmf_k-digits-n300")}
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in mlflow_runs(tmp_path)
+            if "optuna.trial_number" in r.data.tags}
+    assert sorted(runs) == [0, 1, 2, 3]
+    drew = {n: "figures/components.png" in artifact_paths(tmp_path, runs[n]) for n in runs}
+    record = [trials[n].value > max([trials[m].value for m in range(n)] or [-1]) for n in range(4)]
+    assert drew == dict(enumerate(record)) and record[0] and not all(record)
+    best = max(trials.values(), key=lambda t: t.value).number
+    assert drew[best]
+    (tmp_path / "plain").mkdir()
+    plain = run_train(tmp_path / "plain", "dataset=digits", "dataset.n_samples=300", "tracking.figures=none")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    (run,) = mlflow_runs(tmp_path / "plain")
+    assert artifact_paths(tmp_path / "plain", run) == set() and run.info.status == "FINISHED"
 
 
 def _trials(tmp: Path, name: str = STUDY):

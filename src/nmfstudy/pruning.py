@@ -180,6 +180,45 @@ class TrialReporter:
         log.info("trial %d pruned at iteration %d (loss %.6g)", self.number, iteration, loss)
         return True
 
+    def beats_finished_trials(self, values: float | list[float]) -> bool:
+        """Whether the trial's objective value(s) beat every trial of the study finished so far.
+
+        With `tracking.figures=final` a trial draws its figures only then: the study's best trial
+        always has them (it beat every trial before it), and the others skip the cost. With several
+        objectives, "beat" means that no finished trial dominates these values.
+
+        Parameters
+        ----------
+        values : float or list of float
+            The trial's objective value(s), as the job returns them to the sweeper.
+
+        Returns
+        -------
+        bool
+            False only when a finished trial is better; True when none is, or when the study cannot
+            be read (an in-memory study, a lost storage): better a figure too many than none.
+        """
+        if not self.hook.storage:
+            return True
+        try:
+            import optuna
+
+            study = optuna.load_study(study_name=self.hook.study_name, storage=job_storage(self.hook.storage),
+                                      sampler=optuna.samplers.RandomSampler())
+            finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            maximize = [direction == optuna.study.StudyDirection.MAXIMIZE for direction in study.directions]
+        except Exception as err:
+            log.warning("trial %d: cannot read the study in %s, drawing its figures: %s", self.number,
+                        self.hook.storage, err)
+            return True
+        mine = _oriented([values] if isinstance(values, (int, float)) else list(values), maximize)
+        for trial in finished:
+            theirs = _oriented(trial.values, maximize)
+            pairs = list(zip(theirs, mine, strict=True))
+            if all(a >= b for a, b in pairs) and any(a > b for a, b in pairs):
+                return False
+        return True
+
     def pruned_exception(self) -> Exception:
         """The exception a pruned job raises, so that the sweeper tells its trial PRUNED.
 
@@ -214,3 +253,8 @@ class TrialReporter:
             log.warning("trial %d: cannot open it in %s, no reports: %s", self.number, self.hook.storage, err)
             self._off = True
         return self._trial
+
+
+def _oriented(values: list[float], maximize: list[bool]) -> list[float]:
+    """Values turned so that larger is better for every objective."""
+    return [float(value) if up else -float(value) for value, up in zip(values, maximize, strict=True)]
