@@ -63,28 +63,36 @@ def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
     model : ClusteringMethod
         The fitted method.
     data : Dataset
-        The data it was fitted on (its held-out part gives the reconstructions).
+        The data it was fitted on, of any image shape (its held-out part gives the
+        reconstructions). Unlabelled data (``y_train`` None) gets no confusion matrix and
+        titles without a majority label.
     cfg : dict
-        The run's resolved config (k, method name and seed).
+        The run's resolved config (k, the method's and sparsity's names, seed).
     """
-    k, shape, method = cfg["k"], data.image_shape, cfg["method"]["name"]
-    titles = plots.component_titles(model.component_members_, data.y_train, k)
-    tracking.log_figure(plots.gallery(model.components_, shape, titles,
-                                      f"{method} {model.images_name}, k={k} (#: majority digit)"),
+    k, shape, y = cfg["k"], data.image_shape, data.y_train
+    sparsity = (cfg.get("sparsity") or {}).get("name", "none")
+    # what the run is, said once in every title: "method=nmf sparsity=hoyer, k=10"
+    run = f"method={cfg['method']['name']}" + (f" sparsity={sparsity}" if sparsity != "none" else "") + f", k={k}"
+    titles = plots.component_titles(model.component_members_, y, k, model.components_)
+    tracking.log_figure(plots.gallery(model.components_, shape, titles, f"{run}: {model.images_name}",
+                                      plots.titles_note(titles, labelled=y is not None)),
                         "figures/components.png")
-    if data.y_train is not None:  # no labels, no table of clusters against them
-        tracking.log_figure(plots.confusion(data.y_train, model.labels_, k, f"{method}, k={k}: clusters vs digits"),
+    if y is not None:
+        tracking.log_figure(plots.confusion(y, model.labels_, k, f"{run}: clusters vs digits"),
                             "figures/confusion.png")
-    sample = np.random.default_rng(cfg["seed"]).choice(len(data.X_test), size=min(10, len(data.X_test)), replace=False)
-    tracking.log_figure(
-        plots.reconstructions(data.X_test[sample], model.reconstruct(data.X_test[sample]), shape,
-                              f"{method}, k={k}: held-out originals and reconstructions"),
-        "figures/reconstructions.png",
-    )
-    tracking.log_figure(plots.cluster_samples(data.X_train, model.labels_, data.y_train, k, shape, seed=cfg["seed"]),
+    if len(data.X_test):
+        sample = np.random.default_rng(cfg["seed"]).choice(len(data.X_test), size=min(10, len(data.X_test)),
+                                                           replace=False)
+        tracking.log_figure(
+            plots.reconstructions(data.X_test[sample], model.reconstruct(data.X_test[sample]), shape,
+                                  f"{run}: held-out samples and their reconstructions"),
+            "figures/reconstructions.png",
+        )
+    tracking.log_figure(plots.cluster_samples(data.X_train, model.labels_, y, k, shape, seed=cfg["seed"],
+                                              title=f"{run}: random training samples per cluster"),
                         "figures/cluster_samples.png")
     if len(model.loss_history_) > 1:
-        tracking.log_figure(plots.loss_curve(model.loss_history_, model.time_history_, f"{method}, k={k}: loss"),
+        tracking.log_figure(plots.loss_curve(model.loss_history_, model.time_history_, f"{run}: loss"),
                             "figures/loss_curve.png")
 
 

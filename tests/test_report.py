@@ -167,18 +167,22 @@ def test_page_renders_in_headless_chromium(study, tmp_path):
       document.body.dataset.images = images.length;
       document.body.dataset.broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
       document.body.dataset.bestRows = document.querySelectorAll('#best tr').length - 1;
+      // legible as drawn: no image shown narrower than its pixels (fonts sized for 90 dpi)
+      document.body.dataset.shrunk = images.filter(i => i.width < i.naturalWidth - 1).length;
+      document.body.dataset.widest = Math.max(...images.map(i => i.naturalWidth));
     });</script></body>"""
     page = tmp_path / "probe.html"
     page.write_text(study["html"].replace("</body>", probe))
     dom = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+         "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body([^>]*)>", dom).group(1)
     found = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
     assert found, "the probe did not run: " + dom[:500]
     assert int(found["images"]) >= 9 and found["broken"] == "0"
+    assert found["shrunk"] == "0" and int(found["widest"]) > 900, found  # the widest, accuracy_vs_k, at full size
     assert int(found["best-rows"]) == 7  # nmf, kmeans at k=4, 8; nmf+hoyer at 8; the trials' k=5, 6 (7 was pruned)
     for run in study["runs"]:
         assert run.info.run_id in dom
@@ -306,3 +310,77 @@ def test_rank_by_must_be_a_metric_of_the_completed_runs():
     with pytest.raises(report.ReportError, match="got 'only_failed'"):
         records.check_rank_by(runs, "only_failed", "x")
     records.check_rank_by([run("broken", status="FAILED")], "foo", "x")  # nothing to choose from: the page says so
+
+
+# --- the figures, on fake runs ---------------------------------------------------------
+
+def _extent(fig, artist):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    return artist.get_window_extent(renderer)
+
+
+def test_accuracy_vs_k_legend_below_the_panels_and_star_values_inside_them():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from nmfstudy.report import figures
+
+    runs = [run(f"{m}{k}", method=m, k=k, accuracy=a, hungarian_accuracy=a - 0.1)
+            for m, base in [("nmf", 0.5), ("kmeans", 0.6)] for k, a in [(10, base), (20, base + 0.1), (50, base + 0.2)]]
+    references = [{"method": "kmeans", "k": 50, "metric": "accuracy", "value": 0.8134},
+                  {"method": "nmf", "k": 10, "metric": "hungarian_accuracy", "value": 0.34}]
+    fig = figures.accuracy_vs_k(records.best_runs(runs), runs, figures.label_colors(r.label for r in runs), references)
+    FigureCanvasAgg(fig).draw()
+    axes = fig.axes
+    assert all(ax.get_legend() is None for ax in axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["kmeans", "nmf", "published: kmeans", "published: nmf"]
+    box = _extent(fig, legend)
+    assert all(box.y1 < _extent(fig, ax).y0 for ax in axes)  # below every panel, covering no point
+    stars = [t for ax in axes for t in ax.texts]
+    assert [t.get_text() for t in stars] == ["0.81", "0.34"]
+    for ax, text in zip(axes, stars, strict=True):
+        inner, outer = _extent(fig, text), _extent(fig, ax)
+        assert outer.x0 <= inner.x0 and inner.x1 <= outer.x1, text.get_text()  # not clipped at the panel's edge
+
+
+def test_sparsity_panels_are_titled_unlabelled_and_tell_the_assignment_rules_apart():
+    from nmfstudy.report import figures
+
+    def nmf(run_id, k, assign, sparsity="none", **metrics):
+        base = run(run_id, k=k, sparsity=sparsity, **metrics)
+        return replace(base, params={**base.params, "method.assign": assign})
+
+    runs = [nmf("a", 10, "argmax", accuracy=0.5, sparsity_H=0.6, sparsity_W=0.3),
+            nmf("b", 10, "kmeans", accuracy=0.55, sparsity_H=0.6, sparsity_W=0.3),
+            nmf("c", 50, "argmax", "hoyer", accuracy=0.4, sparsity_H=0.9, sparsity_W=0.2)]
+    fig = figures.sparsity(runs, "accuracy", figures.label_colors(r.label for r in runs))
+    left, right = fig.axes
+    assert "basis images" in left.get_title() and "coefficients" in right.get_title()
+    assert not left.texts and not right.texts  # k is the marker's shape, not a number written beside it
+    fills = {tuple(c.get_offsets()[0]): c.get_facecolors() for c in left.collections}
+    assert len(fills[(0.6, 0.5)]) == 1 and len(fills[(0.6, 0.55)]) == 0  # argmax filled, k-means hollow
+    (legend,) = fig.legends
+    assert {"nmf", "nmf+hoyer", "k=10", "k=50", "hollow: k-means on coefficients"} <= {
+        t.get_text() for t in legend.get_texts()}
+
+
+def test_study_values_to_three_digits_and_captions_say_the_number_of_trials(tmp_path):
+    from nmfstudy.report import html
+
+    trials = [run(f"t{n}", k=5 + n, tags={"mlflow.parentRunId": "s", "optuna.trial_number": str(n)}, accuracy=0.5)
+              for n in range(4)]
+    parent = RunRecord("s", "study", params={"optuna.space.method.lam": "tag(log, interval(1e-3, 1e3))",
+                                            "optuna.space.alpha": "interval(0, 1)"},
+                       tags={"nmfstudy.kind": "study", "best.method.lam": "369.0441834", "best.trial_number": "1",
+                             "best.alpha": "0.007257005721594277"})
+    (study_record,) = records.studies([parent], trials)
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = html.Page(report.Experiment("7", "fake", "sqlite:///x.db", trials, [parent]), report.Settings(), [], {})
+    page.study(study_record, {"param_importances": png, "intermediate_values": png})
+    (section,) = page.studies
+    assert "<td class=l>369</td>" in section and "<td class=l>0.00726</td>" in section and "05721" not in section
+    assert "from 4 completed trials: with fewer than about 20 a rough guide only" in section
+    assert "told -loss" in section

@@ -5,6 +5,7 @@ pyplot: no backend is chosen or switched, no figure is kept open.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -12,11 +13,15 @@ from typing import Iterable
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from .records import RunRecord, Study, series
 
 ACCURACIES = {"accuracy": "majority-vote accuracy", "hungarian_accuracy": "Hungarian accuracy"}
+SPARSENESS = {"sparsity_H": "basis images (H): sparseness against accuracy",
+              "sparsity_W": "coefficients (W): sparseness against accuracy"}
+K_MARKERS = "os^DvPXh"  # one shape per k in the sparsity figure
 
 
 def label_colors(labels: Iterable[str]) -> dict[str, str]:
@@ -73,11 +78,27 @@ def _draw(ax, metric: str, best, complete, colors, title: str, log_y: bool = Fal
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
-def _finish(fig: Figure, axes) -> Figure:
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+def _finish(fig: Figure, axes, handles: list | None = None) -> Figure:
+    """Lay the figure out with one legend for all its panels, below them, where it covers no point.
+
+    Margins are set in inches (the panels' labels, the legend's rows), not by tight_layout,
+    which knows nothing of a figure legend and would let it overlap the x labels.
+    """
+    if handles is None:
+        handles, seen = [], set()
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=False):
+                if label not in seen:
+                    seen.add(label)
+                    handles.append(handle)
+    width, height = fig.get_size_inches()
+    ncol = max(1, min(len(handles), int(width // 2.3)))
+    legend_in = 0.1 + 0.22 * math.ceil(len(handles) / ncol) if handles else 0.0
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, top=1 - 0.35 / height,
+                        bottom=(0.55 + legend_in) / height, wspace=0.22)
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.02))
     return fig
 
 
@@ -104,7 +125,8 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels, 10.4 x 3.8 inches.
+        Two panels, 10.4 x 4.6 inches, one legend below them; stars labelled "published:
+        <method>" (once a method) and with their value, written beside them in the panel's margin.
 
     References
     ----------
@@ -114,23 +136,29 @@ def accuracy_vs_k(best: list[RunRecord], complete: list[RunRecord], colors: dict
     H. W. Kuhn, "The Hungarian method for the assignment problem", Naval Research Logistics
     Quarterly 2, 83-97 (1955).
     """
-    fig = Figure(figsize=(10.4, 3.8))
+    fig = Figure(figsize=(10.4, 4.6))
     row = fig.subplots(1, 2)
     axes = dict(zip(ACCURACIES, row, strict=False))
     for metric, ax in axes.items():
         _draw(ax, metric, best, complete, colors, ACCURACIES[metric])
+        ax.margins(x=0.12)  # room for a star's value beside the first and last k
+    ks = [r.k for r in complete if r.k is not None] + [ref["k"] for ref in references]
+    middle = (min(ks) + max(ks)) / 2 if ks else 0
     labelled = set()
     for ref in references:
         ax = axes.get(ref["metric"])
         if ax is None:
             continue
-        key = (ref["method"], ref["metric"])
         ax.scatter([ref["k"]], [ref["value"]], marker="*", s=160, color=colors.get(ref["method"], "black"),
                    edgecolors="black", zorder=5,
-                   label=None if key in labelled else f"reference: {ref['method']} ({ACCURACIES[ref['metric']]})")
-        labelled.add(key)
-        ax.annotate(f"{ref['value']:.2f}", (ref["k"], ref["value"]), textcoords="offset points", xytext=(6, -10),
-                    fontsize=7)
+                   label=None if ref["method"] in labelled else f"published: {ref['method']}")
+        labelled.add(ref["method"])
+        # The value beside the star, on the side away from the middle: lines run only between the
+        # first and last k, so the panel's margin beyond them holds it without covering any.
+        left = ref["k"] < middle
+        ax.annotate(f"{ref['value']:.2f}", (ref["k"], ref["value"]), textcoords="offset points",
+                    xytext=(-8 if left else 8, 0), ha="right" if left else "left", va="center", fontsize=8,
+                    bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     for ax in axes.values():
         ax.set_ylabel("accuracy")
     return _finish(fig, axes.values())
@@ -161,7 +189,7 @@ def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, st
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels, 10.4 x 3.8 inches: J_clust, then the relative loss.
+        Two panels, 10.4 x 4.4 inches: J_clust, then the relative loss; one legend below.
 
     References
     ----------
@@ -171,7 +199,7 @@ def elbow(best: list[RunRecord], complete: list[RunRecord], colors: dict[str, st
     Press (2018), section 4.2 (J^clust, there the mean of the squared distances).
     """
     base = {label: points[0][1] for label, points in series(best, "loss").items()}
-    fig = Figure(figsize=(10.4, 3.8))
+    fig = Figure(figsize=(10.4, 4.4))
     ax_j, ax_l = fig.subplots(1, 2)
     _draw(ax_j, "j_clust", best, complete, colors, "J_clust: mean distance to reconstruction / centroid")
     _draw(ax_l, "loss", _relative_loss(best, base), _relative_loss(complete, base), colors,
@@ -194,9 +222,10 @@ def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str,
     Returns
     -------
     matplotlib.figure.Figure
-        One panel, 5.2 x 3.8 inches, seconds on a log scale labelled with plain numbers.
+        One panel, 5.2 x 4.6 inches, seconds on a log scale labelled with plain numbers; the
+        legend below it.
     """
-    fig = Figure(figsize=(5.2, 3.8))
+    fig = Figure(figsize=(5.2, 4.6))
     ax = fig.subplots()
     _draw(ax, "fit_time_s", best, complete, colors, "fit time (log scale)", log_y=True)
     ax.set_ylabel("seconds")
@@ -205,6 +234,10 @@ def fit_time(best: list[RunRecord], complete: list[RunRecord], colors: dict[str,
 
 def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Figure:
     """Draw accuracy against the Hoyer sparseness of the basis images and of the coefficients.
+
+    Colour is the method (and sparsity variant), the marker's shape is k, and its fill the
+    rule that turned coefficients into clusters (``method.assign``): the two rules give
+    different accuracies from the same factorization, so they are told apart, not mixed.
 
     Parameters
     ----------
@@ -218,29 +251,47 @@ def sparsity(runs: list[RunRecord], rank_by: str, colors: dict[str, str]) -> Fig
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels sharing the y axis, 10.4 x 3.8 inches: against ``sparsity_H`` (the basis
-        images) and ``sparsity_W`` (each component's coefficients); each point is marked with its k.
+        Two titled panels sharing the y axis, 10.4 x 4.8 inches: against ``sparsity_H`` (the
+        basis images) and ``sparsity_W`` (each component's coefficients); one legend below
+        for colours, shapes (k) and fills (filled: argmax or no rule logged, hollow: k-means).
 
     References
     ----------
     P. O. Hoyer, "Non-negative matrix factorization with sparseness constraints",
     Journal of Machine Learning Research 5, 1457-1469 (2004).
     """
-    fig = Figure(figsize=(10.4, 3.8))
+    fig = Figure(figsize=(10.4, 4.8))
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, metric in zip(axes, ("sparsity_H", "sparsity_W"), strict=False):
-        for label in sorted({r.label for r in runs}):
-            points = [(r.metric(metric), r.metric(rank_by), r.k) for r in runs
-                      if r.label == label and r.metric(metric) is not None]
-            if not points:
-                continue
-            ax.scatter([p[0] for p in points], [p[1] for p in points], color=colors[label], label=label, s=24)
-            for x, y, k in points:
-                ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
-        ax.set_xlabel(f"{metric} (Hoyer)")
+    ks = sorted({r.k for r in runs if r.k is not None})
+    shape = {k: K_MARKERS[i % len(K_MARKERS)] for i, k in enumerate(ks)}
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault((r.label, r.k, _assign_rule(r)), []).append(r)
+    for ax, (metric, title) in zip(axes, SPARSENESS.items(), strict=False):
+        for (label, k, rule), members in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0,
+                                                                                    item[0][2] or "")):
+            points = [(r.metric(metric), r.metric(rank_by)) for r in members if r.metric(metric) is not None]
+            if points:
+                ax.scatter(*zip(*points, strict=False), marker=shape.get(k, "o"), s=38, linewidths=1.3,
+                           edgecolors=colors[label], facecolors="none" if rule == "kmeans" else colors[label])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"{metric}: Hoyer sparseness (0: flat, 1: one non-zero)", fontsize=9)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(ACCURACIES.get(rank_by, rank_by))
-    return _finish(fig, axes)
+    handles = [Line2D([], [], marker="o", linestyle="none", color=colors[label], label=label)
+               for label in sorted({r.label for r in runs})]
+    handles += [Line2D([], [], marker=shape[k], linestyle="none", color="0.4", label=f"k={k}") for k in ks]
+    rules = {rule for (_, _, rule) in groups}
+    if "kmeans" in rules:
+        handles += [Line2D([], [], marker="o", linestyle="none", color="0.4", label="filled: argmax of coefficients"),
+                    Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", markeredgecolor="0.4",
+                           label="hollow: k-means on coefficients")]
+    return _finish(fig, axes, handles)
+
+
+def _assign_rule(run: RunRecord) -> str | None:
+    """How the run turned coefficients into clusters (``method.assign``), None when it logged none."""
+    return run.params.get("method.assign")
 
 
 def optimization_history(study: Study) -> Figure:

@@ -14,6 +14,8 @@ from .records import DataSetting, Experiment, RunRecord, Settings, Study
 COLUMNS = [("accuracy", "accuracy"), ("hungarian_accuracy", "Hungarian acc."), ("nmi", "NMI"), ("ari", "ARI"),
            ("test_accuracy", "test acc."), ("loss", "loss"), ("fit_time_s", "fit time (s)")]
 
+# A figure in a row keeps the width it was drawn at (its fonts legible at 90 dpi) and wraps to the
+# next line rather than shrinking; its caption takes the image's width instead of widening it.
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -23,7 +25,8 @@ th { background: #f5f5f5; } td.l, th.l { text-align: left; }
 tr.bad td { color: #a33; } code { font-size: 12px; }
 img { max-width: 100%; } figure { margin: 1em 0; } figcaption { color: #555; font-size: 13px; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
-.row figure { flex: 1 1 380px; margin: 0; } .note { color: #555; }
+.row figure { flex: 0 1 auto; margin: 0; } .note { color: #555; }
+.row figcaption { width: 0; min-width: 100%; }
 """
 
 
@@ -43,6 +46,18 @@ def fmt(value: float | None) -> str:
     if value is None:
         return "&mdash;"
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}"
+
+
+# What each of a study's figures shows, under it; {n}: completed trials.
+STUDY_CAPTIONS = {
+    "optimization_history": "The objective of each trial, and the best so far.",
+    "slice": "The objective against each searched parameter; one dot per completed trial, coloured by its number.",
+    "param_importances": "How much each parameter explains of the objective's spread (Optuna's default evaluator), "
+                         "from {n} completed trials: with fewer than about 20 a rough guide only.",
+    "pareto_front": "The trials no other trial beats on every objective (drawn by Optuna).",
+    "intermediate_values": "The loss each trial reported while fitting, the basis of pruning. A maximizing study is "
+                           "told -loss (larger is better for the pruner); the figure draws the loss itself.",
+}
 
 
 def data_uri(path: Path) -> str:
@@ -161,14 +176,17 @@ class Page:
             lines.append(f"<p>Best trial: #{best.trial_number if best.trial_number is not None else '?'} "
                          f"{self.link(best)}, {escape(study.objective)} = {fmt(best.metric(study.objective))}"
                          + "".join(f"; {escape(k)} = {fmt(v)}" for k, v in sorted(logged.items())) + ".</p>")
-        params = study.best_params()
+        params = study.best_params()  # values shown to 3 significant digits, as run names show them
         if params:
             lines.append("<table class=study><tr><th class=l>parameter</th><th class=l>search space</th>"
                          "<th class=l>best value</th></tr>" + "".join(
                              f"<tr><td class=l><code>{escape(k)}</code></td><td class=l>{escape(space)}</td>"
-                             f"<td class=l>{escape(v)}</td></tr>" for k, (space, v) in params.items()) + "</table>")
+                             f"<td class=l>{escape(names.short_value(v))}</td></tr>"
+                             for k, (space, v) in params.items()) + "</table>")
+        n_complete = len(study.scored())
         lines.append("<div class=\"row\">" + "".join(
-            f"<figure><img src=\"{data_uri(path)}\" alt=\"{escape(name)}\"><figcaption>{escape(name.replace('_', ' '))}"
+            f"<figure><img src=\"{data_uri(path)}\" alt=\"{escape(name)}\"><figcaption><b>"
+            f"{escape(name.replace('_', ' '))}</b>: {escape(STUDY_CAPTIONS.get(name, '').format(n=n_complete))}"
             f"</figcaption></figure>" for name, path in images.items()) + "</div>")
         self.studies.append("".join(lines))
 

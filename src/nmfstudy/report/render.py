@@ -116,7 +116,9 @@ def _page(exp: Experiment, fetch: Fetch, folder: _Folder, settings: Settings, co
         page.figure("Sparsity against accuracy",
                     folder.save(figs.sparsity(sparse, settings.rank_by, colors), "sparsity.png"),
                     "Hoyer's sparseness (0: flat, 1: a single non-zero) of the basis images (sparsity_H) and of "
-                    "each component's coefficients (sparsity_W), for every completed NMF run; numbers are k.")
+                    "each component's coefficients (sparsity_W), for every completed NMF run. Colour: method; "
+                    "shape: k; fill: how coefficients became clusters (filled: argmax, hollow: k-means on the "
+                    "coefficients), which changes the accuracy of one and the same factorization.")
     _studies(page, folder, exp, fetch)
     return page
 
@@ -127,7 +129,7 @@ def _against_k(page: Page, folder: _Folder, best: list[RunRecord], complete: lis
     page.figure("Accuracy against k",
                 folder.save(figs.accuracy_vs_k(best, complete, colors, settings.references), "accuracy_vs_k.png"),
                 "Lines: the best run of each method and k; faint dots: its other completed runs. "
-                "Stars: reference results, labelled with the accuracy they report.", references=True)
+                "Stars: published results (listed below), labelled with the accuracy they report.", references=True)
     page.figure("Loss and J_clust against k (the elbow view)",
                 folder.save(figs.elbow(best, complete, colors), "elbow.png"),
                 "J_clust, the mean distance of a sample to its reconstruction or centroid, is comparable "

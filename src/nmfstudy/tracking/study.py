@@ -335,9 +335,18 @@ class StudyRun:
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
     def _log_plots(self, study: Any, names: Sequence[str], n_params: int) -> None:
-        """Optuna's matplotlib plots of the study, as artifacts under optuna/."""
+        """The study's plots, as artifacts under optuna/.
+
+        Optuna draws the optimization history and the Pareto front; the slices, the intermediate
+        losses and the importances are drawn by `nmfstudy.study_plots`, legible at the report's
+        width, the loss drawn as the loss (a maximizing study is told -loss) and the importances
+        with the number of trials they rest on.
+        """
+        import optuna
         from optuna.trial import TrialState
         from optuna.visualization import matplotlib as plots
+
+        from nmfstudy import study_plots
 
         logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # chatty about categorical axes
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -346,17 +355,34 @@ class StudyRun:
             return
         multi = len(study.directions) > 1
         first = {"target": (lambda t: t.values[0]) if multi else None, "target_name": names[0]}
-        makers = {"optimization_history": lambda: plots.plot_optimization_history(study, **first),
-                  "slice": lambda: plots.plot_slice(study, **first)}
-        if n_params >= 2 and len(complete) >= 3:  # fANOVA needs variation in at least two params
-            makers["param_importances"] = lambda: plots.plot_param_importances(study, **first)
+        value = first["target"] or (lambda t: t.value)
+        searched = sorted({name for t in complete for name in t.params})
+        log_scale = sorted({name for t in complete for name, d in t.distributions.items() if getattr(d, "log", False)})
+        makers = {"optimization_history": (True, lambda: plots.plot_optimization_history(study, **first))}
+        if searched:
+            makers["slice"] = (False, lambda: study_plots.slices(
+                {name: [t.params.get(name) for t in complete] for name in searched}, [value(t) for t in complete],
+                [t.number for t in complete], names[0], log_scale))
+        if n_params >= 2 and len(complete) >= 3:  # importances need variation in at least two params
+            makers["param_importances"] = (False, lambda: study_plots.importances(
+                optuna.importance.get_param_importances(study, target=first["target"]), len(complete), names[0]))
         if multi:
-            makers["pareto_front"] = lambda: plots.plot_pareto_front(study, target_names=list(names))
-        elif any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-            makers["intermediate_values"] = lambda: plots.plot_intermediate_values(study)
-        for name, make in makers.items():
+            makers["pareto_front"] = (True, lambda: plots.plot_pareto_front(study, target_names=list(names)))
+        else:
+            reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+            if reported:
+                # pruning.TrialReporter reports -loss to a maximizing study: sign turns it back into the loss
+                sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+                makers["intermediate_values"] = (False, lambda: study_plots.intermediate_losses(
+                    [(t.number, sorted(t.intermediate_values), [t.intermediate_values[s] for s in
+                                                                 sorted(t.intermediate_values)],
+                      t.state == TrialState.PRUNED) for t in reported], sign))
+        for name, (by_optuna, make) in makers.items():
             try:
-                self._log_plot(make, f"optuna/{name}.png")
+                if by_optuna:
+                    self._log_plot(make, f"optuna/{name}.png")
+                else:
+                    self.client.log_figure(self.run_id, make(), f"optuna/{name}.png", save_kwargs={"dpi": 90})
             except Exception as err:
                 log.info("skipped optuna/%s.png: %s", name, err)
 
