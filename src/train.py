@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nmfstudy import config as settings
-from nmfstudy import plots, tracking
+from nmfstudy import tracking
 from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root, run_label
 from nmfstudy.methods import ClusteringMethod
@@ -69,6 +69,8 @@ def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
     cfg : dict
         The run's resolved config (k, the method's and sparsity's names, seed).
     """
+    from nmfstudy import plots  # matplotlib: only for runs that draw (see tracking.figures)
+
     k, shape, y = cfg["k"], data.image_shape, data.y_train
     sparsity = (cfg.get("sparsity") or {}).get("name", "none")
     # what the run is, said once in every title: "method=nmf sparsity=hoyer, k=10"

@@ -58,6 +58,7 @@ from nmfstudy.study_names import (
     process_alive,
     process_start,
     short_overrides,
+    short_value,
 )
 
 from ._space import Dimension, parse_search_space, render
@@ -776,7 +777,10 @@ class OptunaSweeperImpl(Sweeper):
                 results["pareto_front"] = [{"number": t.number, "params": t.params, "values": t.values}
                                            for t in study.best_trials]
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        best_line = (f"; best trial {best.number}: {dict(zip(names, best.values, strict=False))} with {best.params}"
-                     if best else "")
+        def short(mapping) -> str:  # the full values are in optimization_results.yaml and the study's run
+            return "{" + ", ".join(f"{key}: {short_value(str(value))}" for key, value in mapping) + "}"
+
+        best_line = (f"; best trial {best.number}: {short(zip(names, best.values, strict=False))} "
+                     f"with {short(best.params.items())}" if best else "")
         log.info("study %r: %d trials (%s)%s", study.study_name, len(trials),
                  ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), best_line)

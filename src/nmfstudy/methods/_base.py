@@ -176,7 +176,7 @@ class BasisMethod(Method):
     """A factorization X ~ W H with basis images H (k x n_features) and coefficients `W_`."""
 
     has_basis: ClassVar[bool] = True
-    images_name: ClassVar[str] = "NMF basis images"
+    images_name: ClassVar[str] = "basis images"
 
     def check_data(self, X: np.ndarray) -> None:
         """As `Method.check_data`; an SVD-based start also needs k <= min(n_samples, n_features)."""
