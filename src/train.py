@@ -9,6 +9,7 @@ Returns the metric(s) named by `objective`, which a sweeper optimizes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TR
 from nmfstudy.versions import package_versions
 
 log = logging.getLogger("nmfstudy")
+single_run_ended = False  # set by a single run (not a sweep's job) that ended normally
 
 
 class UserError(CompactHydraException):
@@ -49,6 +51,24 @@ class ProgressPrinter:
         if iteration == 1 or elapsed_s - self.last >= self.every_s:
             self.last = elapsed_s
             log.info("iter %4d  loss %.6g  %.1fs", iteration, loss, elapsed_s)
+
+
+def exit_without_teardown(status: int = 0) -> None:
+    """End the process now, skipping the interpreter's teardown of every module and object.
+
+    With MLflow, scikit-learn and pandas loaded that teardown takes about a second of a four-second
+    run, after everything is logged. Called only after a single run that ended normally: its MLflow
+    run is ended and no thread or child process is left, so only the output needs flushing.
+
+    Parameters
+    ----------
+    status : int
+        The exit status.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -271,7 +291,10 @@ def main(cfg: DictConfig) -> float | list[float]:
              tracking.ui_link(store, exp_id, active.info.run_id))
     if reporter is not None and reporter.pruned:
         raise reporter.pruned_exception()
-    return objective_value(scores, run_cfg["objective"], optimized)
+    value = objective_value(scores, run_cfg["objective"], optimized)
+    global single_run_ended
+    single_run_ended = hydra_cfg.mode == RunMode.RUN
+    return value
 
 
 if __name__ == "__main__":
@@ -279,6 +302,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         main()
+        if single_run_ended:
+            exit_without_teardown()  # a sweep's launcher (joblib's workers) still ends at the interpreter's exit
     except KeyboardInterrupt:
         MlflowParentRun.end_all("KILLED")
         print("interrupted: the MLflow run is marked KILLED; what it logged is kept", file=sys.stderr)
