@@ -67,10 +67,47 @@ def test_graph_is_symmetric_sparse_with_zero_diagonal(mnist1k, weight):
 @pytest.mark.parametrize("name", ["digits", "mnist1k"])
 def test_support_matches_sklearn_kneighbors_graph(request, monkeypatch, name, k):
     X = request.getfixturevalue(name)
-    monkeypatch.setattr(graph, "_CHUNK_BYTES", 64 * 1024)  # many chunks, a ragged last one
+    monkeypatch.setattr(graph, "_TILE", 96)  # many tiles, a ragged last one
     S = knn_graph(X, k)
     assert ((S != 0) != (_sklearn_graph(X, k) != 0)).nnz == 0
     assert (S.data == 1).all()
+
+
+def _exact_knn(Q, R, k, exclude_self):
+    """Reference: every float64 distance, a stable sort (ties to the lower index)."""
+    Q, R = Q.astype(np.float64), R.astype(np.float64)
+    idx = np.empty((len(Q), k), dtype=np.int64)
+    for i, q in enumerate(Q):
+        d = ((R - q) ** 2).sum(axis=1)
+        if exclude_self:
+            d[i] = np.inf
+        idx[i] = np.argsort(d, kind="stable")[:k]
+    return idx
+
+
+def test_search_is_exact_where_float32_distances_are_noise(digits, monkeypatch):
+    # far from the origin, |x|^2 - 2 x.y + |y|^2 in float32 loses the distances (|x|^2 ~ 6e6,
+    # its rounding ~0.4, the 10-NN distances ~1): only the screening's error margin keeps
+    # the true neighbours among the candidates
+    monkeypatch.setattr(graph, "_TILE", 256)
+    X = digits[:800] + np.float32(300.0)
+    assert np.array_equal(graph._knn(X, X, 10, True)[0], _exact_knn(X, X, 10, True))
+    test = digits[800:1000] + np.float32(300.0)
+    assert np.array_equal(nearest_train(X, test, n_neighbors=7), _exact_knn(test, X, 7, False))
+
+
+def test_search_breaks_ties_to_the_lower_index_on_every_thread_count(mnist1k, monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(graph, "_TILE", 128)
+    # every sample four times: each has three neighbours at distance 0, and equal distances beyond
+    X = np.concatenate([mnist1k[:150]] * 4)
+    expected = _exact_knn(X, X, 6, True)
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            idx, dist = graph._knn(X, X, 6, True)
+        assert np.array_equal(idx, expected)
+        assert (dist[:, :3] == 0).all() and (dist[:, 3:] > 0).all()
 
 
 def test_heat_weights_are_the_heat_kernel_of_the_knn_distances(mnist1k):
