@@ -388,7 +388,8 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
     Stopping: as the other solvers (relative loss decrease < tol, or max_iter), but
     the default tol is 1e-7: the loss is dominated by the part of the sparse A that no
     rank-k product can fit, so its relative decrease is tiny from the first
-    iterations (on MNIST kNN graphs 1e-7 stops after ~100 iterations).
+    iterations (on MNIST kNN graphs 1e-7 stops after ~100 iterations). Local minima differ
+    by a few parts in a million there, so starts that are to be compared want ~1e-9.
     ``callback(iteration, loss, elapsed_s)`` is called in every run (each counts its own
     iterations); True stops all.
 
