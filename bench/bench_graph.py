@@ -7,6 +7,7 @@ reported: other jobs may share the cores, which stretches wall time but not CPU 
 
     python bench/bench_graph.py --out bench/graph_results.md              # full run
     python bench/bench_graph.py --n-samples 10000 --grid                   # explore settings
+    python bench/bench_graph.py --methods anchor --out bench/graph_results_build.md  # the graph alone
 """
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
     graph_settings = {key: params[key] for key in ("n_neighbors", "weight", "pca") if key in params}
     k, seed = args["k"], args["seed"]
     rows = []
+    import sklearn.neighbors  # noqa: F401
+
+    import nmfstudy.nmf.graph  # noqa: F401 - its imports (scikit-learn's PCA) are not the build's time
+
     t0, c0 = time.perf_counter(), time.process_time()
 
     def row(method, settings, clusters, n_iter=None, extra=None):
@@ -84,6 +89,26 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
         rows.append(row("kNN graph", _fmt(graph_settings), np.zeros(len(y), dtype=int),
                         extra={"nnz": S.nnz, "edge_purity": float(np.mean(y[r] == y[c]))}))
         return rows
+    if name == "anchor":
+        # scikit-learn's exact brute-force search on the same projection: the anchor of the
+        # graph's time, and a check that the graph is the exact one
+        import scipy.sparse as sp
+        from sklearn.neighbors import NearestNeighbors
+
+        from nmfstudy.nmf.graph import _project, cached_knn_graph
+
+        Z, _ = _project(X, [], graph_settings.get("pca"), seed)
+        pca_cpu = time.process_time() - c0
+        nn = NearestNeighbors(n_neighbors=graph_settings["n_neighbors"], algorithm="brute").fit(Z)
+        A = nn.kneighbors_graph(mode="connectivity")
+        ref = A.maximum(A.T).tocsr()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        S = cached_knn_graph(X, fp, args["cache"], seed=seed, **graph_settings)  # the graph stage's, from the cache
+        same = ((S != 0) != (ref != 0)).nnz == 0 and sp.isspmatrix_csr(S)
+        r = row("sklearn brute kNN", _fmt(graph_settings) + f" (PCA {pca_cpu:.1f} s CPU of it)",
+                np.zeros(len(y), dtype=int), extra={"nnz": ref.nnz, "same_support": same})
+        r.update(wall_s=wall, cpu_s=cpu)
+        return [r]
     if name == "kmeans":
         from sklearn.cluster import KMeans
 
@@ -91,7 +116,7 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
         return [row("K-means", "n_init=10, k-means++", km.labels_, km.n_iter_)]
 
     from nmfstudy.nmf.graph import cached_knn_graph
-    from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, symnmf
+    from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf
     from nmfstudy.nmf.initialization import nmf_init
     from nmfstudy.nmf.solvers import nmf_mu
 
@@ -112,11 +137,15 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
                             f"{_fmt(graph_settings)}, lam={params['lam']}, tol={params['tol']}, assign={assign}",
                             cluster_rows(res.W, k, assign, seed), res.n_iter))
     elif name == "symnmf":
-        res = symnmf(S, k, seed=seed, n_init=params["n_init"], solver=params["solver"],
-                     max_iter=params["max_iter"], tol=params["tol"])
-        rows.append(row(f"SymNMF ({params['solver']})",
-                        f"{_fmt(graph_settings)}, tol={params['tol']}, n_init={params['n_init']} "
-                        f"(best: seed {res.seed}), argmax", res.labels, res.n_iter))
+        # the method as train.py runs it (its start search included), on the cached graph
+        from nmfstudy.methods.symnmf import SymNMFClustering
+
+        settings = {key: params[key] for key in ("solver", "max_iter", "tol", "n_init", "start", "screen_iter")}
+        model = SymNMFClustering(k, seed=seed, **graph_settings, **settings, cache_dir=str(args["cache"]),
+                                 fingerprint=fp).fit(X)
+        t0 += model.graph_time_s_  # the graph's load from the cache is not the fit's
+        rows.append(row(f"SymNMF ({params['solver']})", f"{_fmt(graph_settings)}, {_fmt(settings)}, argmax",
+                        model.labels_, model.n_iter_, extra={"loss": model.loss_}))
     return rows
 
 
@@ -139,11 +168,17 @@ def table(rows: list[dict]) -> str:
     head = ("| method | settings | Hungarian acc | majority acc | NMI | wall s | CPU s | iters | peak RSS GB |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
     body = []
+    anchor = next((r for r in rows if r["method"] == "sklearn brute kNN"), None)
     for r in rows:
         if r["method"] == "kNN graph":
+            ratio = f"; CPU {r['cpu_s'] / anchor['cpu_s']:.2f}x sklearn brute's" if anchor else ""
             body.append(f"| kNN graph | {r['settings']} (nnz {r['nnz']:,}, edges within a class "
-                        f"{r['edge_purity']:.3f}) | | | | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | | "
+                        f"{r['edge_purity']:.3f}{ratio}) | | | | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | | "
                         f"{r['peak_gb']:.2f} |")
+        elif r["method"] == "sklearn brute kNN":
+            body.append(f"| sklearn brute kNN (anchor) | {r['settings']}, NearestNeighbors(algorithm='brute'), "
+                        f"max(A, A^T); same graph as ours: {'yes' if r['same_support'] else 'NO'} | | | | "
+                        f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | | {r['peak_gb']:.2f} |")
         else:
             body.append(f"| {r['method']} | {r['settings']} | {r['hungarian']:.4f} | {r['majority']:.4f} | "
                         f"{r['nmi']:.4f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['n_iter']} | "
@@ -166,9 +201,14 @@ def main(argv=None) -> None:
     p.add_argument("--max-iter", type=int, default=500)
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--symnmf-solver", default="anls", choices=("mu", "anls"))
-    p.add_argument("--symnmf-tol", type=float, default=1e-7)
-    p.add_argument("--n-init", type=int, default=10, help="SymNMF starts; the lowest loss is kept")
-    p.add_argument("--methods", default="kmeans,nmf,gnmf,symnmf")
+    p.add_argument("--symnmf-tol", type=float, default=1e-9)
+    p.add_argument("--n-init", type=int, default=3, help="SymNMF starts; the lowest loss is kept")
+    p.add_argument("--symnmf-start", default="multilevel", choices=("multilevel", "random"))
+    p.add_argument("--screen-iter", type=int, default=50, help="SymNMF: iterations of each start before all but "
+                                                               "the best are dropped (0: none dropped)")
+    p.add_argument("--methods", default="anchor,kmeans,nmf,gnmf,symnmf",
+                   help="after the graph: anchor (scikit-learn's brute-force kNN on the same projection), "
+                        "kmeans, nmf, gnmf, symnmf")
     p.add_argument("--grid", action="store_true",
                    help="explore n_neighbors x weight x pca x lam (GNMF, SymNMF only)")
     p.add_argument("--cache", type=Path, default=None, help="graph cache folder (default: a temporary one)")
@@ -182,6 +222,8 @@ def main(argv=None) -> None:
             "cache": cache}
     load0 = os.getloadavg()
     print(machine_summary(), flush=True)
+    symnmf_params = {"solver": a.symnmf_solver, "max_iter": a.max_iter, "tol": a.symnmf_tol, "n_init": a.n_init,
+                     "start": a.symnmf_start, "screen_iter": a.screen_iter or None}
     rows = []
     if a.grid:
         for nn, weight, pca in itertools.product((5, 10, 15), ("binary", "heat"), (None, 50)):
@@ -190,12 +232,13 @@ def main(argv=None) -> None:
             for lam in (0.3, 1.0, 3.0):
                 rows += run_stage(args, "gnmf", {**g, "lam": lam, "solver": a.gnmf_solver,
                                                  "max_iter": a.max_iter, "tol": a.tol, "assign": ("kmeans",)})
-            rows += run_stage(args, "symnmf", {**g, "solver": a.symnmf_solver, "max_iter": a.max_iter,
-                                               "tol": a.symnmf_tol, "n_init": a.n_init})
+            rows += run_stage(args, "symnmf", {**g, **symnmf_params})
     else:
         g = {"n_neighbors": a.n_neighbors, "weight": a.weight, "pca": a.pca or None}
         rows += run_stage(args, "graph", g)
         methods = a.methods.split(",")
+        if "anchor" in methods:
+            rows += run_stage(args, "anchor", g)
         if "kmeans" in methods:
             rows += run_stage(args, "kmeans", {})
         if "nmf" in methods:
@@ -204,8 +247,7 @@ def main(argv=None) -> None:
             rows += run_stage(args, "gnmf", {**g, "lam": a.lam, "solver": a.gnmf_solver, "max_iter": a.max_iter,
                                              "tol": a.tol, "assign": ("argmax", "kmeans")})
         if "symnmf" in methods:
-            rows += run_stage(args, "symnmf", {**g, "solver": a.symnmf_solver, "max_iter": a.max_iter,
-                                               "tol": a.symnmf_tol, "n_init": a.n_init})
+            rows += run_stage(args, "symnmf", {**g, **symnmf_params})
     load1 = os.getloadavg()
     n = a.n_samples or 63000
     report = (f"## Graph-aware NMF on MNIST ({n:,} x 784, k={a.k})\n\n"

@@ -10,10 +10,11 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 
+from nmfstudy.methods.symnmf import SymNMFClustering, group_subclusters, multilevel_start, smooth_embedding
 from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
 from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
-from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, symnmf
+from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, partition_start, symnmf
 from nmfstudy.nmf.initialization import nmf_init
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
@@ -67,10 +68,47 @@ def test_graph_is_symmetric_sparse_with_zero_diagonal(mnist1k, weight):
 @pytest.mark.parametrize("name", ["digits", "mnist1k"])
 def test_support_matches_sklearn_kneighbors_graph(request, monkeypatch, name, k):
     X = request.getfixturevalue(name)
-    monkeypatch.setattr(graph, "_CHUNK_BYTES", 64 * 1024)  # many chunks, a ragged last one
+    monkeypatch.setattr(graph, "_TILE", 96)  # many tiles, a ragged last one
     S = knn_graph(X, k)
     assert ((S != 0) != (_sklearn_graph(X, k) != 0)).nnz == 0
     assert (S.data == 1).all()
+
+
+def _exact_knn(Q, R, k, exclude_self):
+    """Reference: every float64 distance, a stable sort (ties to the lower index)."""
+    Q, R = Q.astype(np.float64), R.astype(np.float64)
+    idx = np.empty((len(Q), k), dtype=np.int64)
+    for i, q in enumerate(Q):
+        d = ((R - q) ** 2).sum(axis=1)
+        if exclude_self:
+            d[i] = np.inf
+        idx[i] = np.argsort(d, kind="stable")[:k]
+    return idx
+
+
+def test_search_is_exact_where_float32_distances_are_noise(digits, monkeypatch):
+    # far from the origin, |x|^2 - 2 x.y + |y|^2 in float32 loses the distances (|x|^2 ~ 6e6,
+    # its rounding ~0.4, the 10-NN distances ~1): only the screening's error margin keeps
+    # the true neighbours among the candidates
+    monkeypatch.setattr(graph, "_TILE", 256)
+    X = digits[:800] + np.float32(300.0)
+    assert np.array_equal(graph._knn(X, X, 10, True)[0], _exact_knn(X, X, 10, True))
+    test = digits[800:1000] + np.float32(300.0)
+    assert np.array_equal(nearest_train(X, test, n_neighbors=7), _exact_knn(test, X, 7, False))
+
+
+def test_search_breaks_ties_to_the_lower_index_on_every_thread_count(mnist1k, monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(graph, "_TILE", 128)
+    # every sample four times: each has three neighbours at distance 0, and equal distances beyond
+    X = np.concatenate([mnist1k[:150]] * 4)
+    expected = _exact_knn(X, X, 6, True)
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            idx, dist = graph._knn(X, X, 6, True)
+        assert np.array_equal(idx, expected)
+        assert (dist[:, :3] == 0).all() and (dist[:, 3:] > 0).all()
 
 
 def test_heat_weights_are_the_heat_kernel_of_the_knn_distances(mnist1k):
@@ -262,6 +300,89 @@ def test_symnmf_n_init_keeps_the_lowest_loss(gnmf_setup):
     assert stopped.stopped_by_callback and calls == [1, 2] and stopped.n_iter == 2
 
 
+@pytest.fixture(scope="module")
+def multilevel_starts(gnmf_setup):
+    S = gnmf_setup[3]
+    A = normalize_graph(S)
+    U = smooth_embedding(A, 30, seed=0)
+    return [multilevel_start(A, U, 10, 5, 20, seed) for seed in (0, 1, 2)]
+
+
+def test_symnmf_screening_continues_the_start_with_the_lowest_loss(gnmf_setup, multilevel_starts):
+    S = gnmf_setup[3]
+    alone = [symnmf(S, 10, starts=[H], max_iter=80, tol=0) for H in multilevel_starts]
+    screened = symnmf(S, 10, starts=multilevel_starts, seed=7, max_iter=80, tol=0, screen_iter=15)
+    after_15 = [r.loss_history[14] for r in alone]
+    i = int(np.argmin(after_15))
+    assert len(set(after_15)) == 3  # a real choice
+    # the winner is the lowest at the screening, and runs on exactly as it would have alone
+    assert screened.seed == 7 + i and screened.n_iter == 80
+    assert np.array_equal(screened.H, alone[i].H) and np.array_equal(screened.loss_history, alone[i].loss_history)
+    # without screening, every start runs to the end and the lowest final loss wins
+    full = symnmf(S, 10, starts=multilevel_starts, max_iter=80, tol=0)
+    assert np.array_equal(full.H, min(alone, key=lambda r: r.loss).H)
+
+
+def test_symnmf_method_is_fixed_by_the_seed_and_keeps_its_lowest_start(gnmf_setup, mnist5k, monkeypatch):
+    from nmfstudy.methods import symnmf as method
+
+    X, y = gnmf_setup[0], mnist5k[1][:1500]
+    seen = []
+    real_symnmf = method.graph_nmf.symnmf
+    monkeypatch.setattr(method.graph_nmf, "symnmf", lambda *a, **kw: seen.append(kw) or real_symnmf(*a, **kw))
+    fits = [SymNMFClustering(10, seed=3, n_neighbors=5, max_iter=60, n_restarts=10).fit(X) for _ in range(2)]
+    assert np.array_equal(fits[0].labels_, fits[1].labels_) and fits[0].loss_ == fits[1].loss_
+    # its starts are the multilevel search's of seeds seed, seed + 1, seed + 2, screened as configured
+    A = normalize_graph(knn_graph(X, 5))
+    U = smooth_embedding(A, 30, seed=3)
+    assert len(seen[0]["starts"]) == 3 and seen[0]["screen_iter"] == 50
+    for i, H in enumerate(seen[0]["starts"]):
+        assert np.array_equal(H, multilevel_start(A, U, 10, 5, 10, 3 + i))
+    # measured on these 1,500 images at these settings: 0.619-0.630 for seeds 0-4 (ten random starts 0.609-0.618)
+    assert hungarian_accuracy(y, fits[0].labels_, 10) > 0.6
+
+
+def test_partition_start_reaches_the_partition_loss(gnmf_setup):
+    S = gnmf_setup[3]
+    A = normalize_graph(S)
+    labels = np.random.default_rng(0).integers(0, 4, A.shape[0])
+    H = partition_start(A, labels, 4, floor=0.0).astype(np.float64)
+    Ad = A.toarray().astype(np.float64)
+    a = np.array([Ad[np.ix_(labels == c, labels == c)].sum() for c in range(4)])
+    n = np.bincount(labels)
+    # ||A - HH^T||^2 of the best-scaled indicators is ||A||^2 - sum a_c^2 / n_c^2
+    assert np.linalg.norm(Ad - H @ H.T) ** 2 == pytest.approx((Ad ** 2).sum() - np.sum(a ** 2 / n ** 2), rel=1e-6)
+    # any other scale of a column fits worse
+    worse = H.copy()
+    worse[:, 0] *= 1.1
+    assert np.linalg.norm(Ad - worse @ worse.T) > np.linalg.norm(Ad - H @ H.T)
+
+
+def test_group_subclusters_finds_the_best_grouping_of_a_small_graph():
+    import itertools
+
+    rng = np.random.default_rng(0)
+    C = rng.random((8, 8))
+    C = C + C.T
+    size = rng.integers(1, 5, 8).astype(float)
+
+    def loss(g):
+        return -sum((C[np.ix_(g == c, g == c)].sum() / size[g == c].sum()) ** 2 for c in range(3))
+
+    groupings = [np.array(g) for g in itertools.product(range(3), repeat=8) if len(set(g)) == 3]
+    best = min(loss(g) for g in groupings)
+    g, value = group_subclusters(C, size, 3, n_restarts=20, seed=0)
+    assert value == pytest.approx(best, rel=1e-12) and loss(g) == pytest.approx(value, rel=1e-12)
+
+
+def test_smooth_embedding_is_seeded_with_unit_rows(gnmf_setup):
+    A = normalize_graph(gnmf_setup[3])
+    U = smooth_embedding(A, 12, seed=5)
+    assert U.shape == (A.shape[0], 12)
+    np.testing.assert_allclose(np.linalg.norm(U, axis=1), 1.0, rtol=1e-5)
+    assert np.array_equal(U, smooth_embedding(A, 12, seed=5))
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"k": 0}, "k"),
     ({"seed": -1}, "seed"),
@@ -270,6 +391,8 @@ def test_symnmf_n_init_keeps_the_lowest_loss(gnmf_setup):
     ({"max_iter": 0}, "max_iter"),
     ({"inner_sweeps": 0}, "inner_sweeps"),
     ({"n_init": 0}, "n_init"),
+    ({"screen_iter": 0}, "screen_iter"),
+    ({"starts": [np.ones((3, 10))]}, r"starts\[0\]"),
 ])
 def test_bad_symnmf_arguments_name_the_key(gnmf_setup, kwargs, key):
     S = gnmf_setup[3]

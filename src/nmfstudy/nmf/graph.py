@@ -5,11 +5,18 @@ Representation", IEEE TPAMI 33(8), 2011, build a p-nearest-neighbour graph with 
 or heat-kernel weights; Kuang, Ding, Park, "Symmetric Nonnegative Matrix
 Factorization for Graph Clustering", SDM 2012, factor such a graph directly.
 
-Distances are screened in float32 with BLAS, chunk by chunk of rows
-(|x|^2 - 2 x.y + |y|^2, a partition for the k + 8 nearest), then those candidates of
-each row are re-ranked by their exact float64 distance, so that float32 rounding
-never decides who is a neighbour (the support then equals scikit-learn's
-kneighbors_graph). No n x n dense matrix is ever formed.
+The search is exact, and costs about one float32 product per unordered pair of samples:
+
+1. a bound per sample on its k-th nearest distance, from the samples near it (a coarse
+   grouping around a few centres);
+2. the float32 distances |x|^2 - 2 x.y + |y|^2 as one BLAS product per 1024 x 1024 tile,
+   only the tiles on and above the diagonal (the distance is symmetric), each compared with
+   the bounds while it is in cache; the pairs under a bound are the candidates;
+3. the candidates re-ranked by their exact float64 distance.
+
+The bounds carry a proven margin for float32 rounding, so that rounding never decides who is
+a neighbour: the result is the exact k nearest in float64, ties to the lower index (the
+support then equals scikit-learn's kneighbors_graph). No n x n dense matrix is ever formed.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import logging
 import os
 import re
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
 
@@ -27,6 +36,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from ..params import Interval, Options, check
+from ._common import threadpools
 
 WEIGHTS = ("binary", "heat")
 SEED = [Interval(Integral, 0, 2**32 - 1)]  # numpy's and scikit-learn's seeds
@@ -37,10 +47,9 @@ PARAMETERS = {
     "weight": [Options(WEIGHTS)],
     "pca": [Interval(Integral, 1), None],
 }
-# Each float32 distance chunk stays near this size (its argpartition doubles it).
-_CHUNK_BYTES = 64 * 2**20
-# float32 screening keeps this many spare candidates for the exact float64 re-ranking.
-_SPARE = 8
+# Square tiles of the distance matrix: 1024 x 1024 float32 (4 MiB) stays in cache between its
+# product and its screening.
+_TILE = 1024
 _CACHE_VERSION = 1  # bump when the graph construction changes
 
 log = logging.getLogger(__name__)
@@ -69,54 +78,145 @@ def _project(X_fit: np.ndarray, others: list[np.ndarray], pca: int | None, seed:
     return proj[0], proj[1:]
 
 
-def _smallest(d: np.ndarray, m: int) -> np.ndarray:
-    """Column indices of the m smallest entries of each row of d, ascending by index."""
-    n_rows, n_cols = d.shape
-    if m >= n_cols:
-        return np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
-    # a value partition and a mask run about twice as fast as argpartition
-    thr = np.partition(d, m - 1, axis=1)[:, m - 1:m]
-    rows, cols = np.nonzero(d <= thr)
-    if len(cols) == n_rows * m:
-        return cols.reshape(n_rows, m)
-    # ties at the threshold give some rows extra entries: argpartition those rows
-    counts = np.bincount(rows, minlength=n_rows)
-    ok = counts[rows] == m
-    out = np.empty((n_rows, m), dtype=np.int64)
-    out[counts == m] = cols[ok].reshape(-1, m)
-    tied = np.flatnonzero(counts != m)
-    out[tied] = np.sort(np.argpartition(d[tied], m - 1, axis=1)[:, :m], axis=1)
-    return out
+def _augmented(Q: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[q, |q|^2, 1] rows and [-2 r, 1, |r|^2] columns: one GEMM of them is |q - r|^2, float32.
+
+    Also returns each screening's error bound per query: the GEMM sums dim + 2 products whose
+    magnitudes add up to at most 2 (|q|^2 + |r|^2), and the norms carry their own rounding, so
+    |float32 - exact| <= 3 (dim + 2) u (|q|^2 + max |r|^2) with u = 2^-24; we allow 4 (dim + 2) u.
+    """
+    q_sq = np.einsum("ij,ij->i", Q, Q)
+    r_sq = q_sq if R is Q else np.einsum("ij,ij->i", R, R)
+    Qa = np.empty((Q.shape[0], Q.shape[1] + 2), dtype=np.float32)
+    Qa[:, :-2], Qa[:, -2], Qa[:, -1] = Q, q_sq, 1.0
+    Rt = np.empty((R.shape[1] + 2, R.shape[0]), dtype=np.float32)
+    Rt[:-2], Rt[-2], Rt[-1] = -2.0 * R.T, 1.0, r_sq
+    err = 4.0 * (Q.shape[1] + 2) * 2.0 ** -24 * (q_sq.astype(np.float64) + float(r_sq.max()))
+    return Qa, Rt, err
+
+
+def _thresholds(Q: np.ndarray, R: np.ndarray, Qa: np.ndarray, Rt: np.ndarray, err: np.ndarray, k: int,
+                self_rows: bool, pool: ThreadPoolExecutor) -> np.ndarray:
+    """A float32 bound per query that every one of its k exact nearest passes in the screening.
+
+    The k-th smallest distance to any k samples bounds the k-th nearest's from above, and
+    samples near the query make it tight. So R is grouped around a few centres (a fixed-seed
+    sample, two Lloyd steps: the grouping affects the speed only, never the result) and each
+    query takes the k-th smallest float32 distance within its group (padded to k samples),
+    plus twice the screening error (once for that distance, once for a candidate's).
+    """
+    n_r = R.shape[0]
+    n_groups = int(np.clip(round(np.sqrt(n_r) / 4), 1, 256))  # ~60 groups of ~1,000 on 63,000 samples
+    centres = R[np.random.default_rng(0).choice(n_r, n_groups, replace=False)]
+    for _ in range(2):
+        labels = _nearest_centre(R, centres)
+        members = sp.csr_matrix((np.ones(n_r), (labels, np.arange(n_r))), shape=(n_groups, n_r))
+        counts = np.bincount(labels, minlength=n_groups)
+        used = counts > 0
+        centres[used] = (members @ R.astype(np.float64))[used] / counts[used, None]
+    labels = _nearest_centre(R, centres)
+    q_labels = labels if self_rows else _nearest_centre(Q, centres)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    need = k + self_rows
+    thr = np.empty(Q.shape[0], dtype=np.float64)
+
+    def group(g):
+        queries = np.flatnonzero(q_labels == g)
+        lo = min(starts[g], n_r - need)
+        cols = order[lo:max(starts[g] + counts[g], lo + need)]
+        Rg = np.ascontiguousarray(Rt[:, cols])
+        for s in range(0, len(queries), _TILE):
+            rows = queries[s:s + _TILE]
+            d = Qa[rows] @ Rg
+            if self_rows:  # a sample is never its own neighbour
+                d[rows[:, None] == cols[None, :]] = np.inf
+            thr[rows] = np.partition(d, k - 1, axis=1)[:, k - 1]
+
+    list(pool.map(group, np.flatnonzero(np.bincount(q_labels, minlength=n_groups))))
+    return (thr + 2.0 * err).astype(np.float32)
+
+
+def _nearest_centre(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of each row of X."""
+    c_sq = np.einsum("ij,ij->i", centres, centres)
+    return np.argmin(c_sq - 2.0 * (X @ centres.T), axis=1)
+
+
+def _screen(Qa: np.ndarray, Rt: np.ndarray, thr_q: np.ndarray, thr_r: np.ndarray | None,
+            pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, sample) pair whose float32 distance is at most the query's threshold.
+
+    thr_r given: Q is R, and only the tiles on and above the diagonal are computed, each
+    screened for its rows and, transposed, for its columns (the distance is symmetric).
+    Each thread reuses its own tile buffers: fresh 4 MiB arrays would cost a page fault per
+    page, about as much as the product itself.
+    """
+    n_q, n_r = Qa.shape[0], Rt.shape[1]
+    tiles = [(i, j) for i in range(0, n_q, _TILE) for j in range(i if thr_r is not None else 0, n_r, _TILE)]
+    local = threading.local()
+
+    def screen(tile):
+        i, j = tile
+        if not hasattr(local, "d"):
+            local.d = np.empty((_TILE, _TILE), dtype=np.float32)
+            local.hit = np.empty((_TILE, _TILE), dtype=bool)
+        Qi, Rj = Qa[i:i + _TILE], Rt[:, j:j + _TILE]
+        d, hit = local.d[:len(Qi), :Rj.shape[1]], local.hit[:len(Qi), :Rj.shape[1]]
+        np.matmul(Qi, Rj, out=d)
+        width = d.shape[1]
+        # flatnonzero of the 1-D view: a 2-D nonzero costs as much as the product
+        r, c = np.divmod(np.flatnonzero(np.less_equal(d, thr_q[i:i + _TILE, None], out=hit).reshape(-1)), width)
+        found = [(r.astype(np.int32) + i, c.astype(np.int32) + j)]
+        if thr_r is not None and j != i:
+            r, c = np.divmod(np.flatnonzero(np.less_equal(d, thr_r[None, j:j + _TILE], out=hit).reshape(-1)), width)
+            found.append((c.astype(np.int32) + j, r.astype(np.int32) + i))
+        return found
+
+    found = [pair for part in pool.map(screen, tiles) for pair in part]
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 def _knn(Q: np.ndarray, R: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
     """Indices into R (n_q x k, nearest first) and squared distances (float64) of each row of Q.
 
     exclude_self: Q is R, and row i may not pick itself (a duplicate of it may).
-    Exact ties in distance go to the lower index.
+    Exact ties in distance go to the lower index. The result is the exact k nearest in
+    float64: float32 only screens the candidates, with a proven margin (`_augmented`).
+
+    The work runs on as many threads as BLAS may use, each with one BLAS thread: numpy
+    releases the GIL in the products and comparisons, and products this thin (dim + 2
+    columns) lose more to BLAS's thread hand-offs than they gain.
     """
-    n_q, n_r = Q.shape[0], R.shape[0]
-    r_sq = np.einsum("ij,ij->i", R, R)
-    n_cand = min(k + _SPARE, n_r - exclude_self)
-    rows = max(1, _CHUNK_BYTES // (4 * n_r))
-    R64 = R.astype(np.float64)  # n x d float64 copy: gathers for the exact re-ranking
-    idx = np.empty((n_q, k), dtype=np.int64)
-    dist = np.empty((n_q, k), dtype=np.float64)
-    for start in range(0, n_q, rows):
-        stop = min(start + rows, n_q)
-        # |q|^2 is constant along a row, so the ranking needs only |r|^2 - 2 q.r
-        d = Q[start:stop] @ R.T
-        d *= -2.0
-        d += r_sq
+    n_q = Q.shape[0]
+    n_threads = max([p["num_threads"] for p in threadpools.info() if p["user_api"] == "blas"] or [1])
+    with threadpools.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n_threads) as pool:
+        Qa, Rt, err = _augmented(Q, R)
+        thr = _thresholds(Q, R, Qa, Rt, err, k, exclude_self, pool)
+        qi, ri = _screen(Qa, Rt, thr, thr if exclude_self else None, pool)
+        del Qa, Rt
         if exclude_self:
-            d[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        cand = _smallest(d, n_cand)  # self, at +inf, is never among them
-        diff = R64[cand] - Q[start:stop, None, :].astype(np.float64)
-        exact = np.einsum("ijk,ijk->ij", diff, diff)
-        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
-        idx[start:stop] = np.take_along_axis(cand, order, axis=1)
-        dist[start:stop] = np.take_along_axis(exact, order, axis=1)
-    return idx, dist
+            keep = qi != ri
+            qi, ri = qi[keep], ri[keep]
+        # the candidates' exact float64 distances, in slices that stay in cache
+        Q64 = Q.astype(np.float64)
+        R64 = Q64 if exclude_self else R.astype(np.float64)
+        exact = np.empty(len(qi), dtype=np.float64)
+        step = 8192
+
+        def rerank(s):
+            diff = R64[ri[s:s + step]] - Q64[qi[s:s + step]]
+            exact[s:s + step] = np.einsum("ij,ij->i", diff, diff)
+
+        list(pool.map(rerank, range(0, len(qi), step)))
+    order = np.lexsort((ri, exact, qi))  # by query, then distance, then the lower index
+    first = np.searchsorted(qi[order], np.arange(n_q + 1))
+    if np.diff(first).min() < k:  # the bounds' margin makes this impossible; never return a wrong graph
+        raise RuntimeError("kNN screening kept fewer than k candidates for a sample")
+    first = first[:-1]
+    take = order[first[:, None] + np.arange(k)]
+    return ri[take].astype(np.int64), exact[take]
 
 
 def knn_graph(X, n_neighbors: int = 10, weight: str = "binary", pca: int | None = None,
