@@ -6,6 +6,8 @@ W (n_samples x k) the coefficients and H (k x n_features) the basis images.
 - :func:`nmf_mu`: Lee & Seung's multiplicative updates for the Frobenius loss.
 - :func:`nmf_hals`: hierarchical alternating least squares (exact coordinate descent on
   the columns of W and the rows of H) with Gillis & Glineur's repeated inner sweeps.
+- :func:`nmf_hals_extrapolated`: HALS with Ang & Gillis's extrapolation and restarts, stopped
+  on an estimate of the decrease still to come (``method=nmf``'s default).
 - :func:`project_hoyer`: Hoyer's (2004) projection onto a target sparseness.
 - :func:`frobenius_loss`: ||X - WH||_F without forming X - WH.
 
