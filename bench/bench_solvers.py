@@ -403,7 +403,8 @@ def solver_rows(entry: dict, args) -> list[str]:
         t = r["time"]
         m = (r.get("memory") or {}).get("extra_mib")
         if name == "sklearn_best":
-            cells = ["-", fmt(t), str(r["iters"]), fmt(1e3 * t / r["iters"], ".0f"), fmt(r["loss"]),
+            cells = ["-", fmt(t), str(r["iters"]), fmt(1e3 * t / r["iters"], ".0f"), fmt(r["cpu"] / t, ".1f"),
+                     fmt(r["loss"]),
                      f"{fmt(t)} s, {r['iters']} its, {r['loss']:.2f} (+0.000%)"]
         else:
             reached = (fmt(t) if t is not None else
@@ -411,7 +412,7 @@ def solver_rows(entry: dict, args) -> list[str]:
                        else f"not reached in {r['ran_s']:.0f} s")
             own = r.get("own")
             cells = [fmt(r.get("near"), ".2f", "-"), reached, str(r["iters"]),
-                     fmt(1e3 * r["ran_s"] / r["iters"], ".0f"), fmt(r["loss"]),
+                     fmt(1e3 * r["ran_s"] / r["iters"], ".0f"), fmt(r["cpu"] / r["ran_s"], ".1f"), fmt(r["loss"]),
                      f"{own['time']:.2f} s, {own['iters']} its, {own['loss']:.2f} ({own['loss'] / L - 1:+.3%})"
                      if own else "-"]
         lines.append("| " + " | ".join([label.format(tol=args.sk_tol), str(k), fmt(r.get("load"), ".1f", "-"), *cells,
@@ -465,7 +466,9 @@ def report(store: dict, args, machine: str) -> str:
            "- Timed rows: wall seconds from the solver's entry to the first iteration within 1% and within "
            "0.1% of L* (the target); they stop there, or give up once they have run "
            f"{args.budget:g}x scikit-learn-at-its-best's time (at least 30 s) or once their loss fell by less than "
-           "0.001% over 100 iterations (settled above the target). 'iterations', 'ms/iteration' and 'loss' are at "
+           "0.001% over 100 iterations (settled above the target). 'iterations', 'ms/iteration', 'CPU/wall' (CPU "
+           "seconds of both BLAS threads over wall seconds: 2.0 when the row had both cores to itself, about 1 or "
+           "less when other jobs took one) and 'loss' are at "
            "the target, or where a row gave up. 'own rule': the same solver from the same start run again with its "
            f"own stopping rule at tol={OWN_TOL:g} (the pipeline's): time, iterations and final loss against L*.",
            "- vs anchor / vs hals / vs sklearn best: that row's time to 1% or to 0.1% of L* over this row's (above "
@@ -480,9 +483,9 @@ def report(store: dict, args, machine: str) -> str:
                   + (f"; cached from a run on {best['date']} at load {best['load']:.1f}" if best.get("cached") else "")
                   + f"); target {e['L'] * (1 + e['target_rel']):.2f}.")
     md += ["", "| solver | k | load | time to 1% of L* (s) | time to 0.1% of L* (s) | iterations | ms/iteration | "
-               "loss | own rule: time, iterations, final loss (vs L*) | vs anchor to 1% | vs anchor to 0.1% | "
-               "vs hals | vs sklearn best | peak extra memory (MiB) | memory vs sklearn best |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+               "CPU/wall | loss | own rule: time, iterations, final loss (vs L*) | vs anchor to 1% | "
+               "vs anchor to 0.1% | vs hals | vs sklearn best | peak extra memory (MiB) | memory vs sklearn best |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         md += solver_rows(e, args)
     piped = [e for e in entries if e.get("pipeline")]
@@ -493,7 +496,7 @@ def report(store: dict, args, machine: str) -> str:
                "its own stopping rule; L* here is scikit-learn at its best on those images from the same start "
                "(cached likewise). Fit time as the method records it; the loss measured in float64.", "",
                "| setting | k | load | fit time (s) | CPU (s) | iterations | final loss | L* | vs L* | within 0.1% | "
-               "speed-up over before |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+               "fit time: before over this |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in piped:
             p = e["pipeline"]
             for name, label in (("default", "defaults"), ("before", "defaults, method.extrapolate=false")):
