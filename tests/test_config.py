@@ -12,6 +12,7 @@ def test_default_run_is_nmf_k10_on_mnist_5k(compose):
     assert (cfg["k"], cfg["dataset"]["name"], cfg["method"]["name"], cfg["init"]["name"]) == (
         10, "mnist_5k", "nmf", "nndsvda")
     assert cfg["method"]["solver"] == "hals" and cfg["sparsity"]["name"] == "none"
+    assert cfg["method"]["extrapolate"] is True and settings.build_method(cfg).extrapolate is True
     settings.check(cfg)
 
 
@@ -30,6 +31,7 @@ def test_build_method_maps_config_keys(compose):
     assert (nmf.k, nmf.solver, nmf.alpha_W, nmf.alpha_H, nmf.l1_ratio) == (7, "mu", 0.01, "same", 1.0)
     hoyer = settings.build_method(compose("sparsity=hoyer", "sparsity.s_H=0.8"))
     assert (hoyer.s_H, hoyer.s_W) == (0.8, None)
+    assert settings.build_method(compose("method.extrapolate=false")).extrapolate is False
     mbk = settings.build_method(compose("method=minibatch_kmeans", "k=50", "init=gaussian"))
     assert isinstance(mbk, MiniBatchKMeansClustering) and (mbk.k, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
 
@@ -46,6 +48,8 @@ def test_build_method_maps_config_keys(compose):
         (["init=kmeans++"], "init must be one of random, nndsvd, nndsvda, nndsvdar for method=nmf; got 'kmeans++'"),
         (["method.solver=lbfgs"], "method.solver must be one of hals, mu, sklearn-cd, sklearn-mu; got 'lbfgs'"),
         (["method.assign=nearest"], "method.assign must be one of argmax, kmeans; got 'nearest'"),
+        (["method.extrapolate=sometimes"], "method.extrapolate must be true or false; got 'sometimes'"),
+        (["method.extrapolate=1"], "method.extrapolate must be true or false; got 1"),
         (["method.tol=-1"], "method.tol must be in [0.0, inf], got -1"),
         (["sparsity=hoyer", "sparsity.s_H=1.0"], "sparsity.s_H must be in [0.0, 1.0), got 1.0"),
         (["sparsity=hoyer", "method.solver=sklearn-cd"],

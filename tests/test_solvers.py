@@ -16,8 +16,11 @@ from nmfstudy.nmf.solvers import frobenius_loss, nmf_hals, nmf_hals_extrapolated
 SOLVERS = {"mu": nmf_mu, "hals": nmf_hals,
            # Gillis & Glineur's inner sweeps: off by default, still a supported option
            "hals-accelerated": functools.partial(nmf_hals, inner_alpha=0.5),
-           # Ang & Gillis's extrapolation with restarts (no Hoyer constraints)
-           "hals-extrapolated": nmf_hals_extrapolated}
+           # Ang & Gillis's extrapolation with restarts (no Hoyer constraints): the basis only, our default
+           "hals-extrapolated": nmf_hals_extrapolated,
+           # the paper's scheme: both factors extrapolated, its HALS parameters
+           "hals-extrapolated-WH": functools.partial(nmf_hals_extrapolated, extrapolate_W=True, gamma=1.01,
+                                                     gamma_bar=1.005)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +60,7 @@ def sklearn_reference(datasets):
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist1k", "random"])
-@pytest.mark.parametrize("solver", ["mu", "hals", "hals-accelerated", "hals-extrapolated"])
+@pytest.mark.parametrize("solver", ["mu", "hals", "hals-accelerated", "hals-extrapolated", "hals-extrapolated-WH"])
 def test_reaches_sklearn_cd_loss(datasets, sklearn_reference, name, solver):
     X = datasets[name]
     W0, H0, sk_loss = sklearn_reference[name]
@@ -143,28 +146,38 @@ def test_extrapolated_needs_fewer_iterations(datasets, sklearn_reference):
     X = datasets["mnist1k"]
     W0, H0, _ = sklearn_reference["mnist1k"]
     plain = nmf_hals(X, W0, H0, max_iter=200, tol=0).loss_history
-    extrapolated = nmf_hals_extrapolated(X, W0, H0, max_iter=50, tol=0).loss_history
-    # here both end at the same point (172.978): plain HALS needs 335 iterations to within 0.1%, extrapolated 42
+    extrapolated = nmf_hals_extrapolated(X, W0, H0, max_iter=80, tol=0).loss_history
+    # here both end at the same point (172.978): plain HALS needs 335 iterations to within 0.1%, extrapolated 57
     assert extrapolated[-1] < plain[-1]
 
 
-def test_extrapolated_stops_near_its_limit(datasets, sklearn_reference):
+@pytest.mark.parametrize("name", ["digits", "random"])
+def test_extrapolated_stops_near_its_limit(datasets, sklearn_reference, name):
+    X = datasets[name]
+    W0, H0, _ = sklearn_reference[name]
+    limit = nmf_hals_extrapolated(X, W0, H0, max_iter=250, tol=0).loss
+    res = nmf_hals_extrapolated(X, W0, H0, max_iter=250, tol=1e-4)
+    assert 20 <= res.n_iter < 250
+    # the rule estimates the decrease still to come, so the stop lands close to the limit (a pause
+    # in the descent can fool it: at k=40 mnist1k stops 0.5-1.1% above its limit, digits 7%)
+    assert res.loss <= limit * 1.001
+    # it stopped at the first iteration where both estimates (windows of 5 and 10) fell below tol,
+    # never within four windows of 5
+    f = np.r_[frobenius_loss(X, W0, H0), res.loss_history]
+
+    def tail(t, w):
+        d1, d2 = f[t - 2 * w] - f[t - w], f[t - w] - f[t]
+        return 0.0 if d2 <= 0 else np.inf if d2 >= d1 else d2 * (d2 / d1) / (1 - d2 / d1) / f[t]
+
+    def remaining(t):
+        return max(tail(t, 5), tail(t, 10))
+
+    assert remaining(res.n_iter) < 1e-4 <= min(remaining(t) for t in range(20, res.n_iter))
+
+
+def test_extrapolated_restarts_end_a_converged_run(datasets, sklearn_reference):
     X = datasets["mnist1k"]
     W0, H0, _ = sklearn_reference["mnist1k"]
-    limit = nmf_hals_extrapolated(X, W0, H0, max_iter=100, tol=0).loss
-    for tol in (1e-3, 1e-4):
-        res = nmf_hals_extrapolated(X, W0, H0, max_iter=100, tol=tol, window=5)
-        assert res.n_iter < 100
-        # the rule estimates the decrease still to come, so the stop lands close to the limit
-        assert res.loss <= limit * (1 + 10 * tol)
-        # and it stopped at the first iteration whose estimate fell below tol
-        f = np.r_[frobenius_loss(X, W0, H0), res.loss_history]
-
-        def remaining(t, w=5, f=f):
-            d1, d2 = f[t - 2 * w] - f[t - w], f[t - w] - f[t]
-            return 0.0 if d2 <= 0 else np.inf if d2 >= d1 else d2 * (d2 / d1) / (1 - d2 / d1) / f[t]
-
-        assert remaining(res.n_iter) < tol <= min(remaining(t) for t in range(10, res.n_iter))
     # a plain HALS step from a converged pair cannot improve it: a whole window of restarts stops the run
     assert nmf_hals_extrapolated(X, W0, H0, max_iter=1000, tol=1e-12).n_iter < 1000
 
@@ -204,12 +217,29 @@ def test_extrapolated_with_penalties_matches_sklearn_objective(datasets):
 @pytest.mark.parametrize("kwargs, match", [({"beta0": 1.0}, "beta0"), ({"beta0": -0.1}, "beta0"),
                                            ({"eta": 1.01, "gamma": 1.05}, "eta"), ({"gamma_bar": 0.9}, "gamma_bar"),
                                            ({"gamma": 1.001, "gamma_bar": 1.01}, "gamma"), ({"window": 0}, "window"),
-                                           ({"tol": -1.0}, "tol"), ({"alpha_W": -1.0}, "alpha_W")])
+                                           ({"tol": -1.0}, "tol"), ({"alpha_W": -1.0}, "alpha_W"),
+                                           ({"extrapolate_W": 1}, "extrapolate_W")])
 def test_extrapolated_bad_arguments_raise(datasets, kwargs, match):
     X = datasets["random"]
     W, H = nmf_init(X, 4, "nndsvda", 0)
     with pytest.raises(ValueError, match=match):
         nmf_hals_extrapolated(X, W, H, **kwargs)
+
+
+def test_method_extrapolates_but_not_under_hoyer(datasets):
+    from nmfstudy.methods.nmf import NMFClustering
+
+    X = datasets["digits"]
+    W0, H0 = nmf_init(X, 6, "nndsvda", 0)
+    fitted = NMFClustering(6, max_iter=25, tol=0).fit(X)
+    np.testing.assert_array_equal(fitted.loss_history_,
+                                  nmf_hals_extrapolated(X, W0, H0, max_iter=25, tol=0).loss_history)
+    hoyer = NMFClustering(6, max_iter=25, tol=0, s_H=0.5).fit(X)
+    np.testing.assert_array_equal(hoyer.loss_history_,
+                                  nmf_hals(X, W0, H0, max_iter=25, tol=0, hoyer_H=0.5).loss_history)
+    plain = NMFClustering(6, max_iter=25, tol=0, extrapolate=False).fit(X)
+    np.testing.assert_array_equal(plain.loss_history_, nmf_hals(X, W0, H0, max_iter=25, tol=0).loss_history)
+    assert not np.array_equal(plain.loss_history_, fitted.loss_history_)
 
 
 # ----------------------------------------------------------------------------- penalties

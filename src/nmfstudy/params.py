@@ -1,8 +1,8 @@
 """Parameter declarations and the one validator that checks them.
 
 After scikit-learn's ``_parameter_constraints``: a function or class declares each
-parameter once, as a list of what it accepts (an `Interval`, an `Options`, or
-``None`` for "may be null"), next to its code. `validate` checks values against such a
+parameter once, as a list of what it accepts (an `Interval`, an `Options`, a `Boolean`,
+or ``None`` for "may be null"), next to its code. `validate` checks values against such a
 declaration and raises `InvalidParameterError`, which names the parameter in the
 library's own words (``solver must be one of hals, mu; got 'x'``). The command line
 speaks in config keys (``method.solver``); `nmfstudy.config` is the one place that
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Union
 
-__all__ = ["Interval", "Options", "Constraint", "Declaration", "InvalidParameterError", "validate", "check"]
+__all__ = ["Interval", "Options", "Boolean", "Constraint", "Declaration", "InvalidParameterError", "validate", "check"]
 
 
 class InvalidParameterError(ValueError):
@@ -103,7 +103,20 @@ class Options:
         return f"must be one of {', '.join(map(str, self.values))}; got {value!r}"
 
 
-Constraint = Union[Interval, Options, None]
+@dataclass(frozen=True)
+class Boolean:
+    """True or False (a YAML ``true``/``false``), nothing else: not 0, 1 or "yes"."""
+
+    def accepts(self, value: Any) -> bool:
+        """True when `value` is a bool."""
+        return isinstance(value, bool)
+
+    def describe(self, value: Any) -> str:
+        """``"must be true or false; got 'x'"``."""
+        return f"must be true or false; got {value!r}"
+
+
+Constraint = Union[Interval, Options, Boolean, None]
 Declaration = Mapping[str, Sequence[Constraint]]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from numbers import Real
@@ -13,7 +12,7 @@ import numpy as np
 from ..nmf import initialization
 from ..nmf._common import MAX_ITER, PENALTIES, SPARSENESS, TOL
 from ..nmf.graph_nmf import ASSIGN_RULES
-from ..params import Interval, InvalidParameterError, Options
+from ..params import Boolean, Interval, InvalidParameterError, Options
 from ._base import BasisMethod
 
 SOLVERS = ("hals", "mu", "sklearn-cd", "sklearn-mu")
@@ -35,10 +34,16 @@ class NMFClustering(BasisMethod):
     max_iter : int
         Iteration cap.
     tol : float
-        Stop when the relative decrease of the loss falls below it (0: run `max_iter`).
+        Stop when the loss decrease still to come (``hals`` extrapolated: estimated from the last
+        iterations), else the last iteration's, relative to the loss, falls below it (0: run `max_iter`).
     assign : {"argmax", "kmeans"}
         Clusters from the largest coefficient of each sample, or from k-means on the
         L2-normalized rows of W.
+    extrapolate : bool
+        ``hals``: Ang & Gillis's (2019) extrapolation with restarts
+        (:func:`~nmfstudy.nmf.solvers.nmf_hals_extrapolated`), fewer iterations to the same loss,
+        stopped when the estimated decrease still to come falls below `tol`; not under Hoyer's
+        constraints (s_W, s_H), where ``hals`` runs without it.
     inner_alpha : float
         ``hals``: Gillis & Glineur's extra inner sweeps per phase (0: one sweep).
     alpha_W, alpha_H, l1_ratio : float, float or "same", float
@@ -55,6 +60,7 @@ class NMFClustering(BasisMethod):
         "max_iter": MAX_ITER,
         "tol": TOL,
         "assign": [Options(ASSIGN_RULES)],
+        "extrapolate": [Boolean()],
         "inner_alpha": [Interval(Real, 0.0)],
     }
     sparsity_parameters: ClassVar = {
@@ -68,6 +74,7 @@ class NMFClustering(BasisMethod):
     max_iter: int = 500
     tol: float = 1e-4
     assign: str = "argmax"
+    extrapolate: bool = True
     inner_alpha: float = 0.0
     alpha_W: float = 0.0
     alpha_H: float | str = "same"
@@ -90,12 +97,15 @@ class NMFClustering(BasisMethod):
         else:
             from ..nmf import solvers
 
-            solve = (functools.partial(solvers.nmf_hals, inner_alpha=self.inner_alpha) if self.solver == "hals"
-                     else solvers.nmf_mu)
-            result = solve(
-                X, W, H, max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
-                l1_ratio=self.l1_ratio, hoyer_W=self.s_W, hoyer_H=self.s_H, callback=self.callback,
-            )
+            common = dict(max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
+                          l1_ratio=self.l1_ratio, callback=self.callback)
+            hoyer = dict(hoyer_W=self.s_W, hoyer_H=self.s_H)
+            if self.solver == "mu":
+                result = solvers.nmf_mu(X, W, H, **hoyer, **common)
+            elif self.extrapolate and self.s_W is None and self.s_H is None:
+                result = solvers.nmf_hals_extrapolated(X, W, H, inner_alpha=self.inner_alpha, **common)
+            else:  # an extrapolated factor would leave Hoyer's constraints: plain HALS there
+                result = solvers.nmf_hals(X, W, H, inner_alpha=self.inner_alpha, **hoyer, **common)
             W, H = result.W, result.H
             self.n_iter_ = int(result.n_iter)
             self.loss_history_ = np.asarray(result.loss_history)

