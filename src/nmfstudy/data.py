@@ -6,9 +6,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from .cache_files import write_atomically
 from .params import InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -447,16 +446,7 @@ def _load_image_cache(path: Path, found: ImageFolder) -> np.ndarray:
 
 
 def _save_image_cache(pixels: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary file, then os.replace: a parallel job never reads half a file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, pixels=pixels)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: np.savez(f, pixels=pixels))
 
 
 def read_image_folder(folder: str | Path | None, image_size=None,

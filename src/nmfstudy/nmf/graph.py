@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
@@ -35,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
+from ..cache_files import write_atomically
 from ..params import Interval, Options, check
 from ._common import threadpools
 
@@ -436,12 +435,4 @@ def _load_graph(path: Path) -> sp.csr_matrix:
 
 
 def _save_graph(S: sp.csr_matrix, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sp.save_npz(f, S)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: sp.save_npz(f, S))
