@@ -41,9 +41,11 @@ class NMFClustering(BasisMethod):
         L2-normalized rows of W.
     extrapolate : bool
         ``hals``: Ang & Gillis's (2019) extrapolation with restarts
-        (:func:`~nmfstudy.nmf.solvers.nmf_hals_extrapolated`), fewer iterations to the same loss,
-        stopped when the estimated decrease still to come falls below `tol`; not under Hoyer's
-        constraints (s_W, s_H), where ``hals`` runs without it.
+        (:func:`~nmfstudy.nmf.solvers.nmf_hals_extrapolated`): fewer iterations to a stationary
+        point (on the full MNIST, to within 0.1% of scikit-learn's converged loss, 2x fewer than
+        plain HALS at k=10 and 2.5x at k=100; at k=50 plain HALS settles above it), stopped when
+        the estimated decrease still to come falls below `tol`; not under Hoyer's constraints
+        (s_W, s_H), where ``hals`` runs without it.
     inner_alpha : float
         ``hals``: Gillis & Glineur's extra inner sweeps per phase (0: one sweep).
     alpha_W, alpha_H, l1_ratio : float, float or "same", float
