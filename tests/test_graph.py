@@ -10,12 +10,13 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 
-from nmfstudy.methods.symnmf import SymNMFClustering, group_subclusters, multilevel_start, smooth_embedding
+from nmfstudy.methods.symnmf import SymNMFClustering, hard_loss, multilevel_start, smooth_embedding
 from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
 from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
 from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, partition_start, symnmf
 from nmfstudy.nmf.initialization import nmf_init
+from nmfstudy.nmf.partition_search import search_partition
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -358,7 +359,7 @@ def test_partition_start_reaches_the_partition_loss(gnmf_setup):
     assert np.linalg.norm(Ad - worse @ worse.T) > np.linalg.norm(Ad - H @ H.T)
 
 
-def test_group_subclusters_finds_the_best_grouping_of_a_small_graph():
+def test_the_partition_search_finds_the_best_grouping_of_a_small_graph_under_symnmfs_loss():
     import itertools
 
     rng = np.random.default_rng(0)
@@ -371,7 +372,7 @@ def test_group_subclusters_finds_the_best_grouping_of_a_small_graph():
 
     groupings = [np.array(g) for g in itertools.product(range(3), repeat=8) if len(set(g)) == 3]
     best = min(loss(g) for g in groupings)
-    g, value = group_subclusters(C, size, 3, n_restarts=20, seed=0)
+    g, value = search_partition(C, size, 3, hard_loss, n_restarts=20, seed=0)
     assert value == pytest.approx(best, rel=1e-12) and loss(g) == pytest.approx(value, rel=1e-12)
 
 

@@ -15,8 +15,8 @@ from nmfstudy.methods.random_walk import (
     DCDClustering,
     NMFRClustering,
     RandomWalk,
-    _AssociationGrouping,
     _DCDGrouping,
+    _Grouping,
     dcd,
     dcd_objective,
     nmfr,
@@ -27,6 +27,7 @@ from nmfstudy.methods.random_walk import (
 )
 from nmfstudy.nmf.graph import knn_graph
 from nmfstudy.nmf.graph_nmf import normalize_graph
+from nmfstudy.nmf.partition_search import search_partition
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,26 @@ def small(digits):
     X, y = X[:300], y[:300]
     S = knn_graph(X, n_neighbors=10).astype(np.float64)
     return X, y, S, normalize_graph(S).astype(np.float64)
+
+
+def nmfr_loss(lam):
+    """NMFR's term of a cluster of association a and size n at its normalized indicator (as NMFRClustering's start)."""
+    return lambda a, n: (lam - a) / n
+
+
+class _FromScratch(_Grouping):
+    """The sum of a per-group loss of association and size, every value computed afresh from the grouping."""
+
+    def __init__(self, C, size, k, loss):
+        self.C, self.size, self.k, self.loss = C, size, k, loss
+
+    def value(self, g):
+        G = np.eye(self.k)[g]
+        a, n = np.einsum("ak,ab,bk->k", G, self.C, G), self.size @ G
+        return float(self.loss(a, n).sum()) if (n > 0).all() else np.inf
+
+    def moves(self, g, a):
+        return np.array([self.value(np.where(np.arange(len(g)) == a, t, g)) for t in range(self.k)])
 
 
 def dense_walk(Q, alpha):
@@ -116,7 +137,7 @@ def test_each_grouping_move_is_valued_as_the_moved_grouping(small):
     W_sub = rng.random((m, m)) + np.eye(m) * 5
     W_sub /= W_sub.sum(axis=1, keepdims=True)
     g = rng.permutation(np.arange(m) % k)
-    for objective in (_DCDGrouping(C, size, W_sub, k, 1.2), _AssociationGrouping(C, size, k, 3.0)):
+    for objective in (_DCDGrouping(C, size, W_sub, k, 1.2), _FromScratch(C, size, k, nmfr_loss(3.0))):
         for a in range(m):
             values = objective.moves(g, a)
             for t in range(k):
@@ -133,9 +154,26 @@ def test_the_grouping_search_finds_planted_groups():
     C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
     W_sub = np.full((m, m), 1e-3) + np.eye(m)
     W_sub /= W_sub.sum(axis=1, keepdims=True)
-    for objective in (_DCDGrouping(C, size, W_sub, k, 1.0), _AssociationGrouping(C, size, k, 0.0)):
-        g, f = search_grouping(objective, m, k, n_restarts=10, seed=0)
-        assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(objective.value(g))
+    objective = _DCDGrouping(C, size, W_sub, k, 1.0)
+    g, f = search_grouping(objective, m, k, n_restarts=10, seed=0)
+    assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(objective.value(g))
+    g, f = search_partition(C, size, k, nmfr_loss(0.0), n_restarts=10, seed=0)
+    from_scratch = _FromScratch(C, size, k, nmfr_loss(0.0)).value(g)
+    assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(from_scratch)
+
+
+def test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it():
+    """search_partition (each move priced from running sums) against the same search with every value recomputed."""
+    rng = np.random.default_rng(7)
+    m, k = 40, 6
+    C = rng.random((m, m)) ** 4
+    C = C + C.T
+    size = rng.integers(1, 30, m).astype(float)
+    for loss in (nmfr_loss(2.0), lambda a, n: -((a / n) ** 2)):
+        g, f = search_partition(C, size, k, loss, n_restarts=5, seed=3)
+        g_ref, f_ref = search_grouping(_FromScratch(C, size, k, loss), m, k, n_restarts=5, seed=3)
+        np.testing.assert_array_equal(g, g_ref)
+        assert f == pytest.approx(f_ref, rel=1e-12) and len(np.unique(g)) == k
 
 
 @pytest.mark.parametrize("cls", [NMFRClustering, DCDClustering])

@@ -46,6 +46,7 @@ import scipy.sparse.linalg as sla
 
 from ..nmf._common import MAX_ITER, TOL, Callback, Monitor
 from ..nmf.graph_nmf import normalize_graph
+from ..nmf.partition_search import search_partition
 from ..params import Interval
 from ._base import GraphMethod
 
@@ -472,41 +473,6 @@ class _DCDGrouping(_Grouping):
         return self._loss(np.maximum(trial, 0.0))
 
 
-class _AssociationGrouping(_Grouping):
-    """NMFR's objective for a hard W = indicator columns / sqrt(cluster size) (then W^T W = I):
-    -sum_k assoc_k / n_k + lam sum_k 1 / n_k, assoc_k = sum of A over pairs in cluster k."""
-
-    def __init__(self, CA: np.ndarray, size: np.ndarray, k: int, lam: float) -> None:
-        self.CA, self.size, self.k, self.lam = CA, size, k, lam
-
-    def _stats(self, g):
-        G = np.zeros((len(g), self.k))
-        G[np.arange(len(g)), g] = 1.0
-        B = self.CA @ G
-        return np.einsum("ak,ak->k", G, B), self.size @ G, B
-
-    def _loss(self, assoc, n):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where((n > 0).all(axis=-1), (-assoc / n + self.lam / n).sum(axis=-1), np.inf)
-
-    def value(self, g: np.ndarray) -> float:
-        assoc, n, _ = self._stats(g)
-        return float(self._loss(assoc, n))
-
-    def moves(self, g: np.ndarray, a: int) -> np.ndarray:
-        assoc, n, B = self._stats(g)
-        p, d = g[a], self.CA[a, a]
-        trial_assoc = np.repeat(assoc[None], self.k, axis=0)
-        trial_n = np.repeat(n[None], self.k, axis=0)
-        others = np.arange(self.k) != p
-        trial_assoc[others, p] -= 2.0 * B[a, p] - d
-        trial_n[others, p] -= self.size[a]
-        t = np.flatnonzero(others)
-        trial_assoc[t, t] += 2.0 * B[a, t] + d
-        trial_n[t, t] += self.size[a]
-        return self._loss(trial_assoc, trial_n)
-
-
 def search_grouping(objective: _Grouping, n_nodes: int, k: int, n_restarts: int, seed: int = 0,
                     max_sweeps: int = 100) -> tuple[np.ndarray, float]:
     """The lowest-objective grouping of `n_nodes` coarse nodes into k non-empty groups found by local search.
@@ -688,8 +654,12 @@ class NMFRClustering(_MultilevelGraphMethod):
         P = _membership(sub, n_sub)
         CA = np.asarray(P.T @ RandomWalk(Q, self.alpha, tol=1e-5)(P.toarray()))
         size = np.bincount(sub, minlength=n_sub).astype(np.float64)
-        objective = _AssociationGrouping((CA + CA.T) / 2, size, self.k, self._lam(len(sub)))
-        g, _ = search_grouping(objective, n_sub, self.k, self.n_restarts, seed)
+        lam = self._lam(len(sub))
+
+        def group_loss(assoc, n):  # a cluster's term of the objective at its normalized indicator
+            return (lam - assoc) / n
+
+        g, _ = search_partition((CA + CA.T) / 2, size, self.k, group_loss, self.n_restarts, seed)
         return _lift(g, sub, self.k)
 
     def _refine(self, S, Q, W):

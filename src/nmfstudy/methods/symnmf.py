@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from ..nmf import graph_nmf
 from ..nmf._common import MAX_ITER, TOL
+from ..nmf.partition_search import search_partition
 from ..params import Interval, Options
 from ._base import GraphMethod
 
@@ -38,7 +39,7 @@ class SymNMFClustering(GraphMethod):
       oversplit * k sub-clusters, group them into k clusters by the loss of the best-scaled
       hard indicators, ||A||^2 - sum_c a_c^2 / n_c^2 (a_c the sum of A over the pairs of
       cluster c, n_c its size; exact on the coarse graph) with `n_restarts` random restarts
-      of a local search (:func:`group_subclusters`); then refine that partition
+      of a local search (:func:`nmfstudy.nmf.partition_search.search_partition`); then refine that partition
       (:func:`~nmfstudy.nmf.graph_nmf.partition_start`). `n_init` over-clusterings (seeds
       seed, seed + 1, ...); the lowest loss wins (see `screen_iter`).
       On full MNIST it reaches the same partition (0.788 Hungarian accuracy) from every seed;
@@ -161,70 +162,23 @@ def smooth_embedding(A, n_vectors: int, n_steps: int = 40, seed: int = 0) -> np.
     return (V / np.where(norms > 0, norms, 1.0)).astype(np.float64)
 
 
-def group_subclusters(CA: np.ndarray, size: np.ndarray, k: int, n_restarts: int, seed: int = 0,
-                      max_sweeps: int = 100) -> tuple[np.ndarray, float]:
-    """The grouping of sub-clusters into k clusters with the lowest SymNMF hard loss found by local search.
+def hard_loss(a: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """SymNMF's loss of clusters of association a and size n at their best-scaled indicators, less ||A||^2.
 
-    The loss of a partition at its best-scaled indicators, less ||A||^2, is -sum_c (a_c / n_c)^2
-    (:func:`nmfstudy.nmf.graph_nmf.partition_start`), with a_c and n_c summed from the coarse
-    graph CA = P^T A P and the sub-cluster sizes. Each restart starts from a random grouping
-    (every group non-empty) and sweeps over the sub-clusters in random order, moving each to the
-    group that lowers the loss most (one alone in its group stays), until a sweep moves none;
-    as :func:`nmfstudy.methods.random_walk.search_grouping`, but each move is priced in O(k) from
-    the groups' running sums (CA G kept up to date), so that k = 200 costs no more than the
-    sweeps themselves.
+    For a partition the loss is -sum_c (a_c / n_c)^2 (:func:`nmfstudy.nmf.graph_nmf.partition_start`);
+    this gives each cluster's term, for :func:`nmfstudy.nmf.partition_search.search_partition`.
 
     Parameters
     ----------
-    CA : ndarray of shape (m, m)
-        The symmetric coarse graph.
-    size : ndarray of shape (m,)
-        The sub-clusters' sizes.
-    k : int
-        Groups, at most m.
-    n_restarts : int
-        Random starts; the lowest final loss wins.
-    seed : int, default 0
-    max_sweeps : int, default 100
-        Sweeps per restart at most.
+    a, n : ndarray
+        The clusters' associations (sums of A over their pairs) and sizes.
 
     Returns
     -------
-    (ndarray of shape (m,), float)
-        The group of each sub-cluster and its loss -sum_c (a_c / n_c)^2.
+    ndarray
+        -(a / n)^2, elementwise.
     """
-    m = len(size)
-    rng = np.random.default_rng(seed)
-    diag = np.diag(CA)
-    best_g, best_f = None, np.inf
-    for _ in range(n_restarts):
-        g = rng.permutation(np.concatenate([np.arange(k), rng.integers(0, k, m - k)]))
-        B = CA @ np.eye(k)[g]  # CA G: each sub-cluster's link to each group
-        a = np.bincount(g, weights=B[np.arange(m), g], minlength=k)
-        n = np.bincount(g, weights=size, minlength=k)
-        f = -np.sum((a / n) ** 2)
-        for _ in range(max_sweeps):
-            moved = False
-            for i in rng.permutation(m):
-                p = g[i]
-                if n[p] == size[i]:
-                    continue  # alone in its group
-                a_p, n_p = a[p] - 2.0 * B[i, p] + diag[i], n[p] - size[i]
-                a_t, n_t = a + 2.0 * B[i] + diag[i], n + size[i]
-                gain = (a_t / n_t) ** 2 - (a / n) ** 2 + (a_p / n_p) ** 2 - (a[p] / n[p]) ** 2
-                gain[p] = 0.0
-                t = int(np.argmax(gain))
-                if gain[t] > 1e-12 * abs(f):
-                    B[:, p] -= CA[:, i]
-                    B[:, t] += CA[:, i]
-                    a[p], n[p], a[t], n[t] = a_p, n_p, a_t[t], n_t[t]
-                    g[i], f, moved = t, f - gain[t], True
-            if not moved:
-                break
-        f = -np.sum((a / n) ** 2)  # afresh: no drift from the updates
-        if f < best_f:
-            best_g, best_f = g.copy(), f
-    return best_g, float(best_f)
+    return -((a / n) ** 2)
 
 
 def multilevel_start(A, U: np.ndarray, k: int, oversplit: int, n_restarts: int, seed: int) -> np.ndarray:
@@ -271,5 +225,5 @@ def multilevel_start(A, U: np.ndarray, k: int, oversplit: int, n_restarts: int, 
     P = sp.csr_matrix((np.ones(n), (np.arange(n), sub)), shape=(n, n_sub))
     CA = (P.T @ (sp.csr_matrix(A, dtype=np.float64) @ P)).toarray()
     size = np.bincount(sub, minlength=n_sub).astype(np.float64)
-    g, _ = group_subclusters((CA + CA.T) / 2, size, k, n_restarts, seed)
+    g, _ = search_partition((CA + CA.T) / 2, size, k, hard_loss, n_restarts, seed)
     return graph_nmf.partition_start(A, g[sub], k)
