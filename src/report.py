@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import gc
 
-# Python's cycle collector walks every object that the imports below create (MLflow, scikit-learn,
-# SQLAlchemy, pandas: about a million) again and again while they load: half a second of a
-# four-second run. It is off while they load, and those long-lived objects are then frozen out of
-# its reach (gc.freeze), so later collections walk only what the run itself makes.
+# off while MLflow and matplotlib load, then their objects frozen out of its reach (why: src/train.py)
 gc.disable()
 
 import logging
