@@ -25,6 +25,7 @@ from nmfstudy.methods.random_walk import (
     search_grouping,
     spectral_embedding,
 )
+from nmfstudy.methods.symnmf import hard_loss
 from nmfstudy.nmf.graph import knn_graph
 from nmfstudy.nmf.graph_nmf import normalize_graph
 from nmfstudy.nmf.partition_search import search_partition
@@ -128,7 +129,7 @@ def test_the_coarse_dcd_objective_is_exact_for_rows_constant_on_sub_clusters(sma
     assert res.loss == pytest.approx(dcd_objective(S, res.W[sub], 1.3), rel=1e-12)
 
 
-def test_each_grouping_move_is_valued_as_the_moved_grouping(small):
+def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
     rng = np.random.default_rng(4)
     m, k = 12, 4
     C = rng.random((m, m))
@@ -137,13 +138,14 @@ def test_each_grouping_move_is_valued_as_the_moved_grouping(small):
     W_sub = rng.random((m, m)) + np.eye(m) * 5
     W_sub /= W_sub.sum(axis=1, keepdims=True)
     g = rng.permutation(np.arange(m) % k)
-    for objective in (_DCDGrouping(C, size, W_sub, k, 1.2), _FromScratch(C, size, k, nmfr_loss(3.0))):
-        for a in range(m):
-            values = objective.moves(g, a)
-            for t in range(k):
-                moved = g.copy()
-                moved[a] = t
-                assert values[t] == pytest.approx(objective.value(moved), rel=1e-12)
+    # (NMFR's and SymNMF's moves: test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it)
+    objective = _DCDGrouping(C, size, W_sub, k, 1.2)
+    for a in range(m):
+        values = objective.moves(g, a)
+        for t in range(k):
+            moved = g.copy()
+            moved[a] = t
+            assert values[t] == pytest.approx(objective.value(moved), rel=1e-12)
 
 
 def test_the_grouping_search_finds_planted_groups():
@@ -169,7 +171,7 @@ def test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it()
     C = rng.random((m, m)) ** 4
     C = C + C.T
     size = rng.integers(1, 30, m).astype(float)
-    for loss in (nmfr_loss(2.0), lambda a, n: -((a / n) ** 2)):
+    for loss in (nmfr_loss(2.0), hard_loss):
         g, f = search_partition(C, size, k, loss, n_restarts=5, seed=3)
         g_ref, f_ref = search_grouping(_FromScratch(C, size, k, loss), m, k, n_restarts=5, seed=3)
         np.testing.assert_array_equal(g, g_ref)
