@@ -46,7 +46,7 @@ import scipy.sparse.linalg as sla
 
 from ..nmf._common import MAX_ITER, TOL, Callback, Monitor
 from ..nmf.graph_nmf import normalize_graph
-from ..nmf.partition_search import search_partition
+from ..nmf.partition_search import membership, search_partition
 from ..params import Interval
 from ._base import GraphMethod
 
@@ -420,11 +420,6 @@ def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1]  # an empty sub-cluster leaves no gap
 
 
-def _membership(labels: np.ndarray, n_groups: int) -> sp.csr_matrix:
-    n = len(labels)
-    return sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_groups))
-
-
 class _Grouping:
     """The objective of a grouping g (coarse node -> one of k groups), with every single move's value."""
 
@@ -651,7 +646,7 @@ class NMFRClustering(_MultilevelGraphMethod):
         return self.lam * n / self.k
 
     def _start(self, S, Q, sub, n_sub, seed):
-        P = _membership(sub, n_sub)
+        P = membership(sub, n_sub)
         CA = np.asarray(P.T @ RandomWalk(Q, self.alpha, tol=1e-5)(P.toarray()))
         size = np.bincount(sub, minlength=n_sub).astype(np.float64)
         lam = self._lam(len(sub))
@@ -692,7 +687,7 @@ class DCDClustering(_MultilevelGraphMethod):
     prior: float = 1.0
 
     def _start(self, S, Q, sub, n_sub, seed):
-        P = _membership(sub, n_sub)
+        P = membership(sub, n_sub)
         C = (P.T @ S @ P).toarray()
         size = np.bincount(sub, minlength=n_sub).astype(np.float64)
         C_sparse = sp.csr_matrix(C)

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from ..nmf import graph_nmf
 from ..nmf._common import MAX_ITER, TOL
-from ..nmf.partition_search import search_partition
+from ..nmf.partition_search import membership, search_partition
 from ..params import Interval, Options
 from ._base import GraphMethod
 
@@ -222,7 +222,7 @@ def multilevel_start(A, U: np.ndarray, k: int, oversplit: int, n_restarts: int, 
     km = KMeans(n_clusters=n_sub, n_init=1, random_state=seed).fit(U[np.sort(rows)]).predict(U)
     sub = np.unique(km, return_inverse=True)[1]  # an empty sub-cluster leaves no gap
     n_sub = int(sub.max()) + 1
-    P = sp.csr_matrix((np.ones(n), (np.arange(n), sub)), shape=(n, n_sub))
+    P = membership(sub, n_sub)
     CA = (P.T @ (sp.csr_matrix(A, dtype=np.float64) @ P)).toarray()
     size = np.bincount(sub, minlength=n_sub).astype(np.float64)
     g, _ = search_partition((CA + CA.T) / 2, size, k, hard_loss, n_restarts, seed)

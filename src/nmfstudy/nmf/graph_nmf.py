@@ -35,6 +35,7 @@ from ._common import (
     threadpools,
 )
 from .graph import SEED
+from .partition_search import membership
 from .solvers import MU_EPS, frobenius_loss
 
 __all__ = ["gnmf", "GNMF_SOLVERS", "SYMNMF_SOLVERS", "ASSIGN_RULES", "graph_smoothness", "gnmf_objective", "symnmf",
@@ -531,7 +532,7 @@ def partition_start(A, labels, k: int, floor: float = 0.05) -> np.ndarray:
     """
     labels = np.asarray(labels)
     n = len(labels)
-    P = sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, k))
+    P = membership(labels, k)
     a = np.asarray((P.T @ (A @ P)).diagonal()).ravel()
     size = np.bincount(labels, minlength=k)
     scale = np.sqrt(np.maximum(a, 0.0)) / np.maximum(size, 1)

@@ -14,8 +14,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 GroupLoss = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def membership(labels: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """The indicator matrix P of a partition (n x n_groups, P[i, labels[i]] = 1): P^T A P is its coarse graph.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,), int
+        The group of each sample, in [0, n_groups).
+    n_groups : int
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of shape (n, n_groups), float64
+    """
+    n = len(labels)
+    return sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_groups))
 
 
 def search_partition(C: np.ndarray, size: np.ndarray, k: int, group_loss: GroupLoss, n_restarts: int,
