@@ -142,6 +142,43 @@ def test_a_changed_choice_on_resume_is_refused_before_any_trial():
     OptunaSweeperImpl._check_space("s", study.get_trials(), parse_search_space({"k": "0,3,8"})[0])
 
 
+def test_a_queued_retry_is_not_taken_for_its_dead_workers_trial_before_its_new_worker_claims_it():
+    """Optuna's retry copies the failed trial's user attrs; popped, the copy must not be failed as the dead worker's."""
+    from hydra_plugins.nmfstudy_optuna_sweeper._impl import (
+        HOST_ATTR,
+        PID_ATTR,
+        WORKER_TRIAL_ATTR,
+        OptunaSweeperImpl,
+    )
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    sweeper = OptunaSweeperImpl.__new__(OptunaSweeperImpl)
+    sweeper.host, sweeper.pid = "this-host", os.getpid()
+    study = optuna.create_study()
+    first = study.ask()
+    for key, value in {HOST_ATTR: "this-host", PID_ATTR: gone.pid, WORKER_TRIAL_ATTR: first.number}.items():
+        first.set_user_attr(key, value)
+    claimed = study.get_trials(states=(TrialState.RUNNING,))[0]
+    assert sweeper._worker_gone(claimed)
+    study.tell(first, state=TrialState.FAIL)
+    optuna.storages.RetryFailedTrialCallback()(study, study.trials[0])
+    retry = study.ask()  # pops the queued copy, the dead worker's attrs with it
+    popped = study.get_trials(states=(TrialState.RUNNING,))[0]
+    assert popped.number == retry.number != first.number and popped.user_attrs[PID_ATTR] == gone.pid
+    assert not sweeper._worker_gone(popped)
+    retry.set_user_attr(WORKER_TRIAL_ATTR, retry.number)  # its worker claimed it, then died too
+    assert sweeper._worker_gone(study.get_trials(states=(TrialState.RUNNING,))[0])
+    legacy = study.ask()  # a trial of a study begun before the attr: host and pid alone
+    legacy.set_user_attr(HOST_ATTR, "this-host")
+    legacy.set_user_attr(PID_ATTR, gone.pid)
+    assert sweeper._worker_gone(study.trials[legacy.number])
+    legacy.set_user_attr(PID_ATTR, os.getppid())  # alive
+    assert not sweeper._worker_gone(study.trials[legacy.number])
+    legacy.set_user_attr(HOST_ATTR, "elsewhere")
+    legacy.set_user_attr(PID_ATTR, gone.pid)
+    assert not sweeper._worker_gone(study.trials[legacy.number])
+
 def test_job_returns_become_trial_states():
     from hydra.core.utils import JobReturn, JobStatus
 

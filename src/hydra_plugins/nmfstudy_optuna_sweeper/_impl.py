@@ -76,6 +76,9 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, *IN_FLIGHT)  # what max_trial
 # Trial user attrs: the worker that runs it (its host, process id and the process's start time),
 # its sampler's seed and its error; study user attr: the objective's metric names.
 HOST_ATTR, PID_ATTR, PID_START_ATTR = "worker_host", "worker_pid", "worker_pid_start"
+# The trial those worker attrs were written for: Optuna queues a retry with a copy of the failed
+# trial's user attrs, so until the worker that pops it writes its own they name the dead worker.
+WORKER_TRIAL_ATTR = "worker_trial"
 SEED_ATTR, ERROR_ATTR, OBJECTIVE_ATTR = "sampler_seed", "error", "objective"
 MEMORY = "memory"
 
@@ -579,10 +582,9 @@ class OptunaSweeperImpl(Sweeper):
         """The running trials of this host whose worker process is gone, told FAIL and retried."""
         dead = []
         for trial in running:
-            host, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
-            if host != self.host or pid is None or pid == self.pid or process_alive(
-                    int(pid), trial.user_attrs.get(PID_START_ATTR) or None):
+            if not self._worker_gone(trial):
                 continue
+            host, pid = trial.user_attrs[HOST_ATTR], trial.user_attrs[PID_ATTR]
             try:
                 s.study.tell(trial.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
@@ -590,6 +592,19 @@ class OptunaSweeperImpl(Sweeper):
             self._retry(s, trial.number)
             dead.append((trial, f"its worker, process {pid} on {host}, is gone"))
         return dead
+
+    def _worker_gone(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether a running trial's worker is a process of this host (not this one) that is gone.
+
+        Worker attrs copied from another trial (a queued retry, popped but not yet claimed by its
+        new worker) say nothing about this one, so they count only when they name this trial;
+        trials of studies begun before that attr existed are judged by their host and pid alone.
+        """
+        attrs = trial.user_attrs
+        host, pid, owner = attrs.get(HOST_ATTR), attrs.get(PID_ATTR), attrs.get(WORKER_TRIAL_ATTR, trial.number)
+        if host != self.host or pid is None or pid == self.pid or owner != trial.number:
+            return False
+        return not process_alive(int(pid), attrs.get(PID_START_ATTR) or None)
 
     def _fail_stale(self, s: _Session, running: list, failed_here: set[int]) -> list[tuple[Any, str]]:
         """Optuna's own check (and its retry callback) for the trials of any host; those it failed."""
@@ -664,7 +679,8 @@ class OptunaSweeperImpl(Sweeper):
             run_id = s.tracked.start_trial(trial.number, trial_id, retry_of,
                                            short_overrides(f"{k}={trial.params[k]}" for k in s.space))
         for key, value in {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
-                           SEED_ATTR: seed, RUN_ID_ATTR: run_id, ERROR_ATTR: None}.items():
+                           WORKER_TRIAL_ATTR: trial.number, SEED_ATTR: seed, RUN_ID_ATTR: run_id,
+                           ERROR_ATTR: None}.items():
             trial.set_user_attr(key, value)
         if retry_of is not None:
             log.info("trial %d retries trial %d", trial.number, retry_of)
