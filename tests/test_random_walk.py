@@ -140,6 +140,9 @@ def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
     g = rng.permutation(np.arange(m) % k)
     # (NMFR's and SymNMF's moves: test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it)
     objective = _DCDGrouping(C, size, W_sub, k, 1.2)
+    # priced at C's links only, the value is the solver's coarse objective at W = W_sub G
+    solver_value = dcd_objective(sp.csr_matrix(C), objective.grouped(g), 1.2, size)
+    assert objective.value(g) == pytest.approx(solver_value, rel=1e-12)
     for a in range(m):
         values = objective.moves(g, a)
         for t in range(k):
@@ -162,6 +165,23 @@ def test_the_grouping_search_finds_planted_groups():
     g, f = search_partition(C, size, k, nmfr_loss(0.0), n_restarts=10, seed=0)
     from_scratch = _FromScratch(C, size, k, nmfr_loss(0.0)).value(g)
     assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(from_scratch)
+
+
+def test_the_grouping_search_restarts_first_from_the_groupings_it_is_given():
+    m, k = 20, 4
+    truth = np.arange(m) % k
+    size = np.arange(1, m + 1, dtype=float)
+    C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
+    W_sub = np.full((m, m), 1e-3) + np.eye(m)
+    W_sub /= W_sub.sum(axis=1, keepdims=True)
+    objective = _DCDGrouping(C, size, W_sub, k, 1.0)
+    start = (truth + 1) % k  # the planted blocks under other names: already a local minimum
+    g, f = search_grouping(objective, m, k, n_restarts=1, seed=0, starts=(start,))
+    np.testing.assert_array_equal(g, start)
+    assert f == pytest.approx(objective.value(start)) and np.array_equal(start, (truth + 1) % k)
+    # one random restart from the same seed ends elsewhere, higher
+    g_random, f_random = search_grouping(objective, m, k, n_restarts=1, seed=0)
+    assert f_random > f + 1e-9 * abs(f) and normalized_mutual_info_score(truth, g_random) < 1.0
 
 
 def test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it():
