@@ -151,15 +151,19 @@ def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
             assert values[t] == pytest.approx(objective.value(moved), rel=1e-12)
 
 
-def test_the_grouping_search_finds_planted_groups():
-    """A coarse stochastic block model with unequal node sizes: the search recovers its blocks."""
-    m, k = 20, 4
+def _planted_blocks(m=20, k=4):
+    """A coarse stochastic block model with unequal node sizes, and DCD's grouping objective on it."""
     truth = np.arange(m) % k
     size = np.arange(1, m + 1, dtype=float)
     C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
     W_sub = np.full((m, m), 1e-3) + np.eye(m)
     W_sub /= W_sub.sum(axis=1, keepdims=True)
-    objective = _DCDGrouping(C, size, W_sub, k, 1.0)
+    return truth, size, C, _DCDGrouping(C, size, W_sub, k, 1.0)
+
+
+def test_the_grouping_search_finds_planted_groups():
+    m, k = 20, 4
+    truth, size, C, objective = _planted_blocks(m, k)
     g, f = search_grouping(objective, m, k, n_restarts=10, seed=0)
     assert normalized_mutual_info_score(truth, g) == 1.0 and f == pytest.approx(objective.value(g))
     g, f = search_partition(C, size, k, nmfr_loss(0.0), n_restarts=10, seed=0)
@@ -169,12 +173,7 @@ def test_the_grouping_search_finds_planted_groups():
 
 def test_the_grouping_search_restarts_first_from_the_groupings_it_is_given():
     m, k = 20, 4
-    truth = np.arange(m) % k
-    size = np.arange(1, m + 1, dtype=float)
-    C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
-    W_sub = np.full((m, m), 1e-3) + np.eye(m)
-    W_sub /= W_sub.sum(axis=1, keepdims=True)
-    objective = _DCDGrouping(C, size, W_sub, k, 1.0)
+    truth, _, _, objective = _planted_blocks(m, k)
     start = (truth + 1) % k  # the planted blocks under other names: already a local minimum
     g, f = search_grouping(objective, m, k, n_restarts=1, seed=0, starts=(start,))
     np.testing.assert_array_equal(g, start)
