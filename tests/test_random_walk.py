@@ -140,7 +140,7 @@ def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
     g = rng.permutation(np.arange(m) % k)
     # (NMFR's and SymNMF's moves: test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it)
     objective = _DCDGrouping(C, size, W_sub, k, 1.2)
-    # priced at C's links only, the value is the solver's coarse objective at W = W_sub G
+    # the grouping's value is the solver's coarse objective at W = W_sub G
     solver_value = dcd_objective(sp.csr_matrix(C), objective.grouped(g), 1.2, size)
     assert objective.value(g) == pytest.approx(solver_value, rel=1e-12)
     for a in range(m):
