@@ -179,6 +179,7 @@ def test_a_queued_retry_is_not_taken_for_its_dead_workers_trial_before_its_new_w
     legacy.set_user_attr(PID_ATTR, gone.pid)
     assert not sweeper._worker_gone(study.trials[legacy.number])
 
+
 def test_job_returns_become_trial_states():
     from hydra.core.utils import JobReturn, JobStatus
 
