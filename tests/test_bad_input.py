@@ -176,11 +176,11 @@ def test_a_study_over_the_degenerate_region_completes_every_trial(tmp_path):
 
 def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
     from nmfstudy.data import load_dataset
-    from nmfstudy.nmf.graph import _load_graph, cached_knn_graph
+    from nmfstudy.nmf.graph import _load_graph, cached_knn_graph, data_key
 
     cache = tmp_path / "graphs"
     data = load_dataset("digits", n_samples=400, test_size=0.2, seed=0)  # what train.py loads
-    cached_knn_graph(data.X_train, data.fingerprint, cache, n_neighbors=10, weight="binary", pca=None, seed=0)
+    cached_knn_graph(data.X_train, data_key(data.X_train), cache, n_neighbors=10, weight="binary", pca=None, seed=0)
     (path,) = cache.glob("*.npz")
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
     result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=400", "method=gnmf", "k=5",

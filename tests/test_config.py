@@ -2,9 +2,16 @@
 import numpy as np
 import pytest
 
+from nmfstudy import GNMF, KMeansClustering, MiniBatchKMeansClustering, NMFClustering
 from nmfstudy import config as settings
-from nmfstudy.methods.kmeans import KMeansClustering, MiniBatchKMeansClustering
-from nmfstudy.methods.nmf import NMFClustering
+
+X20 = np.ones((20, 16), dtype=np.float32)
+
+
+def build(cfg, X=X20):
+    """The run's estimator, as train.py makes it (once, from its _target_), after the config check."""
+    settings.check(cfg)
+    return settings.build_estimator(cfg, X)
 
 
 def test_default_run_is_nmf_k10_on_mnist_5k(compose):
@@ -12,8 +19,8 @@ def test_default_run_is_nmf_k10_on_mnist_5k(compose):
     assert (cfg["k"], cfg["dataset"]["name"], cfg["method"]["name"], cfg["init"]["name"]) == (
         10, "mnist_5k", "nmf", "nndsvda")
     assert cfg["method"]["solver"] == "hals" and cfg["sparsity"]["name"] == "none"
-    assert cfg["method"]["extrapolate"] is True and settings.build_method(cfg).extrapolate is True
-    settings.check(cfg)
+    assert cfg["method"]["extrapolate"] is True and build(cfg).extrapolate is True
+    assert cfg["method"]["_target_"] == "nmfstudy.methods.NMFClustering"
 
 
 @pytest.mark.parametrize(
@@ -25,15 +32,19 @@ def test_each_method_brings_its_usual_init_and_the_command_line_wins(compose, ov
     assert compose(*overrides)["init"]["name"] == init
 
 
-def test_build_method_maps_config_keys(compose):
-    nmf = settings.build_method(compose("k=7", "sparsity=l1", "sparsity.alpha_W=0.01", "method.solver=mu"))
+def test_the_users_keys_are_interpolated_into_the_estimators_names(compose):
+    nmf = build(compose("k=7", "seed=3", "sparsity=l1", "sparsity.alpha_W=0.01", "method.solver=mu"))
     assert isinstance(nmf, NMFClustering)
-    assert (nmf.k, nmf.solver, nmf.alpha_W, nmf.alpha_H, nmf.l1_ratio) == (7, "mu", 0.01, "same", 1.0)
-    hoyer = settings.build_method(compose("sparsity=hoyer", "sparsity.s_H=0.8"))
+    assert (nmf.n_components, nmf.random_state, nmf.init) == (7, 3, "nndsvda")
+    assert (nmf.solver, nmf.alpha_W, nmf.alpha_H, nmf.l1_ratio) == ("mu", 0.01, "same", 1.0)
+    plain = build(compose())
+    assert (plain.alpha_W, plain.alpha_H, plain.l1_ratio, plain.s_W, plain.s_H) == (0.0, "same", 0.0, None, None)
+    hoyer = build(compose("sparsity=hoyer", "sparsity.s_H=0.8"))
     assert (hoyer.s_H, hoyer.s_W) == (0.8, None)
-    assert settings.build_method(compose("method.extrapolate=false")).extrapolate is False
-    mbk = settings.build_method(compose("method=minibatch_kmeans", "k=50", "init=gaussian"))
-    assert isinstance(mbk, MiniBatchKMeansClustering) and (mbk.k, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
+    assert build(compose("method.extrapolate=false")).extrapolate is False
+    mbk = build(compose("method=minibatch_kmeans", "k=50", "init=gaussian"), np.ones((60, 4), np.float32))
+    assert isinstance(mbk, MiniBatchKMeansClustering)
+    assert (mbk.n_clusters, mbk.init, mbk.batch_size) == (50, "gaussian", 1024)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +67,13 @@ def test_build_method_maps_config_keys(compose):
          "method.solver must be hals or mu with a Hoyer sparseness target"),
         (["method=kmeans", "sparsity=l1"], "sparsity must be none for method=kmeans; got 'l1'"),
         (["dataset.n_samples=1"], "dataset.n_samples must be an integer >= 2, got 1"),
+        (["+method.depth=2"], "method.depth is not a setting of method=nmf"),
+        (["+sparsity.beta=2"], "sparsity.beta is not a setting of method=nmf"),
+        (["method=gnmf", "+graph.metric=cosine"], "graph.metric is not a setting of method=gnmf"),
+        (["method._target_=nmfstudy.methods.Nope"], "method._target_ must name an estimator class of nmfstudy.methods"),
+        (["method._target_=sklearn.cluster.KMeans"], "method._target_ must name an estimator class"),
+        (["~method.max_iter"], "method.max_iter is missing: the method file of method=nmf must give every parameter"),
+        (["tracking.model=foo"], "tracking.model must be one of all, final, none; got 'foo'"),
         (["sparsity=l1", "sparsity.l1_ratio=2"], "sparsity.l1_ratio must be in [0.0, 1.0], got 2"),
     ],
 )
@@ -68,24 +86,25 @@ def test_check_names_the_key_and_what_is_allowed(compose, overrides, message):
 def test_check_data_rejects_k_above_samples_and_negative_pixels(compose):
     cfg = compose("k=50")
     with pytest.raises(settings.ConfigError, match=r"k must be at most the number of training samples \(20\); got 50"):
-        settings.check_data(cfg, np.ones((20, 4), dtype=np.float32))
+        build(cfg)
     with pytest.raises(settings.ConfigError, match="NMF needs non-negative pixels; found -0.5"):
-        settings.check_data(compose(), np.full((20, 4), -0.5, dtype=np.float32))
-    settings.check_data(compose("method=kmeans"), np.full((20, 4), -0.5, dtype=np.float32))
+        build(compose(), np.full((20, 16), -0.5, dtype=np.float32))
+    build(compose("method=kmeans"), np.full((20, 16), -0.5, dtype=np.float32))
 
 
-def test_tracking_figures_takes_all_final_or_none(compose):
-    assert compose()["tracking"]["figures"] == "final"
+def test_tracking_figures_and_model_take_all_final_or_none(compose):
+    assert compose()["tracking"]["figures"] == compose()["tracking"]["model"] == "final"
     for value in ("all", "final", "none"):
-        settings.check(compose(f"tracking.figures={value}"))
+        settings.check(compose(f"tracking.figures={value}", f"tracking.model={value}"))
     with pytest.raises(settings.ConfigError, match="^tracking.figures must be one of all, final, none; got 'some'$"):
         settings.check(compose("tracking.figures=some"))
 
 
 def test_graph_methods_compose_and_check(compose):
-    gnmf = settings.build_method(compose("method=gnmf", "method.lam=5", "graph.n_neighbors=7"), fingerprint="fp",
-                                 cache_dir="/tmp/x")
-    assert (gnmf.k, gnmf.lam, gnmf.n_neighbors, gnmf.init, gnmf.assign) == (10, 5.0, 7, "nndsvda", "kmeans")
+    gnmf = build(compose("method=gnmf", "method.lam=5", "graph.n_neighbors=7", "graph.cache_dir=/tmp/x", "k=3"))
+    assert isinstance(gnmf, GNMF)
+    assert (gnmf.k, gnmf.lam, gnmf.n_neighbors, gnmf.init, gnmf.assign, gnmf.cache_dir) == (
+        3, 5.0, 7, "nndsvda", "kmeans", "/tmp/x")
     symnmf_cfg = compose("method=symnmf")
     assert symnmf_cfg["init"]["name"] == "random"
     settings.check(symnmf_cfg)
@@ -95,7 +114,7 @@ def test_graph_methods_compose_and_check(compose):
         settings.check(compose("method=gnmf", "method.lam=-1"))
     with pytest.raises(settings.ConfigError,
                        match=r"graph.n_neighbors must be below the number of training samples \(20\)"):
-        settings.check_data(compose("method=symnmf", "graph.n_neighbors=20", "k=3"), np.ones((20, 4), np.float32))
+        build(compose("method=symnmf", "graph.n_neighbors=20", "k=3"))
 
 
 @pytest.mark.parametrize(
@@ -132,7 +151,8 @@ def test_objective_names_are_the_metrics_evaluate_returns():
     from nmfstudy.metrics import evaluate, metric_names
 
     data = load_dataset("digits", n_samples=200)
-    for method, has_basis in ((NMFClustering(4, max_iter=5), True), (KMeansClustering(4, n_init=1, max_iter=5), False)):
+    for method, has_basis in ((NMFClustering(4, max_iter=5), True),
+                              (KMeansClustering(4, n_init=1, max_iter=5), False)):
         method.fit(data.X_train)
         scores = evaluate(method, data.X_train, data.y_train, data.X_test, data.y_test)
         assert sorted(scores) == sorted(metric_names(has_basis=has_basis))
@@ -158,10 +178,8 @@ DIGITS = np.ones((1437, 64), dtype=np.float32)  # the shape of digits' training 
     ],
 )
 def test_check_data_refuses_settings_the_data_cannot_take(compose, overrides, X, message):
-    cfg = compose(*overrides)
-    settings.check(cfg)
     with pytest.raises(settings.ConfigError) as err:
-        settings.check_data(cfg, X)
+        build(compose(*overrides), X)
     assert message in str(err.value)
 
 
@@ -170,4 +188,4 @@ def test_check_data_refuses_settings_the_data_cannot_take(compose, overrides, X,
     ["method=minibatch_kmeans", "method.batch_size=100000"],
 ])
 def test_check_data_takes_the_limits_themselves(compose, overrides):
-    settings.check_data(compose(*overrides), DIGITS)
+    build(compose(*overrides), DIGITS)

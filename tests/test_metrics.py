@@ -32,10 +32,10 @@ def test_hoyer_sparseness_is_zero_when_flat_and_one_with_one_nonzero():
 import logging  # noqa: E402
 
 from nmfstudy.data import load_dataset  # noqa: E402
-from nmfstudy.methods.gnmf import GNMFClustering  # noqa: E402
+from nmfstudy.methods.gnmf import GNMF  # noqa: E402
 from nmfstudy.methods.kmeans import KMeansClustering  # noqa: E402
 from nmfstudy.methods.nmf import NMFClustering  # noqa: E402
-from nmfstudy.methods.symnmf import SymNMFClustering  # noqa: E402
+from nmfstudy.methods.symnmf import SymNMF  # noqa: E402
 from nmfstudy.metrics import evaluate, live_components, metric_names, silhouette  # noqa: E402
 
 
@@ -108,8 +108,8 @@ def test_silhouette_is_nan_when_its_sample_holds_one_cluster():
 
 @pytest.mark.parametrize("model", [
     KMeansClustering(1, n_init=1, max_iter=5), NMFClustering(1, max_iter=5),
-    SymNMFClustering(1, max_iter=5, n_neighbors=5), GNMFClustering(1, max_iter=5, n_neighbors=5),
-    SymNMFClustering(150, max_iter=5, n_neighbors=5),  # many empty clusters
+    SymNMF(1, max_iter=5, n_neighbors=5), GNMF(1, max_iter=5, n_neighbors=5),
+    SymNMF(150, max_iter=5, n_neighbors=5),  # many empty clusters
 ], ids=["kmeans k=1", "nmf k=1", "symnmf k=1", "gnmf k=1", "symnmf k=150"])
 def test_every_method_scores_a_single_cluster_or_empty_ones(mnist300, model):
     data = mnist300

@@ -12,7 +12,7 @@ import pytest
 
 from nmfstudy import config as settings
 from nmfstudy import methods
-from nmfstudy.methods import _base
+from nmfstudy.methods import ClusteringEstimator
 from nmfstudy.metrics import evaluate, metric_names
 from nmfstudy.params import Interval
 
@@ -125,17 +125,19 @@ def test_the_library_imports_no_application_module():
     assert graph and all(not leak for leak in leaks.values()), leaks
 
 
-@dataclass
-class NearestMeanClustering(_base.Method):
+@dataclass(repr=False, eq=False)
+class NearestMeanClustering(ClusteringEstimator):
     """A toy method: k evenly spaced samples (by their sum) as the centroids, then nearest centroid."""
 
     name: ClassVar[str] = "nearest_mean_toy"
     inits: ClassVar[tuple[str, ...]] = ("spread",)
     parameters: ClassVar = {"n_rounds": [Interval(Integral, 1, 10)]}
+    n_clusters: int = 8
     init: str = "spread"
+    random_state: int | None = None
     n_rounds: int = 1
 
-    def fit(self, X):
+    def _fit(self, X, seed, callback):
         order = np.argsort(X.sum(axis=1))
         centers = X[order[np.linspace(0, len(X) - 1, self.k).astype(int)]]
         for _ in range(self.n_rounds):
@@ -145,38 +147,35 @@ class NearestMeanClustering(_base.Method):
         self.components_ = centers.astype(np.float32)
         self.loss_ = float(((X - centers[self.labels_]) ** 2).sum())
         self.loss_history_, self.time_history_ = np.array([self.loss_]), np.array([0.0])
-        self.n_iter_, self.fit_time_s_ = self.n_rounds, 0.0
-        return self
+        self.n_iter_ = self.n_rounds
+        return 0.0
 
-    def predict(self, X):
+    def _predict(self, X):
         return ((X[:, None, :] - self.components_[None]) ** 2).sum(-1).argmin(1)
 
 
 @pytest.fixture
 def toy_method(tmp_path):
-    """The toy method registered (as defining its module would), and its config file in a search path."""
+    """The toy method's config file in a search path: it names the class with _target_."""
     conf = tmp_path / "conf" / "method"
     conf.mkdir(parents=True)
     (conf / "nearest_mean_toy.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /init: spread\n\nmethod:\n  name: nearest_mean_toy\n"
-        "  n_rounds: 3\n")
+        f"  _target_: {__name__}.NearestMeanClustering\n  n_clusters: ${{k}}\n  random_state: ${{seed}}\n"
+        "  init: ${init.name}\n  n_rounds: 3\n")
     (tmp_path / "conf" / "init").mkdir()
     (tmp_path / "conf" / "init" / "spread.yaml").write_text("name: spread\n")
-    _base.register(NearestMeanClustering)
-    yield tmp_path / "conf"
-    _base._REGISTRY.pop(NearestMeanClustering.name)
+    return tmp_path / "conf"
 
 
 def test_a_new_method_is_one_class_and_one_config_file(toy_method, compose):
-    """Nothing in config.py, train.py or metrics.py names a method: the registry and the declaration do."""
+    """Nothing in config.py, train.py or metrics.py names a method: the class's declaration and _target_ do."""
     cfg = compose("method=nearest_mean_toy", "k=3", f"hydra.searchpath=[file://{toy_method}]")
-    assert "nearest_mean_toy" in methods.names()
     settings.check(cfg)
-    model = settings.build_method(cfg)
-    assert isinstance(model, NearestMeanClustering) and (model.k, model.n_rounds, model.init) == (3, 3, "spread")
     X = np.vstack([np.full((20, 4), v, np.float32) for v in (0.0, 0.5, 1.0)])
     y = np.repeat([0, 1, 2], 20)
-    settings.check_data(cfg, X)
+    model = settings.build_estimator(cfg, X)
+    assert isinstance(model, NearestMeanClustering) and (model.k, model.n_rounds, model.init) == (3, 3, "spread")
     scores = evaluate(model.fit(X), X, y, X, y)
     assert set(scores) == set(metric_names(has_basis=False)) and scores["accuracy"] == 1.0
     bad = compose("method=nearest_mean_toy", "method.n_rounds=11", f"hydra.searchpath=[file://{toy_method}]")
@@ -185,3 +184,25 @@ def test_a_new_method_is_one_class_and_one_config_file(toy_method, compose):
     unknown = compose("method=nearest_mean_toy", "+method.depth=2", f"hydra.searchpath=[file://{toy_method}]")
     with pytest.raises(settings.ConfigError, match="^method.depth is not a setting of method=nearest_mean_toy$"):
         settings.check(unknown)
+
+
+def test_every_method_is_exported_at_the_package_top_and_has_a_config_file():
+    import nmfstudy
+
+    conf = SRC.parent / "conf" / "method"
+    targets = {path.stem: next(line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+                               if line.strip().startswith("_target_:")) for path in conf.glob("*.yaml")}
+    exported = {f"nmfstudy.methods.{cls.__name__}" for cls in methods.ESTIMATORS}
+    assert set(targets.values()) == exported
+    for cls in methods.ESTIMATORS:
+        assert getattr(nmfstudy, cls.__name__) is cls and targets[cls.name] == f"nmfstudy.methods.{cls.__name__}"
+
+
+def test_importing_the_package_or_its_names_loads_no_estimator():
+    """The sweeper plugin imports nmfstudy.study_names: that must not pull in scikit-learn."""
+    import subprocess
+    import sys
+
+    code = "import sys, nmfstudy.study_names; print('sklearn' in sys.modules, 'nmfstudy.methods' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

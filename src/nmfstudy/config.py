@@ -20,17 +20,13 @@ from .data import DATASETS, parse_image_size, scan_image_folder
 from .params import Interval, InvalidParameterError, Options
 from .params import check as check_value
 
-# The groups of a run's config that hold a method's settings, and what each holds
-GROUPS = ("method", "sparsity", "graph")
-# graph.cache_dir is where the run keeps graphs, not a setting of the method
-RUN_LEVEL_GRAPH_KEYS = ("cache_dir",)
 RUN_PARAMETERS = {
     "k": [Interval(Integral, 1)],
     "seed": [Interval(Integral, 0, 2**32 - 1)],  # numpy's and scikit-learn's seeds
     "progress_every_s": [Interval(Real, 0.0)],
 }
-# tracking.figures: every run draws its figures (all); a study's trial only when it beats the trials
-# finished before it, so that the best trial has them (final); no run draws any (none)
+# tracking.figures and tracking.model: every run draws its figures or logs its model (all); a study's trial
+# only when it beats the trials finished before it, so that the best trial has them (final); no run (none)
 FIGURES = ("all", "final", "none")
 # load_dataset's arguments -> their config keys
 DATASET_KEYS = {"name": "dataset", "dir": "dataset.dir", "n_samples": "dataset.n_samples",
@@ -61,8 +57,8 @@ def config_keys(keys: dict[str, str]) -> Iterator[None]:
         raise ConfigError(err.renamed(keys.get(err.param, err.param))) from None
 
 
-def method_class(cfg: dict) -> type[methods.Method]:
-    """The class of the run's method (``method.name``).
+def method_class(cfg: dict) -> type[methods.ClusteringEstimator]:
+    """The estimator class that the run's method config builds (its ``method._target_``).
 
     Parameters
     ----------
@@ -72,44 +68,82 @@ def method_class(cfg: dict) -> type[methods.Method]:
     Returns
     -------
     type
-        The registered `nmfstudy.methods.Method` subclass.
+        A `nmfstudy.methods.ClusteringEstimator` subclass.
 
     Raises
     ------
     ConfigError
-        When no method is registered under that name.
+        When ``method._target_`` names no such class.
     """
-    name = (cfg.get("method") or {}).get("name")
+    from hydra.utils import get_class
+
+    target = (cfg.get("method") or {}).get("_target_")
     try:
-        return methods.get(name)
-    except KeyError:
-        raise ConfigError(f"method must be one of {', '.join(methods.names())}; got {name!r}") from None
+        cls = get_class(target) if isinstance(target, str) else None
+    except Exception:  # Hydra wraps whatever the import raised
+        cls = None
+    if cls is None or not issubclass(cls, methods.ClusteringEstimator):
+        raise ConfigError(f"method._target_ must name an estimator class of nmfstudy.methods "
+                          f"(e.g. nmfstudy.methods.NMFR); got {target!r}")
+    return cls
 
 
-def _method_settings(cls: type[methods.Method], cfg: dict) -> tuple[dict[str, Any], dict[str, str]]:
-    """The constructor arguments of the run's method from its config groups, and their config keys."""
+def config_key(cls: type[methods.ClusteringEstimator], param: str, cfg: dict) -> str:
+    """The config key a user sets for the estimator's parameter `param` (its method file interpolates it).
+
+    ``n_clusters``/``n_components`` -> ``k``, ``random_state`` -> ``seed``, ``init`` -> ``init``, a
+    sparsity variant's setting -> ``sparsity.<param>``, a graph setting of a graph method ->
+    ``graph.<param>``, any other -> ``method.<param>``.
+    """
+    fixed = {cls.size_parameter: "k", "random_state": "seed", "init": "init"}
+    if param in fixed:
+        return fixed[param]
+    for group in ("sparsity", "graph"):
+        if param in (cfg.get(group) or {}) and (group == "sparsity" or issubclass(cls, methods.GraphEstimator)):
+            return f"{group}.{param}"
+    return f"method.{param}"
+
+
+def method_params(cfg: dict) -> tuple[type[methods.ClusteringEstimator], dict[str, Any]]:
+    """The run's estimator class and its constructor's parameters, as its method file gives them.
+
+    Raises
+    ------
+    ConfigError
+        For a key of the method, sparsity or (graph method) graph group that the estimator has no
+        parameter for, or a sparsity variant it does not support.
+    """
+    cls = method_class(cfg)
+    accepted = set(cls._get_param_names())
+    params = {key: value for key, value in cfg["method"].items() if key not in ("name", "_target_")}
     sparsity = cfg.get("sparsity") or {}
-    variant = sparsity.get("name")
-    if variant not in cls.sparsity_parameters:
+    if sparsity.get("name") not in cls.sparsity_parameters:
         raise ConfigError(f"sparsity must be {' or '.join(cls.sparsity_parameters)} for method={cls.name}; "
-                          f"got {variant!r}")
-    groups = {"method": cfg.get("method") or {}, "sparsity": sparsity}
-    if issubclass(cls, methods.GraphMethod):
-        groups["graph"] = {key: value for key, value in (cfg.get("graph") or {}).items()
-                           if key not in RUN_LEVEL_GRAPH_KEYS}
-    settings, keys = {"k": cfg.get("k"), "seed": cfg.get("seed"), "init": (cfg.get("init") or {}).get("name")}, {}
-    accepted = set(cls.settings())
+                          f"got {sparsity.get('name')!r}")
+    groups = {"method": params, "sparsity": sparsity}
+    if issubclass(cls, methods.GraphEstimator):
+        groups["graph"] = cfg.get("graph") or {}
     for group, values in groups.items():
-        for key, value in values.items():
-            if key == "name":
-                continue
-            if key not in accepted:
-                raise ConfigError(f"{group}.{key} is not a setting of method={cls.name}")
-            settings[key], keys[key] = value, f"{group}.{key}"
-    return settings, keys
+        unknown = [key for key in values if key not in accepted and key != "name"]
+        if unknown:
+            raise ConfigError(f"{group}.{unknown[0]} is not a setting of method={cls.name}")
+    missing = accepted - set(params)
+    if missing:
+        raise ConfigError(f"method.{sorted(missing)[0]} is missing: the method file of method={cls.name} "
+                          f"must give every parameter of {cls.__name__}")
+    return cls, params
 
 
-def _check_sparsity_variant(cls: type[methods.Method], cfg: dict) -> None:
+@contextmanager
+def estimator_keys(cls: type[methods.ClusteringEstimator], cfg: dict) -> Iterator[None]:
+    """Turn an `InvalidParameterError` of the estimator into a `ConfigError` naming the user's config key."""
+    try:
+        yield
+    except InvalidParameterError as err:
+        raise ConfigError(err.renamed(config_key(cls, err.param, cfg))) from None
+
+
+def _check_sparsity_variant(cls: type[methods.ClusteringEstimator], cfg: dict) -> None:
     """A sparsity variant with settings needs one of them set (Hoyer's: a target for W or H)."""
     sparsity = cfg.get("sparsity") or {}
     declared = cls.sparsity_parameters.get(sparsity.get("name")) or {}
@@ -134,8 +168,9 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
     with config_keys({}):
         for key, constraints in RUN_PARAMETERS.items():
             check_value(key, cfg.get(key, 2.0 if key == "progress_every_s" else None), constraints)
-    with config_keys({"figures": "tracking.figures"}):
+    with config_keys({"figures": "tracking.figures", "model": "tracking.model"}):
         check_value("figures", (cfg.get("tracking") or {}).get("figures", "final"), [Options(FIGURES)])
+        check_value("model", (cfg.get("tracking") or {}).get("model", "final"), [Options(FIGURES)])
     dataset = cfg.get("dataset") or {}
     if dataset.get("name") not in DATASETS:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset.get('name')!r}")
@@ -147,9 +182,10 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
             parse_image_size(dataset.get("image_size"))
             found = scan_image_folder(dataset.get("dir"))
             unlabelled = found.root if found.labels is None else None
-    cls = method_class(cfg)
+    cls, params = method_params(cfg)
     _check_sparsity_variant(cls, cfg)
-    build_method(cfg)
+    with estimator_keys(cls, cfg):
+        cls.check_params(params)
     _check_objective(cfg.get("objective", "accuracy"), cls)
     if optimized and unlabelled is not None:
         _check_objective(cfg.get("objective"), cls,
@@ -168,44 +204,28 @@ def _check_objective(objective: Any, cls: type[methods.Method], unlabelled: str 
                               f"{logs}), or a list of them; got {given}")
 
 
-def check_data(cfg: dict, X: np.ndarray) -> None:
-    """Checks that need the loaded training data.
+def build_estimator(cfg: dict, X: np.ndarray) -> methods.ClusteringEstimator:
+    """The run's unfitted estimator, made once by Hydra from its ``_target_``, checked against its data.
 
     Parameters
     ----------
     cfg : dict
         The run's resolved config, already passed through `check`.
     X : ndarray of shape (n_samples, n_pixels)
-        The training samples.
-    """
-    cls = method_class(cfg)
-    settings, keys = _method_settings(cls, cfg)
-    if cls.needs_nonnegative_data and X.min() < 0:
-        raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
-    with config_keys(keys):
-        cls(**settings).check_data(X)
-
-
-def build_method(cfg: dict, callback=None, *, fingerprint: str | None = None,
-                 cache_dir: str | None = None) -> methods.ClusteringMethod:
-    """The unfitted method that `cfg` describes.
-
-    Parameters
-    ----------
-    cfg : dict
-        The run's resolved config.
-    callback : callable, optional
-        ``callback(iteration, loss, elapsed_s)`` for iterative solvers (progress, pruning).
-    fingerprint, cache_dir : str, optional
-        Graph methods cache their kNN graph in `cache_dir`, keyed by the dataset `fingerprint`.
+        The training samples: settings that they cannot satisfy (k above the number of samples,
+        an SVD start with more components than pixels, too many neighbours) stop here, before
+        any run is logged.
 
     Returns
     -------
-    ClusteringMethod
+    ClusteringEstimator
     """
-    cls = method_class(cfg)
-    settings, keys = _method_settings(cls, cfg)
-    if issubclass(cls, methods.GraphMethod):
-        settings.update(fingerprint=fingerprint, cache_dir=cache_dir)
-    with config_keys(keys):
-        return cls(**settings, callback=callback)
+    from hydra.utils import instantiate
+
+    cls, params = method_params(cfg)
+    if cls.needs_nonnegative_data and X.min() < 0:
+        raise ConfigError(f"dataset {cfg['dataset']['name']}: NMF needs non-negative pixels; found {X.min():g}")
+    estimator = instantiate({"_target_": cfg["method"]["_target_"], **params})
+    with estimator_keys(cls, cfg):
+        estimator.check_data(X)
+    return estimator

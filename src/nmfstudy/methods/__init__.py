@@ -1,55 +1,29 @@
-"""Clustering methods, one module each, behind one interface (`ClusteringMethod`).
+"""The clustering methods as scikit-learn estimators, one module each.
 
-Every module of this package whose name does not start with ``_`` is a method module:
-:func:`get` and :func:`names` import them all once, and each `Method` subclass with a
-`name` registers itself. Adding a method is adding a module here (and its config file
-``conf/method/<name>.yaml``); nothing else names it.
+=============================  =============================================================
+:class:`NMFClustering`         NMF X ~ W H (plain, L1/L2 or Hoyer-sparse), clusters from W
+:class:`KMeansClustering`      K-means from the study's starts (scikit-learn's ``KMeans``)
+:class:`MiniBatchKMeansClustering`  mini-batch K-means (scikit-learn's ``MiniBatchKMeans``)
+:class:`GNMF`                  graph-regularized NMF (Cai et al. 2011)
+:class:`SymNMF`                symmetric NMF of the kNN graph (Kuang et al. 2012)
+:class:`NMFR`                  NMF using graph random walk (Yang et al. 2012)
+:class:`DCD`                   low-rank doubly stochastic decomposition (Yang & Oja 2012)
+=============================  =============================================================
+
+A run's config builds one with Hydra's ``_target_`` (``conf/method/<name>.yaml``); a new method
+is one module here and one config file there.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from ._base import BasisEstimator, ClusteringEstimator, GraphEstimator, IterationCallback
+from .gnmf import GNMF
+from .kmeans import KMeansClustering, MiniBatchKMeansClustering
+from .nmf import NMFClustering
+from .random_walk import DCD, NMFR
+from .symnmf import SymNMF
 
-from ._base import BasisMethod, ClusteringMethod, GraphMethod, IterationCallback, Method, registered
+ESTIMATORS = (NMFClustering, KMeansClustering, MiniBatchKMeansClustering, GNMF, SymNMF, NMFR, DCD)
 
-__all__ = ["BasisMethod", "ClusteringMethod", "GraphMethod", "IterationCallback", "Method", "get", "names"]
-
-
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-def names() -> tuple[str, ...]:
-    """The registered methods' names, sorted.
-
-    Returns
-    -------
-    tuple of str
-    """
-    _load_all()
-    return tuple(sorted(registered()))
-
-
-def get(name: str) -> type[Method]:
-    """The method class registered as `name`.
-
-    Parameters
-    ----------
-    name : str
-        A method's name, e.g. ``"nmf"``.
-
-    Returns
-    -------
-    type
-        The `Method` subclass.
-
-    Raises
-    ------
-    KeyError
-        When no method has that name.
-    """
-    _load_all()
-    return registered()[name]
+__all__ = ["BasisEstimator", "ClusteringEstimator", "GraphEstimator", "IterationCallback", "ESTIMATORS",
+           "NMFClustering", "KMeansClustering", "MiniBatchKMeansClustering", "GNMF", "SymNMF", "NMFR", "DCD"]

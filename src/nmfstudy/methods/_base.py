@@ -1,113 +1,50 @@
-"""The method interface (`ClusteringMethod`), the base classes and the registry of methods.
+"""The base classes of the estimators: scikit-learn's contract, one declaration of parameters each.
 
-A method is a dataclass that subclasses `Method` and sets `name`: defining it registers it,
-and :func:`nmfstudy.methods.get` finds it by that name. Its class attributes declare, once,
-what it accepts: `parameters` (its own settings, the ``method.*`` keys of a run),
-`sparsity_parameters` (the settings of each sparsity variant it supports), `inits` (its
-starts); a `GraphMethod` also takes the kNN graph's settings (`graph.PARAMETERS`).
-`Method.__post_init__` checks every declared value with :func:`nmfstudy.params.validate`.
+Every method is a scikit-learn estimator (``BaseEstimator`` + ``ClusterMixin``, plus
+``TransformerMixin`` where it has a basis): its constructor only stores its parameters,
+`fit(X, y=None)` checks them against the class's declaration (`parameters`, the `sparsity_parameters`
+of each sparsity variant, its `inits`; a `GraphEstimator` also the kNN graph's settings) with
+:func:`nmfstudy.params.validate`, then the data (`validate_data`: 2-D, finite, dense, at least two
+rows; non-negative where the method needs it), fits, and sets `n_features_in_` and the fitted
+attributes. The numerics are plain functions of :mod:`nmfstudy.nmf`; these classes only hold
+parameters, call them, and keep what they return.
+
+What the pipeline (evaluation, figures, logging) relies on besides scikit-learn's API: `k` (the
+number of clusters, whatever the parameter's name), `has_basis`, `images_name`, `components_`,
+`component_members_`, `loss_`, `loss_history_`, `time_history_`, `n_iter_`, `fit_time_s_`, and
+`reconstruct`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from numbers import Integral
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from ..nmf import graph as knn
 from ..params import Declaration, Interval, InvalidParameterError, validate
 
 # callback(iteration, loss, elapsed_s) -> True to stop early (progress, pruning)
 IterationCallback = Callable[[int, float, float], "bool | None"]
+SEED = [Interval(Integral, 0, 2**32 - 1), None]  # numpy's and scikit-learn's seeds; None draws one
 
-_REGISTRY: dict[str, type[Method]] = {}
 
+@dataclass(repr=False, eq=False)
+class ClusteringEstimator(ClusterMixin, BaseEstimator):
+    """Base of every method: the declaration, the checks in `fit`, `predict` and scikit-learn's tags.
 
-@runtime_checkable
-class ClusteringMethod(Protocol):
-    """What the pipeline (evaluation, figures, logging) needs of a clustering method.
-
-    Attributes
-    ----------
-    name : str
-        The method's registered name (``method=<name>`` in a run's config).
-    has_basis : bool
-        True when `components_` are basis images of a factorization X ~ W H (then `W_` is
-        set); False when they are centroids or cluster means.
-    k : int
-        The number of clusters (components).
-    labels_ : ndarray of shape (n_samples,)
-        The cluster of every training sample, after `fit`.
-    components_ : ndarray of shape (k, n_features)
-        One image per component: basis images, centroids or cluster means.
-    component_members_ : ndarray of shape (n_samples,)
-        The component each training sample belongs to most (titles the images).
-    loss_, loss_history_, time_history_, n_iter_, fit_time_s_
-        The final loss, the loss and elapsed seconds per iteration (one entry when the
-        solver does not report iterations), iterations and fit seconds.
+    Subclasses declare `size_parameter` (``"n_clusters"`` or ``"n_components"``), their `inits`,
+    `parameters` and `sparsity_parameters`, and implement `_fit(X, seed, callback)` and `_predict(X)`.
     """
 
-    name: ClassVar[str]
-    has_basis: ClassVar[bool]
-    k: int
-    labels_: np.ndarray
-    components_: np.ndarray
-    loss_: float
-    loss_history_: np.ndarray
-    time_history_: np.ndarray
-    n_iter_: int
-    fit_time_s_: float
-
-    @property
-    def component_members_(self) -> np.ndarray:
-        """The component each training sample belongs to most."""
-
-    def fit(self, X: np.ndarray) -> ClusteringMethod:
-        """Fit on the training samples X (n_samples x n_features)."""
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Clusters of new samples (held-out test samples)."""
-
-    def reconstruct(self, X: np.ndarray) -> np.ndarray:
-        """Approximations of new samples by the fitted method."""
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Add a method class to the registry under its `name` (done by subclassing `Method`)."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"two methods are named {cls.name!r}: {_REGISTRY[cls.name].__qualname__} and "
-                           f"{cls.__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def registered() -> Mapping[str, type[Method]]:
-    """The registered method classes by name (import `nmfstudy.methods` first to fill it)."""
-    return dict(_REGISTRY)
-
-
-@dataclass
-class Method:
-    """Base of every method: `k`, `seed`, `init`, the progress `callback`, and the checks.
-
-    Parameters
-    ----------
-    k : int
-        Number of clusters (components), >= 1.
-    seed : int
-        Seed of every random choice (starts, restarts, k-means assignment).
-    init : str
-        The start, one of the class's `inits`.
-    callback : callable or None
-        ``callback(iteration, loss, elapsed_s)`` after each iteration of an iterative solver;
-        returning True stops the fit early.
-    """
-
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the method's name in a run's config (method=<name>) and in messages
+    size_parameter: ClassVar[str] = "n_clusters"
     has_basis: ClassVar[bool] = False
     inits: ClassVar[tuple[str, ...]] = ()
     parameters: ClassVar[Declaration] = {}
@@ -116,42 +53,46 @@ class Method:
     needs_nonnegative_data: ClassVar[bool] = True
     images_name: ClassVar[str] = "centroids"  # what `components_` are, for figure titles
 
-    k: int
-    seed: int = 0
-    init: str = ""
-    callback: IterationCallback | None = field(default=None, repr=False, kw_only=True)
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("name"):
-            register(cls)
-
-    def __post_init__(self) -> None:
-        validate(vars(self), {"k": [Interval(Integral, 1)], "seed": [Interval(Integral, 0, 2**32 - 1)]})
-        if self.init not in self.inits:
-            raise InvalidParameterError("init", f"must be one of {', '.join(self.inits)} for method={self.name}; "
-                                        f"got {self.init!r}")
-        validate(vars(self), self.declaration())
-        self.check_combination()
+    @property
+    def k(self) -> int:
+        """The number of clusters (components): `n_clusters` or `n_components`."""
+        return getattr(self, self.size_parameter)
 
     @classmethod
     def declaration(cls) -> dict:
-        """Every declared setting of the class: its own, each sparsity variant's, the graph's."""
-        declared = dict(cls.parameters)
+        """Every declared parameter: the size, `random_state`, its own, each sparsity variant's."""
+        declared = {cls.size_parameter: [Interval(Integral, 1)], "random_state": SEED}
+        declared.update(cls.parameters)
         for variant in cls.sparsity_parameters.values():
             declared.update(variant)
         return declared
 
     @classmethod
-    def settings(cls) -> tuple[str, ...]:
-        """The names of the constructor's fields."""
-        return tuple(f.name for f in fields(cls))
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Raise `InvalidParameterError` for the first parameter (or combination) not allowed.
 
-    def check_combination(self) -> None:
+        The one validator of the class's declaration: `fit` calls it on `get_params()`, and a
+        run's config check on the settings before the estimator is made.
+
+        Parameters
+        ----------
+        params : mapping
+            Every constructor parameter by name.
+        """
+        declared = cls.declaration()
+        validate(params, {name: declared.pop(name) for name in (cls.size_parameter, "random_state")})
+        if params["init"] not in cls.inits:
+            raise InvalidParameterError("init", f"must be one of {', '.join(cls.inits)} for method={cls.name}; "
+                                        f"got {params['init']!r}")
+        validate(params, declared)
+        cls.check_combination(params)
+
+    @classmethod
+    def check_combination(cls, params: Mapping[str, Any]) -> None:
         """Raise `InvalidParameterError` for settings that are valid alone but not together."""
 
     def check_data(self, X: np.ndarray) -> None:
-        """Raise `InvalidParameterError` for a setting these training samples cannot satisfy.
+        """Raise `InvalidParameterError` for a parameter these training samples cannot satisfy.
 
         Parameters
         ----------
@@ -160,26 +101,97 @@ class Method:
         """
         n = len(X)
         if self.k > n:
-            raise InvalidParameterError("k", f"must be at most the number of training samples ({n}); got {self.k}")
+            raise InvalidParameterError(self.size_parameter,
+                                        f"must be at most the number of training samples ({n}); got {self.k}")
+
+    def _validated(self, X, *, reset: bool) -> np.ndarray:
+        """X as a float32 array checked as scikit-learn checks it (and non-negative where needed)."""
+        X = validate_data(self, X, reset=reset, dtype=np.float32, ensure_min_samples=2 if reset else 1)
+        if self.needs_nonnegative_data:
+            check_non_negative(X, f"{type(self).__name__}.{'fit' if reset else 'predict'}")
+        return X
+
+    def fit(self, X, y=None, *, callback: IterationCallback | None = None):
+        """Fit on the training samples.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            The training samples (non-negative for the NMF methods); converted to float32.
+        y : ignored
+            Present for scikit-learn's API; clustering uses no labels.
+        callback : callable, optional
+            ``callback(iteration, loss, elapsed_s)`` after each iteration of an iterative solver;
+            returning True stops the fit early (progress lines, pruning).
+
+        Returns
+        -------
+        self
+        """
+        self.check_params(self.get_params())
+        X = self._validated(X, reset=True)
+        self.check_data(X)
+        start = self._fit(X, self._seed(), callback)
+        self.fit_time_s_ = time.perf_counter() - start
+        self.labels_ = np.asarray(self.labels_, dtype=np.int64)
+        return self
+
+    def _seed(self) -> int:
+        """`random_state` as the int seed the numerics take (drawn when None)."""
+        if self.random_state is None:
+            return int(np.random.randint(0, 2**31 - 1))
+        return int(self.random_state)
+
+    def _keep_history(self, result) -> None:
+        """The loss and time per iteration, the iterations and the final loss of a solver's result."""
+        self.n_iter_ = int(result.n_iter)
+        self.loss_history_ = np.asarray(result.loss_history, dtype=float)
+        self.time_history_ = np.asarray(result.time_history, dtype=float)
+        self.loss_ = float(self.loss_history_[-1])
+
+    def predict(self, X) -> np.ndarray:
+        """The cluster of each new sample.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            New samples, in the pixel scale of the training samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), int64
+        """
+        check_is_fitted(self)
+        return np.asarray(self._predict(self._validated(X, reset=False)), dtype=np.int64)
 
     @property
     def component_members_(self) -> np.ndarray:
         """The cluster of each training sample: what titles a centroid or cluster image."""
         return self.labels_
 
-    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+    def reconstruct(self, X) -> np.ndarray:
         """Each new sample approximated by the image of the cluster it is assigned to."""
         return self.components_[self.predict(X)]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = self.needs_nonnegative_data
+        return tags
 
-class BasisMethod(Method):
-    """A factorization X ~ W H with basis images H (k x n_features) and coefficients `W_`."""
 
+@dataclass(repr=False, eq=False)
+class BasisEstimator(TransformerMixin, ClusteringEstimator):
+    """A factorization X ~ W H with basis images H (k x n_features) = `components_` and coefficients `W_`.
+
+    `transform` gives the coefficients of new samples against the fitted basis.
+    """
+
+    size_parameter: ClassVar[str] = "n_components"
     has_basis: ClassVar[bool] = True
     images_name: ClassVar[str] = "basis images"
 
     def check_data(self, X: np.ndarray) -> None:
-        """As `Method.check_data`; an SVD-based start also needs k <= min(n_samples, n_features)."""
+        """As `ClusteringEstimator.check_data`; an SVD-based start also needs k <= min(n_samples, n_features)."""
         super().check_data(X)
         from ..nmf.initialization import SVD_INITS
 
@@ -187,7 +199,8 @@ class BasisMethod(Method):
         # an SVD-based start takes k singular vectors: at most min(n_samples, n_pixels) exist
         if self.init in SVD_INITS and self.k > min(n, p):
             smaller = f"the number of pixels ({p})" if p <= n else f"the number of training samples ({n})"
-            raise InvalidParameterError("k", f"must be at most {smaller} with init={self.init}, an SVD-based start; "
+            raise InvalidParameterError(self.size_parameter,
+                                        f"must be at most {smaller} with init={self.init}, an SVD-based start; "
                                         f"got {self.k} (init=random allows any k)")
 
     @property
@@ -195,19 +208,25 @@ class BasisMethod(Method):
         """The component each training sample loads most on (titles the basis images)."""
         return self.W_.argmax(axis=1)
 
-    def coefficients(self, X: np.ndarray) -> np.ndarray:
+    def transform(self, X) -> np.ndarray:
         """Non-negative coefficients of new samples against the fitted basis (H held fixed).
-
-        A dead component (an all-zero basis image, e.g. under a strong L1 penalty) gets zero
-        coefficients; when every component died, all coefficients are zero.
 
         Parameters
         ----------
-        X : ndarray of shape (n_new, n_features)
+        X : array_like of shape (n_samples, n_features)
 
         Returns
         -------
-        ndarray of shape (n_new, k)
+        ndarray of shape (n_samples, k), float32
+        """
+        check_is_fitted(self)
+        return self.coefficients(self._validated(X, reset=False))
+
+    def coefficients(self, X: np.ndarray) -> np.ndarray:
+        """`transform` of already validated samples.
+
+        A dead component (an all-zero basis image, e.g. under a strong L1 penalty) gets zero
+        coefficients; when every component died, all coefficients are zero.
         """
         from sklearn.decomposition import non_negative_factorization
 
@@ -221,36 +240,34 @@ class BasisMethod(Method):
             )
         return W
 
-    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+    def reconstruct(self, X) -> np.ndarray:
         """New samples approximated by their coefficients times the basis."""
-        return self.coefficients(X) @ self.components_
+        return self.transform(X) @ self.components_
 
 
-@dataclass
-class GraphMethod(Method):
+@dataclass(repr=False, eq=False)
+class GraphEstimator(ClusteringEstimator):
     """A method on the kNN graph of the training samples; a new sample takes its neighbours' cluster.
 
-    Parameters
+    To place new samples it keeps its training samples (in the PCA space when `pca` is set:
+    ``n_samples x pca`` float32; else the pixels, as uint8 when they are multiples of 1/255, as
+    MNIST's and the image folders' are, else float32): see `neighbor_index_`.
+
+    Parameters (of every subclass)
     ----------
     n_neighbors, weight, pca
         The graph's settings (see :func:`nmfstudy.nmf.graph.knn_graph`).
-    cache_dir, fingerprint : str or None
-        With both, the graph is cached in `cache_dir` under the data's `fingerprint`.
+    cache_dir : str or None
+        A folder where the graph is cached, keyed by the samples' values and the settings; None: no cache.
     """
-
-    n_neighbors: int = 10
-    weight: str = "binary"
-    pca: int | None = None
-    cache_dir: str | None = field(default=None, kw_only=True)
-    fingerprint: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def declaration(cls) -> dict:
-        """As `Method.declaration`, with the graph's settings."""
+        """As `ClusteringEstimator.declaration`, with the graph's settings."""
         return {**super().declaration(), **knn.PARAMETERS}
 
     def check_data(self, X: np.ndarray) -> None:
-        """As `Method.check_data`; the graph needs fewer neighbours than samples and a feasible PCA."""
+        """As `ClusteringEstimator.check_data`; the graph needs fewer neighbours than samples and a feasible PCA."""
         super().check_data(X)
         n, p = X.shape
         if self.n_neighbors >= n:
@@ -260,21 +277,19 @@ class GraphMethod(Method):
             smaller = f"the number of pixels ({p})" if p <= n else f"the number of training samples ({n})"
             raise InvalidParameterError("pca", f"must be at most {smaller}; got {self.pca}")
 
-    def _graph(self, X: np.ndarray):
-        settings = dict(n_neighbors=self.n_neighbors, weight=self.weight, pca=self.pca, seed=self.seed)
-        if self.cache_dir and self.fingerprint:
-            return knn.cached_knn_graph(X, self.fingerprint, self.cache_dir, **settings)
-        return knn.knn_graph(X, **settings)
+    def _graph(self, X: np.ndarray, seed: int):
+        """The kNN graph of X (from the cache when `cache_dir` is set), and the index that places new samples."""
+        settings = dict(n_neighbors=self.n_neighbors, weight=self.weight, pca=self.pca, seed=seed)
+        start = time.perf_counter()
+        if self.cache_dir:
+            S = knn.cached_knn_graph(X, knn.data_key(X), self.cache_dir, **settings)
+        else:
+            S = knn.knn_graph(X, **settings)
+        self.graph_time_s_ = time.perf_counter() - start
+        self.neighbor_index_ = knn.NeighborIndex.fit(X, pca=self.pca, seed=seed)
+        return S
 
-    def _keep(self, result, X: np.ndarray, start: float) -> None:
-        """Record what every graph solver's result shares: time, iterations, loss history."""
-        self.fit_time_s_ = time.perf_counter() - start
-        self._X = X
-        self.n_iter_ = int(result.n_iter)
-        self.loss_history_, self.time_history_ = np.asarray(result.loss_history), np.asarray(result.time_history)
-        self.loss_ = float(self.loss_history_[-1])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def _predict(self, X: np.ndarray) -> np.ndarray:
         """The majority cluster of each new sample's nearest training samples."""
-        neighbors = knn.nearest_train(self._X, X, n_neighbors=self.n_neighbors, pca=self.pca, seed=self.seed)
+        neighbors = self.neighbor_index_.nearest(X, self.n_neighbors)
         return knn.neighbor_vote(self.labels_, neighbors, self.k)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import ClassVar
 
@@ -12,11 +12,11 @@ import numpy as np
 from ..nmf import graph_nmf, initialization
 from ..nmf._common import MAX_ITER, TOL
 from ..params import Interval, Options
-from ._base import BasisMethod, GraphMethod
+from ._base import BasisEstimator, GraphEstimator
 
 
-@dataclass
-class GNMFClustering(GraphMethod, BasisMethod):
+@dataclass(repr=False, eq=False)
+class GNMF(GraphEstimator, BasisEstimator):
     """Graph-regularized NMF, ||X - WH||^2 + lam Tr(W^T L W); clusters from W.
 
     Cai, He, Han, Huang, "Graph Regularized Nonnegative Matrix Factorization for Data
@@ -24,8 +24,12 @@ class GNMFClustering(GraphMethod, BasisMethod):
 
     Parameters
     ----------
-    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint
-        As :class:`~nmfstudy.methods.GraphMethod`; `init` is an NMF start.
+    n_components : int
+        Basis images (= clusters), >= 1.
+    init : str
+        An NMF start (:data:`nmfstudy.nmf.initialization.NMF_INITS`).
+    random_state : int or None
+        Seed of the start, the graph's PCA and the k-means assignment (None: drawn).
     lam : float
         The graph regularization weight (>= 0; 0 is plain NMF).
     solver : {"hals", "mu"}
@@ -34,6 +38,8 @@ class GNMFClustering(GraphMethod, BasisMethod):
         Iteration cap; stop when the relative decrease of the objective falls below `tol`.
     assign : {"kmeans", "argmax"}
         k-means on the L2-normalized rows of W (the paper's protocol), or their argmax.
+    n_neighbors, weight, pca, cache_dir
+        The kNN graph (see :class:`~nmfstudy.methods.GraphEstimator`).
     """
 
     name: ClassVar[str] = "gnmf"
@@ -46,22 +52,27 @@ class GNMFClustering(GraphMethod, BasisMethod):
         "assign": [Options(graph_nmf.ASSIGN_RULES)],
     }
 
+    n_components: int = 10
     init: str = "nndsvda"
+    random_state: int | None = None
     lam: float = 1.0
     solver: str = "hals"
     max_iter: int = 500
     tol: float = 1e-4
     assign: str = "kmeans"
+    n_neighbors: int = 10
+    weight: str = "binary"
+    pca: int | None = None
+    cache_dir: str | None = field(default=None, kw_only=True)
 
-    def fit(self, X: np.ndarray) -> GNMFClustering:
+    def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Build (or load) the kNN graph of X, factorize X under it and cluster the rows of W."""
         start = time.perf_counter()
-        S = self._graph(X)
-        self.graph_time_s_ = time.perf_counter() - start
-        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
+        S = self._graph(X, seed)
+        W, H = initialization.nmf_init(X, self.k, self.init, seed)
         result = graph_nmf.gnmf(X, W, H, S, lam=self.lam, solver=self.solver, max_iter=self.max_iter, tol=self.tol,
-                                callback=self.callback)
-        self._keep(result, X, start)
+                                callback=callback)
+        self._keep_history(result)
         self.W_, self.components_ = result.W, result.H
-        self.labels_ = np.asarray(graph_nmf.cluster_rows(self.W_, self.k, self.assign, self.seed), dtype=np.int64)
-        return self
+        self.labels_ = graph_nmf.cluster_rows(self.W_, self.k, self.assign, seed)
+        return start

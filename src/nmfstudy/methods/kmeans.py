@@ -1,4 +1,4 @@
-"""K-means and mini-batch K-means, scikit-learn's (``method=kmeans``, ``method=minibatch_kmeans``)."""
+"""K-means and mini-batch K-means, scikit-learn's, with the study's starts (``method=kmeans``, ``minibatch_kmeans``)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,22 @@ import numpy as np
 from ..nmf import initialization
 from ..nmf._common import MAX_ITER, TOL
 from ..params import Interval
-from ._base import Method
+from ._base import ClusteringEstimator
 
 
-@dataclass
-class KMeansClustering(Method):
-    """K-means (Lloyd's algorithm, scikit-learn's ``KMeans``); the centroids are the images.
+@dataclass(repr=False, eq=False)
+class KMeansClustering(ClusteringEstimator):
+    """K-means (Lloyd's algorithm, scikit-learn's ``KMeans``) from the study's starts; the centroids are the images.
 
     Parameters
     ----------
-    k, seed, init
-        As :class:`~nmfstudy.methods.Method`; `init` is one of
-        :data:`nmfstudy.nmf.initialization.KMEANS_INITS`.
+    n_clusters : int
+        Clusters, >= 1.
+    init : str
+        One of :data:`nmfstudy.nmf.initialization.KMEANS_INITS` (``random``: uniform in each
+        pixel's range; ``data``: k random samples; ``gaussian``: per-pixel mean and std).
+    random_state : int or None
+        Seed of the start and of scikit-learn's K-means (None: drawn).
     n_init : int
         Starts; the lowest inertia wins (one start when `init` gives the centroids).
     max_iter : int
@@ -36,39 +40,38 @@ class KMeansClustering(Method):
     needs_nonnegative_data: ClassVar[bool] = False
     parameters: ClassVar = {"n_init": [Interval(Integral, 1)], "max_iter": MAX_ITER, "tol": TOL}
 
+    n_clusters: int = 8
     init: str = "kmeans++"
+    random_state: int | None = None
     n_init: int = 10
     max_iter: int = 300
     tol: float = 1e-4
 
-    def _estimator(self, init, n_init: int):
+    def _estimator(self, init, n_init: int, seed: int):
         from sklearn.cluster import KMeans
 
-        return KMeans(self.k, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol, random_state=self.seed)
+        return KMeans(self.k, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol, random_state=seed)
 
-    def fit(self, X: np.ndarray) -> KMeansClustering:
-        """Cluster X (n_samples x n_features)."""
-        init = initialization.kmeans_init(X, self.k, self.init, self.seed)
+    def _fit(self, X: np.ndarray, seed: int, callback) -> float:
+        init = initialization.kmeans_init(X, self.k, self.init, seed)
         # An explicit array start is one start: scikit-learn warns and runs it once.
-        model = self._estimator(init, self.n_init if isinstance(init, str) else 1)
+        self.model_ = self._estimator(init, self.n_init if isinstance(init, str) else 1, seed)
         start = time.perf_counter()
-        model.fit(X)
-        self.fit_time_s_ = time.perf_counter() - start
-        self._model = model
-        self.labels_ = model.labels_.astype(np.int64)
-        self.components_ = model.cluster_centers_.astype(np.float32, copy=False)
-        self.n_iter_ = int(model.n_iter_)
-        self.loss_ = float(model.inertia_)
+        self.model_.fit(X)
+        self.labels_ = self.model_.labels_
+        self.components_ = self.model_.cluster_centers_.astype(np.float32, copy=False)
+        self.n_iter_ = int(self.model_.n_iter_)
+        self.loss_ = float(self.model_.inertia_)
         self.loss_history_ = np.array([self.loss_])
-        self.time_history_ = np.array([self.fit_time_s_])
-        return self
+        self.time_history_ = np.array([time.perf_counter() - start])
+        return start
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def _predict(self, X: np.ndarray) -> np.ndarray:
         """The nearest centroid of each new sample."""
-        return self._model.predict(X).astype(np.int64)
+        return self.model_.predict(X)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class MiniBatchKMeansClustering(KMeansClustering):
     """Mini-batch K-means (Sculley 2010, scikit-learn's ``MiniBatchKMeans``).
 
@@ -86,8 +89,8 @@ class MiniBatchKMeansClustering(KMeansClustering):
     tol: float = 0.0
     batch_size: int = 1024
 
-    def _estimator(self, init, n_init: int):
+    def _estimator(self, init, n_init: int, seed: int):
         from sklearn.cluster import MiniBatchKMeans
 
         return MiniBatchKMeans(self.k, batch_size=self.batch_size, init=init, n_init=n_init, max_iter=self.max_iter,
-                               tol=self.tol, random_state=self.seed)
+                               tol=self.tol, random_state=seed)

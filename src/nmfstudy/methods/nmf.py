@@ -13,13 +13,13 @@ from ..nmf import initialization
 from ..nmf._common import MAX_ITER, PENALTIES, SPARSENESS, TOL
 from ..nmf.graph_nmf import ASSIGN_RULES
 from ..params import Boolean, Interval, InvalidParameterError, Options
-from ._base import BasisMethod
+from ._base import BasisEstimator
 
 SOLVERS = ("hals", "mu", "sklearn-cd", "sklearn-mu")
 
 
-@dataclass
-class NMFClustering(BasisMethod):
+@dataclass(repr=False, eq=False)
+class NMFClustering(BasisEstimator):
     """NMF X ~ W H; clusters from the coefficients W (argmax, or k-means on L2-normalized rows).
 
     The solvers are ours (:mod:`nmfstudy.nmf.solvers`: ``hals``, ``mu``) or scikit-learn's
@@ -28,8 +28,12 @@ class NMFClustering(BasisMethod):
 
     Parameters
     ----------
-    k, seed, init, callback
-        As :class:`~nmfstudy.methods.Method`; `init` is one of scikit-learn's NMF starts.
+    n_components : int
+        Basis images (= clusters), >= 1.
+    init : str
+        One of scikit-learn's NMF starts (:data:`nmfstudy.nmf.initialization.NMF_INITS`).
+    random_state : int or None
+        Seed of the start, the solver and the k-means assignment (None: drawn).
     solver : {"hals", "mu", "sklearn-cd", "sklearn-mu"}
     max_iter : int
         Iteration cap.
@@ -71,7 +75,9 @@ class NMFClustering(BasisMethod):
         "hoyer": {"s_W": SPARSENESS, "s_H": SPARSENESS},
     }
 
+    n_components: int = 10
     init: str = "nndsvda"
+    random_state: int | None = None
     solver: str = "hals"
     max_iter: int = 500
     tol: float = 1e-4
@@ -84,23 +90,24 @@ class NMFClustering(BasisMethod):
     s_W: float | None = None
     s_H: float | None = None
 
-    def check_combination(self) -> None:
+    @classmethod
+    def check_combination(cls, params) -> None:
         """Hoyer's constraints need one of our solvers."""
-        if self.solver.startswith("sklearn") and (self.s_W is not None or self.s_H is not None):
+        if params["solver"].startswith("sklearn") and (params["s_W"] is not None or params["s_H"] is not None):
             raise InvalidParameterError("solver", f"must be hals or mu with a Hoyer sparseness target (s_W, s_H); "
-                                        f"scikit-learn's NMF has no such constraint; got {self.solver!r}")
+                                        f"scikit-learn's NMF has no such constraint; got {params['solver']!r}")
 
-    def fit(self, X: np.ndarray) -> NMFClustering:
+    def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Factorize X (n_samples x n_features, non-negative) and cluster its samples."""
-        W, H = initialization.nmf_init(X, self.k, self.init, self.seed)
-        start = time.perf_counter()
+        W, H = initialization.nmf_init(X, self.k, self.init, seed)
+        start = time.perf_counter()  # fit_time_s_ is the solver's time, without the start
         if self.solver.startswith("sklearn"):
-            W, H = self._fit_sklearn(X, W, H, start)
+            W, H = self._fit_sklearn(X, W, H, start, seed)
         else:
             from ..nmf import solvers
 
             common = dict(max_iter=self.max_iter, tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
-                          l1_ratio=self.l1_ratio, callback=self.callback)
+                          l1_ratio=self.l1_ratio, callback=callback)
             hoyer = dict(hoyer_W=self.s_W, hoyer_H=self.s_H)
             if self.solver == "mu":
                 result = solvers.nmf_mu(X, W, H, **hoyer, **common)
@@ -109,42 +116,39 @@ class NMFClustering(BasisMethod):
             else:  # an extrapolated factor would leave Hoyer's constraints: plain HALS there
                 result = solvers.nmf_hals(X, W, H, inner_alpha=self.inner_alpha, **hoyer, **common)
             W, H = result.W, result.H
-            self.n_iter_ = int(result.n_iter)
-            self.loss_history_ = np.asarray(result.loss_history)
-            self.time_history_ = np.asarray(result.time_history)
-        self.fit_time_s_ = time.perf_counter() - start
+            self._keep_history(result)
         self.W_ = W.astype(np.float32, copy=False)
         self.components_ = H.astype(np.float32, copy=False)
-        self.loss_ = float(self.loss_history_[-1])
         if self.assign == "kmeans":
             from sklearn.cluster import KMeans
             from sklearn.preprocessing import normalize
 
-            self._kmeans = KMeans(self.k, n_init=10, random_state=self.seed).fit(normalize(self.W_))
-            self.labels_ = self._kmeans.labels_.astype(np.int64)
+            self.assigner_ = KMeans(self.k, n_init=10, random_state=seed).fit(normalize(self.W_))
+            self.labels_ = self.assigner_.labels_
         else:
             self.labels_ = self.W_.argmax(axis=1)
-        return self
+        return start
 
-    def _fit_sklearn(self, X, W, H, start):
+    def _fit_sklearn(self, X, W, H, start, seed):
         from sklearn.decomposition import NMF
 
         model = NMF(
             self.k, init="custom", solver=self.solver.removeprefix("sklearn-"), max_iter=self.max_iter,
             tol=self.tol, alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
-            random_state=self.seed,
+            random_state=seed,
         )
         W = model.fit_transform(X, W=W, H=H)
         self.n_iter_ = int(model.n_iter_)
         self.loss_history_ = np.array([model.reconstruction_err_])
         self.time_history_ = np.array([time.perf_counter() - start])
+        self.loss_ = float(model.reconstruction_err_)
         return W, model.components_
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def _predict(self, X: np.ndarray) -> np.ndarray:
         """Clusters of new samples: their coefficients against the fitted basis, then the fitted rule."""
         W = self.coefficients(X)
         if self.assign == "kmeans":
             from sklearn.preprocessing import normalize
 
-            return self._kmeans.predict(normalize(W)).astype(np.int64)
+            return self.assigner_.predict(normalize(W))
         return W.argmax(axis=1)

@@ -36,7 +36,7 @@ and at n x k they cost nothing next to the sparse products.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -48,9 +48,9 @@ from ..nmf._common import MAX_ITER, TOL, Callback, Monitor
 from ..nmf.graph_nmf import normalize_graph
 from ..nmf.partition_search import membership, search_partition
 from ..params import Interval
-from ._base import GraphMethod
+from ._base import GraphEstimator
 
-__all__ = ["DCDClustering", "NMFRClustering", "FactorResult", "RandomWalk", "dcd", "dcd_objective", "nmfr",
+__all__ = ["DCD", "NMFR", "FactorResult", "RandomWalk", "dcd", "dcd_objective", "nmfr",
            "nmfr_objective", "spectral_embedding", "over_cluster", "search_grouping"]
 
 _TINY = 1e-300
@@ -531,15 +531,18 @@ _SEARCH_PARAMETERS = {
 }
 
 
-@dataclass
-class _MultilevelGraphMethod(GraphMethod):
+@dataclass(repr=False, eq=False)
+class _MultilevelGraphEstimator(GraphEstimator):
     """What NMFR and DCD share: the multilevel start, the restarts, labels and images.
 
     Parameters
     ----------
-    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint
-        As :class:`~nmfstudy.methods.GraphMethod`; `init` is ``random``: the seeded multilevel
-        search (random restarts of the grouping search).
+    n_clusters : int
+        Clusters, >= 1.
+    init : {"random"}
+        The seeded multilevel search (random restarts of the grouping search).
+    random_state : int or None
+        Seed of the graph's PCA, the embedding, the over-clusterings and the searches (None: drawn).
     max_iter, tol
         The refinement's iteration cap and stopping tolerance (relative decrease).
     n_init : int
@@ -551,50 +554,56 @@ class _MultilevelGraphMethod(GraphMethod):
         Eigenvectors of the normalized graph in the spectral embedding that is over-clustered.
     n_restarts : int
         Random restarts of the grouping search.
+    n_neighbors, weight, pca, cache_dir
+        The kNN graph (see :class:`~nmfstudy.methods.GraphEstimator`).
     """
 
     images_name: ClassVar[str] = "factor-weighted cluster means"
     inits: ClassVar[tuple[str, ...]] = ("random",)
 
+    n_clusters: int = 8
     init: str = "random"
+    random_state: int | None = None
     max_iter: int = 1000
     tol: float = 1e-8
     n_init: int = 2
     oversplit: int = 5
     n_vectors: int = 30
     n_restarts: int = 50
+    n_neighbors: int = 10
+    weight: str = "binary"
+    pca: int | None = None
+    cache_dir: str | None = field(default=None, kw_only=True)
 
     def _start(self, S, Q, sub: np.ndarray, n_sub: int, seed: int) -> np.ndarray:
         raise NotImplementedError
 
-    def _refine(self, S, Q, W: np.ndarray) -> FactorResult:
+    def _refine(self, S, Q, W: np.ndarray, callback) -> FactorResult:
         raise NotImplementedError
 
-    def fit(self, X: np.ndarray) -> _MultilevelGraphMethod:
+    def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Build (or load) the kNN graph of X, search a start, refine it; clusters = argmax of W."""
         start = time.perf_counter()
-        S = self._graph(X).astype(np.float64)
-        self.graph_time_s_ = time.perf_counter() - start
+        S = self._graph(X, seed).astype(np.float64)
         Q = normalize_graph(S).astype(np.float64)
-        U = spectral_embedding(Q, max(self.n_vectors, self.k), self.seed)
+        U = spectral_embedding(Q, max(self.n_vectors, self.k), seed)
         best = None
         for run in range(self.n_init):
-            sub = over_cluster(U, min(self.oversplit * self.k, len(X)), self.seed + run)
+            sub = over_cluster(U, min(self.oversplit * self.k, len(X)), seed + run)
             n_sub = int(sub.max()) + 1
-            W0 = self._start(S, Q, sub, n_sub, self.seed + run) if n_sub > self.k else _lift(np.arange(n_sub), sub,
-                                                                                               self.k)
-            result = self._refine(S, Q, W0)
+            W0 = self._start(S, Q, sub, n_sub, seed + run) if n_sub > self.k else _lift(np.arange(n_sub), sub, self.k)
+            result = self._refine(S, Q, W0, callback)
             if best is None or result.loss < best.loss:
                 best = result
             if result.stopped_by_callback:
                 best.stopped_by_callback = True
                 break
-        self._keep(best, X, start)
+        self._keep_history(best)
         self.W_ = best.W.astype(np.float32)
-        self.labels_ = self.W_.argmax(axis=1).astype(np.int64)
+        self.labels_ = self.W_.argmax(axis=1)
         weights = self.W_ / np.maximum(self.W_.sum(axis=0), np.finfo(np.float32).tiny)
         self.components_ = np.ascontiguousarray(weights.T @ X, dtype=np.float32)
-        return self
+        return start
 
 
 def ratio_association_loss(a: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -609,8 +618,8 @@ def _lift(g: np.ndarray, sub: np.ndarray, k: int, floor: float = 0.05) -> np.nda
     return W
 
 
-@dataclass
-class NMFRClustering(_MultilevelGraphMethod):
+@dataclass(repr=False, eq=False)
+class NMFR(_MultilevelGraphEstimator):
     """NMF using graph random walk (NMFR) of the kNN graph; clusters = argmax of W.
 
     Yang, Hao, Dikmen, Chen, Oja, "Clustering by Nonnegative Matrix Factorization Using Graph
@@ -621,9 +630,9 @@ class NMFRClustering(_MultilevelGraphMethod):
 
     Parameters
     ----------
-    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint, max_iter, tol, n_init,
-    oversplit, n_vectors, n_restarts
-        As :class:`_MultilevelGraphMethod`.
+    n_clusters, init, random_state, max_iter, tol, n_init, oversplit, n_vectors, n_restarts, n_neighbors,
+    weight, pca, cache_dir
+        As :class:`_MultilevelGraphEstimator`.
     alpha : float
         The random walk's continuation probability, in [0, 1): A = (1 - alpha) (I - alpha Q)^-1.
     lam : float
@@ -667,13 +676,13 @@ class NMFRClustering(_MultilevelGraphMethod):
         g, _ = search_partition((CA + CA.T) / 2, size, self.k, group_loss, self.n_restarts, seed)
         return _lift(g, sub, self.k)
 
-    def _refine(self, S, Q, W):
+    def _refine(self, S, Q, W, callback):
         return nmfr(Q, W, alpha=self.alpha, lam=self._lam(len(W)), mu=self.mu, max_iter=self.max_iter, tol=self.tol,
-                    cg_tol=self.cg_tol, callback=self.callback)
+                    cg_tol=self.cg_tol, callback=callback)
 
 
-@dataclass
-class DCDClustering(_MultilevelGraphMethod):
+@dataclass(repr=False, eq=False)
+class DCD(_MultilevelGraphEstimator):
     """Low-rank doubly stochastic decomposition (DCD) of the kNN graph; clusters = argmax of W.
 
     Yang, Oja, "Clustering by Low-Rank Doubly Stochastic Matrix Decomposition", ICML 2012 (solver:
@@ -687,9 +696,9 @@ class DCDClustering(_MultilevelGraphMethod):
 
     Parameters
     ----------
-    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint, max_iter, tol, n_init,
-    oversplit, n_vectors, n_restarts
-        As :class:`_MultilevelGraphMethod`.
+    n_clusters, init, random_state, max_iter, tol, n_init, oversplit, n_vectors, n_restarts, n_neighbors,
+    weight, pca, cache_dir
+        As :class:`_MultilevelGraphEstimator`.
     prior : float
         The Dirichlet prior's concentration on each row of W, >= 1 (1: none).
     exact_restarts : int
@@ -721,5 +730,5 @@ class DCDClustering(_MultilevelGraphMethod):
         W_coarse = dcd(C_sparse, objective.grouped(g), prior=self.prior, max_iter=2000, tol=1e-10, size=size).W
         return W_coarse[sub]
 
-    def _refine(self, S, Q, W):
-        return dcd(S, W, prior=self.prior, max_iter=self.max_iter, tol=self.tol, callback=self.callback)
+    def _refine(self, S, Q, W, callback):
+        return dcd(S, W, prior=self.prior, max_iter=self.max_iter, tol=self.tol, callback=callback)

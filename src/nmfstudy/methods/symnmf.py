@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 from typing import ClassVar
 
@@ -14,7 +14,7 @@ from ..nmf import graph_nmf
 from ..nmf._common import MAX_ITER, TOL
 from ..nmf.partition_search import membership, search_partition
 from ..params import Interval, Options
-from ._base import GraphMethod
+from ._base import GraphEstimator
 
 STARTS = ("multilevel", "random")
 _MIN_SUBCLUSTER = 10  # samples per sub-cluster, on average, below which the start skips the grouping
@@ -22,8 +22,8 @@ _KMEANS_SAMPLE = 300  # rows per sub-cluster that fit the over-clustering's k-me
 _KMEANS_ROWS = 20_000  # and at most this many (k = 50 would otherwise fit on all 60,000)
 
 
-@dataclass
-class SymNMFClustering(GraphMethod):
+@dataclass(repr=False, eq=False)
+class SymNMF(GraphEstimator):
     """Symmetric NMF A ~ H H^T of the normalized kNN graph; clusters = argmax of H.
 
     Kuang, Ding, Park, "Symmetric Nonnegative Matrix Factorization for Graph Clustering",
@@ -50,8 +50,12 @@ class SymNMFClustering(GraphMethod):
 
     Parameters
     ----------
-    k, seed, init, callback, n_neighbors, weight, pca, cache_dir, fingerprint
-        As :class:`~nmfstudy.methods.GraphMethod`; `init` is ``random`` (seeded).
+    n_clusters : int
+        Clusters, >= 1.
+    init : {"random"}
+        Seeded starts (see `start`).
+    random_state : int or None
+        Seed of the graph's PCA and of the starts (None: drawn).
     solver : {"anls", "mu"}
     max_iter, tol
         Iteration cap per start; stop a start when the relative decrease of the loss falls below `tol`.
@@ -68,6 +72,8 @@ class SymNMFClustering(GraphMethod):
         Columns of the smooth embedding that is over-clustered (multilevel).
     n_restarts : int
         Random restarts of the sub-cluster grouping search (multilevel).
+    n_neighbors, weight, pca, cache_dir
+        The kNN graph (see :class:`~nmfstudy.methods.GraphEstimator`).
     """
 
     name: ClassVar[str] = "symnmf"
@@ -85,7 +91,9 @@ class SymNMFClustering(GraphMethod):
         "screen_iter": [Interval(Integral, 1), None],
     }
 
+    n_clusters: int = 8
     init: str = "random"
+    random_state: int | None = None
     solver: str = "anls"
     max_iter: int = 500
     tol: float = 1e-9
@@ -95,28 +103,30 @@ class SymNMFClustering(GraphMethod):
     n_vectors: int = 30
     n_restarts: int = 50
     screen_iter: int | None = 50
+    n_neighbors: int = 10
+    weight: str = "binary"
+    pca: int | None = None
+    cache_dir: str | None = field(default=None, kw_only=True)
 
-    def fit(self, X: np.ndarray) -> SymNMFClustering:
+    def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Build (or load) the kNN graph of X, factorize it and take each sample's largest factor entry."""
         start = time.perf_counter()
-        S = self._graph(X)
-        self.graph_time_s_ = time.perf_counter() - start
+        S = self._graph(X, seed)
         starts = None
         if self.start == "multilevel":
             A = graph_nmf.normalize_graph(S)
-            U = smooth_embedding(A, max(self.n_vectors, self.k), seed=self.seed)
-            starts = [multilevel_start(A, U, self.k, self.oversplit, self.n_restarts, self.seed + run)
+            U = smooth_embedding(A, max(self.n_vectors, self.k), seed=seed)
+            starts = [multilevel_start(A, U, self.k, self.oversplit, self.n_restarts, seed + run)
                       for run in range(self.n_init)]
-        result = graph_nmf.symnmf(S, self.k, seed=self.seed, n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
-                                  solver=self.solver, callback=self.callback, starts=starts,
-                                  screen_iter=self.screen_iter)
-        self._keep(result, X, start)
+        result = graph_nmf.symnmf(S, self.k, seed=seed, n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
+                                  solver=self.solver, callback=callback, starts=starts, screen_iter=self.screen_iter)
+        self._keep_history(result)
         self.labels_ = result.labels.astype(np.int64)
         membership = sp.csr_matrix((np.ones(len(X), dtype=np.float32), (self.labels_, np.arange(len(X)))),
                                    shape=(self.k, len(X)))
         counts = np.asarray(membership.sum(axis=1)).ravel()
         self.components_ = np.asarray(membership @ X, dtype=np.float32) / np.maximum(counts, 1)[:, None]
-        return self
+        return start
 
 
 def smooth_embedding(A, n_vectors: int, n_steps: int = 40, seed: int = 0) -> np.ndarray:

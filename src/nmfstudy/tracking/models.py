@@ -1,0 +1,178 @@
+"""A run's fitted estimator as an MLflow model, its training data as an MLflow dataset, a study's best in the registry.
+
+- `log_model`: the estimator in MLflow's scikit-learn flavor (``mlflow.sklearn.load_model`` gives
+  it back), whose pyfunc ``predict`` turns images (float32, samples x pixels, in the run's pixel
+  scale) into clusters; with a signature, an input example, and, where the run had labels, the
+  cluster-to-label map of the training majority vote in the model's metadata
+  (``model.metadata.metadata["cluster_labels"]``: predicted labels are ``cluster_labels[clusters]``).
+- `log_dataset`: the training data as the run's input (name, the fingerprint as digest, source).
+- `register_best`: a study's model in the Model Registry under the study's name, the alias
+  ``best`` on the version with the best objective value, however many workers register at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model"  # the logged model's name in its run
+BEST_ALIAS = "best"
+# tags of a registered version: the study's objective value there and the trial it came from
+VALUE_TAG, TRIAL_TAG, RUN_TAG = "nmfstudy.objective_value", "optuna.trial_number", "nmfstudy.run_id"
+MODEL_POLICIES = ("all", "final", "none")
+
+
+def _requirements() -> list[str]:
+    """The model's pip requirements, pinned to this environment (MLflow would otherwise infer them
+    by loading the model in a subprocess: seconds per run)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "scipy", "scikit-learn", "threadpoolctl")]
+
+
+def signature(n_features: int):
+    """The models' signature: float32 images (samples x `n_features` pixels) in, int64 clusters out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    # unnamed tensors: the pyfunc model takes and gives plain arrays (a named one would be a dict)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_features))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+
+
+def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | None = None,
+              label_names: list[str] | None = None) -> Any:
+    """Log the fitted estimator as the active run's MLflow model (scikit-learn flavor, pyfunc predict -> clusters).
+
+    The package's own code travels with the model (``code_paths``), so that a model loads where
+    this project is not installed, as long as its pinned requirements are.
+
+    Parameters
+    ----------
+    estimator : ClusteringEstimator
+        The fitted estimator.
+    example : ndarray of shape (n, n_features), float32
+        A few input images: the model's input example.
+    cluster_labels : ndarray of shape (k,), int, or None
+        The label each cluster stands for (the training majority vote); None without labels.
+    label_names : list of str or None
+        What each label means (an image folder's sub-folders); None for the digits.
+
+    Returns
+    -------
+    mlflow.models.model.ModelInfo
+    """
+    import mlflow.sklearn
+
+    metadata: dict[str, Any] = {"method": estimator.name, "n_clusters": int(estimator.k)}
+    if cluster_labels is not None:
+        metadata["cluster_labels"] = [int(label) for label in cluster_labels]
+    if label_names is not None:
+        metadata["label_names"] = list(label_names)
+    package = Path(__file__).resolve().parents[1]
+    # pickle, chosen: skops would need every class of the package declared trusted at load time; MLflow's
+    # warning about it would repeat in every run's output
+    sklearn_log = logging.getLogger("mlflow.sklearn")
+    level, sklearn_log.level = sklearn_log.level, logging.ERROR
+    try:
+        return mlflow.sklearn.log_model(
+            estimator, name=MODEL_NAME, signature=signature(example.shape[1]),
+            input_example=np.ascontiguousarray(example, dtype=np.float32), pip_requirements=_requirements(),
+            code_paths=[str(package)], metadata=metadata, serialization_format="pickle",
+        )
+    finally:
+        sklearn_log.setLevel(level)
+
+
+def log_dataset(X: np.ndarray, y: np.ndarray | None, *, name: str, digest: str, source: str) -> None:
+    """Record the training data as the active run's input (context ``training``): lineage, not a copy.
+
+    Parameters
+    ----------
+    X, y : ndarray
+        The training images and labels (None without labels): their shape and schema are recorded.
+    name : str
+        The data set's name.
+    digest : str
+        Its fingerprint (MLflow keeps 36 characters of it).
+    source : str
+        Where it was read from (the IDX folder, the package file, the image folder, a URL).
+    """
+    import mlflow.data
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    if source.startswith(("http://", "https://")):
+        kind = "http"
+    else:
+        kind, source = "local", str(Path(source).expanduser().resolve())
+    # the source named outright: a local path resolves to two registered source classes (MLflow warns)
+    where = get_dataset_source_from_json(json.dumps({"uri": source, "url": source}), kind)
+    # the digest is given: MLflow would otherwise hash the pixels again
+    dataset = mlflow.data.from_numpy(X, source=where, targets=y, name=name, digest=digest[-36:])
+    mlflow.log_input(dataset, context="training")
+
+
+def register_best(client: MlflowClient, study_name: str, model_uri: str, *, value: float, maximize: bool,
+                  trial_number: int, run_id: str | None = None) -> str:
+    """Register a study trial's model under the study's name and move the alias ``best`` to the best version.
+
+    Every worker that registers a version then points the alias at the best version it can see,
+    and repeats while the versions it sees change: the last alias write is made by a worker that
+    saw every version registered before it, so concurrent workers never leave ``best`` on a worse
+    model.
+
+    Parameters
+    ----------
+    client : MlflowClient
+        A client of the tracking store (whose registry this is).
+    study_name : str
+        The registered model's name: the Optuna study's.
+    model_uri : str
+        The logged model (``models:/<model_id>`` or ``runs:/<run>/model``).
+    value : float
+        The trial's objective value.
+    maximize : bool
+        Whether the study maximizes it.
+    trial_number : int
+        The trial's number in the study.
+    run_id : str or None
+        The trial's run; None: the active run.
+
+    Returns
+    -------
+    str
+        The version registered.
+    """
+    import mlflow
+
+    run_id = run_id or mlflow.active_run().info.run_id
+    try:
+        client.create_registered_model(study_name, description=f"Best models of the Optuna study {study_name!r}")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(study_name, model_uri, run_id=run_id,
+                                          tags={VALUE_TAG: repr(float(value)), TRIAL_TAG: str(trial_number),
+                                                RUN_TAG: run_id}).version
+    seen: set[str] | None = None
+    for _ in range(20):
+        versions = client.search_model_versions(f"name='{study_name}'")
+        now = {v.version for v in versions}
+        if now == seen:
+            break
+        seen = now
+        scored = [v for v in versions if VALUE_TAG in v.tags]
+        sign = 1.0 if maximize else -1.0  # ties go to the earlier version
+        best = max(scored, key=lambda v: (sign * float(v.tags[VALUE_TAG]), -int(v.version)))
+        client.set_registered_model_alias(study_name, BEST_ALIAS, best.version)
+        time.sleep(0.05)  # let a concurrent registration land before the check that nothing changed
+    return str(version)
