@@ -10,12 +10,13 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 
-from nmfstudy.methods.symnmf import SymNMFClustering, hard_loss, multilevel_start, smooth_embedding
+from nmfstudy.methods.symnmf import SymNMFClustering
 from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
 from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
 from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, partition_start, symnmf
 from nmfstudy.nmf.initialization import nmf_init
+from nmfstudy.nmf.multilevel import hard_loss, multilevel_start, smooth_embedding
 from nmfstudy.nmf.partition_search import search_partition
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 

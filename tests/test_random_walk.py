@@ -1,5 +1,6 @@
-"""NMFR and DCD (methods/random_walk.py): the sparse solve, monotone updates, the exact coarse
-objective, the grouping search, seeds, and clustering quality on scikit-learn's digits."""
+"""NMFR and DCD (methods/random_walk.py; nmf/random_walk.py, nmf/dcd.py, nmf/multilevel.py): the sparse solve,
+monotone updates, the exact coarse objective, the grouping search, seeds, and clustering quality on scikit-learn's
+digits."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,24 +12,13 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from nmfstudy import config as settings
 from nmfstudy.methods import get
-from nmfstudy.methods.random_walk import (
-    DCDClustering,
-    NMFRClustering,
-    RandomWalk,
-    _DCDGrouping,
-    _Grouping,
-    dcd,
-    dcd_objective,
-    nmfr,
-    nmfr_objective,
-    over_cluster,
-    search_grouping,
-    spectral_embedding,
-)
-from nmfstudy.methods.symnmf import hard_loss
+from nmfstudy.methods.random_walk import DCDClustering, NMFRClustering
+from nmfstudy.nmf.dcd import DCDGrouping, dcd, dcd_objective
 from nmfstudy.nmf.graph import knn_graph
 from nmfstudy.nmf.graph_nmf import normalize_graph
+from nmfstudy.nmf.multilevel import Grouping, hard_loss, over_cluster, search_grouping, spectral_embedding
 from nmfstudy.nmf.partition_search import search_partition
+from nmfstudy.nmf.random_walk import RandomWalk, nmfr, nmfr_objective
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def nmfr_loss(lam):
     return lambda a, n: (lam - a) / n
 
 
-class _FromScratch(_Grouping):
+class _FromScratch(Grouping):
     """The sum of a per-group loss of association and size, every value computed afresh from the grouping."""
 
     def __init__(self, C, size, k, loss):
@@ -139,7 +129,7 @@ def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
     W_sub /= W_sub.sum(axis=1, keepdims=True)
     g = rng.permutation(np.arange(m) % k)
     # (NMFR's and SymNMF's moves: test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it)
-    objective = _DCDGrouping(C, size, W_sub, k, 1.2)
+    objective = DCDGrouping(C, size, W_sub, k, 1.2)
     # the grouping's value is the solver's coarse objective at W = W_sub G
     solver_value = dcd_objective(sp.csr_matrix(C), objective.grouped(g), 1.2, size)
     assert objective.value(g) == pytest.approx(solver_value, rel=1e-12)
@@ -158,7 +148,7 @@ def _planted_blocks(m=20, k=4):
     C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
     W_sub = np.full((m, m), 1e-3) + np.eye(m)
     W_sub /= W_sub.sum(axis=1, keepdims=True)
-    return truth, size, C, _DCDGrouping(C, size, W_sub, k, 1.0)
+    return truth, size, C, DCDGrouping(C, size, W_sub, k, 1.0)
 
 
 def test_the_grouping_search_finds_planted_groups():
