@@ -40,10 +40,10 @@ def main(argv=None) -> None:
     from machine import machine_summary
 
     from nmfstudy.data import load_dataset
-    from nmfstudy.methods.symnmf import multilevel_start, smooth_embedding
     from nmfstudy.metrics import hungarian_accuracy
     from nmfstudy.nmf.graph import cached_knn_graph
     from nmfstudy.nmf.graph_nmf import normalize_graph, partition_start, symnmf
+    from nmfstudy.nmf.multilevel import multilevel_start, smooth_embedding
 
     load0 = os.getloadavg()
     data = load_dataset("mnist", dir=str(a.data))

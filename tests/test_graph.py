@@ -10,12 +10,13 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
 
-from nmfstudy.methods.symnmf import SymNMFClustering, hard_loss, multilevel_start, smooth_embedding
+from nmfstudy.methods.symnmf import SymNMF
 from nmfstudy.metrics import hungarian_accuracy
 from nmfstudy.nmf import graph
 from nmfstudy.nmf.graph import cached_knn_graph, knn_graph, nearest_train, neighbor_vote
 from nmfstudy.nmf.graph_nmf import cluster_rows, gnmf, gnmf_objective, normalize_graph, partition_start, symnmf
 from nmfstudy.nmf.initialization import nmf_init
+from nmfstudy.nmf.multilevel import hard_loss, multilevel_start, smooth_embedding
 from nmfstudy.nmf.partition_search import search_partition
 from nmfstudy.nmf.solvers import frobenius_loss, nmf_mu
 
@@ -331,7 +332,7 @@ def test_symnmf_method_is_fixed_by_the_seed_and_keeps_its_lowest_start(gnmf_setu
     seen = []
     real_symnmf = method.graph_nmf.symnmf
     monkeypatch.setattr(method.graph_nmf, "symnmf", lambda *a, **kw: seen.append(kw) or real_symnmf(*a, **kw))
-    fits = [SymNMFClustering(10, seed=3, n_neighbors=5, max_iter=60, n_restarts=10).fit(X) for _ in range(2)]
+    fits = [SymNMF(10, random_state=3, n_neighbors=5, max_iter=60, n_restarts=10).fit(X) for _ in range(2)]
     assert np.array_equal(fits[0].labels_, fits[1].labels_) and fits[0].loss_ == fits[1].loss_
     # its starts are the multilevel search's of seeds seed, seed + 1, seed + 2, screened as configured
     A = normalize_graph(knn_graph(X, 5))

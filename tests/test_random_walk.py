@@ -1,5 +1,6 @@
-"""NMFR and DCD (methods/random_walk.py): the sparse solve, monotone updates, the exact coarse
-objective, the grouping search, seeds, and clustering quality on scikit-learn's digits."""
+"""NMFR and DCD (methods/random_walk.py; nmf/random_walk.py, nmf/dcd.py, nmf/multilevel.py): the sparse solve,
+monotone updates, the exact coarse objective, the grouping search, seeds, and clustering quality on scikit-learn's
+digits."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,25 +11,13 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
 from nmfstudy import config as settings
-from nmfstudy.methods import get
-from nmfstudy.methods.random_walk import (
-    DCDClustering,
-    NMFRClustering,
-    RandomWalk,
-    _DCDGrouping,
-    _Grouping,
-    dcd,
-    dcd_objective,
-    nmfr,
-    nmfr_objective,
-    over_cluster,
-    search_grouping,
-    spectral_embedding,
-)
-from nmfstudy.methods.symnmf import hard_loss
+from nmfstudy.methods.random_walk import DCD, NMFR
+from nmfstudy.nmf.dcd import DCDGrouping, dcd, dcd_objective
 from nmfstudy.nmf.graph import knn_graph
 from nmfstudy.nmf.graph_nmf import normalize_graph
+from nmfstudy.nmf.multilevel import Grouping, hard_loss, over_cluster, search_grouping, spectral_embedding
 from nmfstudy.nmf.partition_search import search_partition
+from nmfstudy.nmf.random_walk import RandomWalk, nmfr, nmfr_objective
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +36,11 @@ def small(digits):
 
 
 def nmfr_loss(lam):
-    """NMFR's term of a cluster of association a and size n at its normalized indicator (as NMFRClustering's start)."""
+    """NMFR's term of a cluster of association a and size n at its normalized indicator (as NMFR's start)."""
     return lambda a, n: (lam - a) / n
 
 
-class _FromScratch(_Grouping):
+class _FromScratch(Grouping):
     """The sum of a per-group loss of association and size, every value computed afresh from the grouping."""
 
     def __init__(self, C, size, k, loss):
@@ -139,7 +128,7 @@ def test_each_dcd_grouping_move_is_valued_as_the_moved_grouping(small):
     W_sub /= W_sub.sum(axis=1, keepdims=True)
     g = rng.permutation(np.arange(m) % k)
     # (NMFR's and SymNMF's moves: test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it)
-    objective = _DCDGrouping(C, size, W_sub, k, 1.2)
+    objective = DCDGrouping(C, size, W_sub, k, 1.2)
     # the grouping's value is the solver's coarse objective at W = W_sub G
     solver_value = dcd_objective(sp.csr_matrix(C), objective.grouped(g), 1.2, size)
     assert objective.value(g) == pytest.approx(solver_value, rel=1e-12)
@@ -158,7 +147,7 @@ def _planted_blocks(m=20, k=4):
     C = np.outer(size, size) * np.where(truth[:, None] == truth[None, :], 1.0, 0.05)
     W_sub = np.full((m, m), 1e-3) + np.eye(m)
     W_sub /= W_sub.sum(axis=1, keepdims=True)
-    return truth, size, C, _DCDGrouping(C, size, W_sub, k, 1.0)
+    return truth, size, C, DCDGrouping(C, size, W_sub, k, 1.0)
 
 
 def test_the_grouping_search_finds_planted_groups():
@@ -197,15 +186,15 @@ def test_moves_priced_in_o_k_take_the_search_where_prices_from_scratch_take_it()
         assert f == pytest.approx(f_ref, rel=1e-12) and len(np.unique(g)) == k
 
 
-@pytest.mark.parametrize("cls", [NMFRClustering, DCDClustering])
+@pytest.mark.parametrize("cls", [NMFR, DCD])
 def test_results_are_fixed_by_the_seed(small, cls):
     X = small[0]
-    kwargs = dict(k=5, n_init=1, n_restarts=5, max_iter=30)
-    a, b = cls(seed=3, **kwargs).fit(X), cls(seed=3, **kwargs).fit(X)
+    kwargs = dict(n_clusters=5, n_init=1, n_restarts=5, max_iter=30)
+    a, b = cls(random_state=3, **kwargs).fit(X), cls(random_state=3, **kwargs).fit(X)
     np.testing.assert_array_equal(a.W_, b.W_)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
-    other = cls(seed=4, **kwargs).fit(X)
+    other = cls(random_state=4, **kwargs).fit(X)
     assert not np.array_equal(other.W_, a.W_)
 
 
@@ -214,9 +203,9 @@ def test_on_digits_both_beat_kmeans_nmi_with_their_config_defaults(digits, compo
     X, y = digits
     cfg = compose(f"method={name}", "dataset=digits", "k=10")
     settings.check(cfg)
-    model = settings.build_method(cfg)
-    assert isinstance(model, get(name)) and model.init == "random"
-    model.n_init = 1  # the config's 2 over-clusterings give the same partition here; one keeps the test fast
+    model = settings.build_estimator(cfg, X)
+    assert type(model) is {"nmfr": NMFR, "dcd": DCD}[name] and model.init == "random"
+    model.set_params(n_init=1)  # the config's 2 over-clusterings give the same partition here; one keeps the test fast
     model.fit(X)
     kmeans = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(X)
     nmi, nmi_kmeans = normalized_mutual_info_score(y, model.labels_), normalized_mutual_info_score(y, kmeans)

@@ -231,13 +231,13 @@ def test_method_extrapolates_but_not_under_hoyer(datasets):
 
     X = datasets["digits"]
     W0, H0 = nmf_init(X, 6, "nndsvda", 0)
-    fitted = NMFClustering(6, max_iter=25, tol=0).fit(X)
+    fitted = NMFClustering(6, random_state=0, max_iter=25, tol=0).fit(X)
     np.testing.assert_array_equal(fitted.loss_history_,
                                   nmf_hals_extrapolated(X, W0, H0, max_iter=25, tol=0).loss_history)
-    hoyer = NMFClustering(6, max_iter=25, tol=0, s_H=0.5).fit(X)
+    hoyer = NMFClustering(6, random_state=0, max_iter=25, tol=0, s_H=0.5).fit(X)
     np.testing.assert_array_equal(hoyer.loss_history_,
                                   nmf_hals(X, W0, H0, max_iter=25, tol=0, hoyer_H=0.5).loss_history)
-    plain = NMFClustering(6, max_iter=25, tol=0, extrapolate=False).fit(X)
+    plain = NMFClustering(6, random_state=0, max_iter=25, tol=0, extrapolate=False).fit(X)
     np.testing.assert_array_equal(plain.loss_history_, nmf_hals(X, W0, H0, max_iter=25, tol=0).loss_history)
     assert not np.array_equal(plain.loss_history_, fitted.loss_history_)
 

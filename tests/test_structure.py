@@ -125,6 +125,24 @@ def test_the_library_imports_no_application_module():
     assert graph and all(not leak for leak in leaks.values()), leaks
 
 
+def test_the_numerics_live_in_nmf_and_its_private_module_stays_there():
+    """methods/ holds parameters and fitted attributes; solvers, starts and searches are nmf/'s (its public names)."""
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    in_nmf = ("nmfstudy.nmf", "nmfstudy.nmf.")
+    outside = sorted(name for name, p in modules.items()
+                     if not (name == in_nmf[0] or name.startswith(in_nmf[1])) and "nmfstudy.nmf._common" in imports(p))
+    assert outside == []
+    method_modules = {name: p for name, p in modules.items()
+                      if name.startswith("nmfstudy.methods.") and not name.rpartition(".")[2].startswith("_")}
+    assert {"nmfstudy.methods.random_walk", "nmfstudy.methods.symnmf"} <= set(method_modules)
+    linear_algebra = {name: sorted(m for m in imports(p) if m.startswith(("scipy.sparse.linalg", "scipy.linalg")))
+                      for name, p in method_modules.items()}
+    assert all(not found for found in linear_algebra.values()), linear_algebra
+    functions = {name: [node.name for node in ast.parse(p.read_text()).body if isinstance(node, ast.FunctionDef)]
+                 for name, p in method_modules.items()}
+    assert all(not found for found in functions.values()), functions
+
+
 @dataclass(repr=False, eq=False)
 class NearestMeanClustering(ClusteringEstimator):
     """A toy method: k evenly spaced samples (by their sum) as the centroids, then nearest centroid."""

@@ -9,8 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..nmf import graph_nmf, initialization
-from ..nmf._common import MAX_ITER, TOL
+from ..nmf import MAX_ITER, TOL, graph_nmf, initialization
 from ..params import Interval, Options
 from ._base import BasisEstimator, GraphEstimator
 

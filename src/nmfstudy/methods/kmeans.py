@@ -9,8 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..nmf import initialization
-from ..nmf._common import MAX_ITER, TOL
+from ..nmf import MAX_ITER, TOL, initialization
 from ..params import Interval
 from ._base import ClusteringEstimator
 

@@ -9,8 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..nmf import initialization
-from ..nmf._common import MAX_ITER, PENALTIES, SPARSENESS, TOL
+from ..nmf import MAX_ITER, PENALTIES, SPARSENESS, TOL, initialization
 from ..nmf.graph_nmf import ASSIGN_RULES
 from ..params import Boolean, Interval, InvalidParameterError, Options
 from ._base import BasisEstimator

@@ -1,7 +1,9 @@
 """What the package's solvers share: the result type, float64-accumulated norms, argument
 checks, and the monitor that records each iteration and decides when to stop.
 
-Private to :mod:`nmfstudy.nmf`: its solvers import these names, nothing outside the package does.
+Private to :mod:`nmfstudy.nmf`: its solvers import these names, nothing outside the package does;
+what others need (the result type, the callback type, the argument declarations) :mod:`nmfstudy.nmf`
+exports.
 """
 
 from __future__ import annotations
@@ -22,37 +24,45 @@ Callback = Callable[[int, float, float], "bool | None"]
 
 
 @dataclass
-class NMFResult:
-    """What a solver returns: the factors and the per-iteration loss and timing.
+class FitResult:
+    """What every solver of the package returns: the factors and the per-iteration loss and timing.
 
-    Each parameter is kept as the attribute of the same name.
+    Each parameter is kept as the attribute of the same name. A solver sets the factors it has:
+    NMF and GNMF X ~ W H (both), SymNMF A ~ H H^T (`H` only, n_samples x k), NMFR and DCD
+    (`W` only, n_samples x k).
 
     Parameters
     ----------
-    W : ndarray of shape (n_samples, k), float32
-        The coefficients.
-    H : ndarray of shape (k, n_features), float32
-        The basis images.
     n_iter : int
         The number of iterations run.
     loss_history : ndarray of shape (n_iter,), float64
-        ``loss_history[i]`` is ||X - WH||_F after iteration i + 1.
+        ``loss_history[i]`` is the solver's loss (e.g. ||X - WH||_F) after iteration i + 1.
     time_history : ndarray of shape (n_iter,), float64
         ``time_history[i]`` is the seconds elapsed since the solver was entered, at that point.
+    W : ndarray of shape (n_samples, k), optional
+        The coefficients (float32 from the NMF solvers, float64 from NMFR and DCD).
+    H : ndarray, optional
+        The basis images (k, n_features), float32; for SymNMF the factor (n_samples, k).
     stopped_by_callback : bool, default False
         True when the callback asked the run to stop.
+    start_loss : float, default NaN
+        The loss at the start, where the solver records it (NMFR, DCD).
+    seed : int or None, default None
+        The seed of the start that gave the factors, where the solver tried several (SymNMF).
     """
 
-    W: np.ndarray
-    H: np.ndarray
     n_iter: int
     loss_history: np.ndarray
     time_history: np.ndarray
+    W: np.ndarray | None = None
+    H: np.ndarray | None = None
     stopped_by_callback: bool = False
+    start_loss: float = float("nan")
+    seed: int | None = None
 
     @property
     def loss(self) -> float:
-        """The final ||X - WH||_F.
+        """The final loss.
 
         Returns
         -------
@@ -60,6 +70,17 @@ class NMFResult:
             The last entry of `loss_history`; NaN when no iteration was run.
         """
         return float(self.loss_history[-1]) if len(self.loss_history) else float("nan")
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Cluster of each sample: the largest entry of its row of W (of H, SymNMF's, when there is no W).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), int
+            The column index of the largest entry of each row.
+        """
+        return (self.H if self.W is None else self.W).argmax(axis=1)
 
 
 def squared_norm(X: np.ndarray, chunk_rows: int = 4096) -> float:
@@ -174,6 +195,8 @@ def is_sparse(A) -> bool:
     """
     return hasattr(A, "tocsr") or hasattr(A, "nnz")
 
+
+NO_PENALTY = (0.0, 0.0, 0.0, 0.0)  # Monitor's penalties for a solver without any
 
 # The scalar arguments every solver of the package takes, declared once (see nmfstudy.params).
 MAX_ITER = [Interval(Integral, 1)]
@@ -305,15 +328,15 @@ class Monitor:
     callback : callable or None
         Called as ``callback(iteration, loss, elapsed_s)`` after every iteration; a true
         return value stops the run.
-    projected : bool
+    projected : bool, default False
         True when a factor is projected to Hoyer's sparseness (the loss may then rise).
-    penalties : tuple of 4 float
+    penalties : tuple of 4 float, default all 0
         (l1_W, l1_H, l2_W, l2_H), scikit-learn's scaled penalty weights; all 0 for none.
     window : int, default 0
         0 for the last-step rule, w > 0 for the windowed (estimated limit) rule of :meth:`remaining`.
     """
 
-    def __init__(self, tol, max_iter, callback, projected, penalties, *, window: int = 0):
+    def __init__(self, tol, max_iter, callback, projected: bool = False, penalties=NO_PENALTY, *, window: int = 0):
         self.t0 = time.perf_counter()
         self.tol, self.callback, self.projected, self.window = tol, callback, projected, window
         self.l1_W, self.l1_H, self.l2_W, self.l2_H = penalties
@@ -332,16 +355,16 @@ class Monitor:
         pen = self.l1_W * Wsum + 0.5 * self.l2_W * Wsq + self.l1_H * Hsum + 0.5 * self.l2_H * Hsq
         return float(np.sqrt(loss * loss + 2.0 * pen))
 
-    def objective(self, loss, W, H, WtW, HHt) -> float:
+    def objective(self, loss, W=None, H=None, WtW=None, HHt=None) -> float:
         """The penalised loss sqrt(2 * objective) at (W, H), from the loss and the Gram matrices.
 
         Parameters
         ----------
         loss : float
             ||X - WH||_F at (W, H).
-        W, H : ndarray or None
+        W, H : ndarray or None, default None
             The factors (either orientation: only their sums are used); may be None without penalties.
-        WtW, HHt : ndarray of shape (k, k) or None
+        WtW, HHt : ndarray of shape (k, k) or None, default None
             The Gram matrices of the factors (their traces give the squared norms); may be None
             without penalties.
 
@@ -352,16 +375,16 @@ class Monitor:
         """
         return self._penalised_loss(loss, *self._penalty_terms(W, H, WtW, HHt))
 
-    def start(self, loss, W, H, WtW, HHt) -> float:
+    def start(self, loss, W=None, H=None, WtW=None, HHt=None) -> float:
         """Record the start's penalised loss, the reference for the first iteration's decrease.
 
         Parameters
         ----------
         loss : float
             ||X - WH||_F at the starting factors.
-        W, H : ndarray or None
+        W, H : ndarray or None, default None
             The starting factors, as in :meth:`objective`.
-        WtW, HHt : ndarray of shape (k, k) or None
+        WtW, HHt : ndarray of shape (k, k) or None, default None
             Their Gram matrices, as in :meth:`objective`.
 
         Returns
@@ -419,7 +442,7 @@ class Monitor:
         r = d2 / d1
         return d2 * r / (1.0 - r) / f[t]
 
-    def step(self, loss, W, H, WtW, HHt, *, objective: float | None = None) -> bool:
+    def step(self, loss, W=None, H=None, WtW=None, HHt=None, *, objective: float | None = None) -> bool:
         """Record one iteration; True when the solver should stop.
 
         Calls the callback, then applies the stopping rule (see the class docstring).
@@ -428,10 +451,10 @@ class Monitor:
         ----------
         loss : float
             ||X - WH||_F after this iteration (what the history and the callback see).
-        W, H : ndarray or None
+        W, H : ndarray or None, default None
             The factors after this iteration, as in :meth:`objective`; unused when `objective`
             is given.
-        WtW, HHt : ndarray of shape (k, k) or None
+        WtW, HHt : ndarray of shape (k, k) or None, default None
             Their Gram matrices, as in :meth:`objective`; unused when `objective` is given.
         objective : float, optional
             The penalised loss, when the caller already has it.
@@ -461,7 +484,20 @@ class Monitor:
         change = (prev - cur) / prev
         return (abs(change) if self.projected else change) < self.tol
 
-    def result(self, W, H) -> NMFResult:
+    def history(self) -> dict:
+        """What the run recorded, as the keyword arguments of :class:`FitResult` it fills.
+
+        Returns
+        -------
+        dict
+            ``n_iter``, copies of ``loss_history`` and ``time_history`` over the iterations run,
+            and ``stopped_by_callback``.
+        """
+        n = self.n_iter
+        return dict(n_iter=n, loss_history=self.losses[:n].copy(), time_history=self.times[:n].copy(),
+                    stopped_by_callback=self.stopped_by_callback)
+
+    def result(self, W, H) -> FitResult:
         """The run's result: the final factors with the recorded history.
 
         Parameters
@@ -473,12 +509,9 @@ class Monitor:
 
         Returns
         -------
-        NMFResult
+        FitResult
             W and H as C-contiguous float32 arrays, and copies of the loss and time
             histories of the iterations run.
         """
-        n = self.n_iter
-        return NMFResult(np.ascontiguousarray(W, dtype=np.float32), np.ascontiguousarray(H, dtype=np.float32),
-                         n, self.losses[:n].copy(), self.times[:n].copy(), self.stopped_by_callback)
-
-
+        return FitResult(W=np.ascontiguousarray(W, dtype=np.float32), H=np.ascontiguousarray(H, dtype=np.float32),
+                         **self.history())

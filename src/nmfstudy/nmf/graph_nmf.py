@@ -10,12 +10,11 @@
 Same conventions as :mod:`nmfstudy.nmf.solvers`: plain functions over float32 arrays, the
 graph S as a sparse matrix (never an n x n dense one), the callback contract
 callback(iteration, loss, elapsed_s) -> True to stop, and the stopping rule (relative
-loss decrease < tol, or max_iter); gnmf returns the solvers' NMFResult.
+loss decrease < tol, or max_iter); both return a :class:`~nmfstudy.nmf.FitResult`.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,8 +26,8 @@ from ._common import (
     MAX_ITER,
     TOL,
     Callback,
+    FitResult,
     Monitor,
-    NMFResult,
     check_nmf_arguments,
     squared_norm,
     tdot,
@@ -39,9 +38,7 @@ from .partition_search import membership
 from .solvers import MU_EPS, frobenius_loss
 
 __all__ = ["gnmf", "GNMF_SOLVERS", "SYMNMF_SOLVERS", "ASSIGN_RULES", "graph_smoothness", "gnmf_objective", "symnmf",
-           "normalize_graph", "partition_start", "SymNMFResult", "cluster_rows"]
-
-_NO_PENALTY = (0.0, 0.0, 0.0, 0.0)
+           "normalize_graph", "partition_start", "cluster_rows"]
 
 
 def _check_graph(S, n: int) -> sp.csr_matrix:
@@ -118,7 +115,7 @@ GNMF_SOLVERS = ("hals", "mu")
 
 
 def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol: float = 1e-4,
-         callback: Callback | None = None) -> NMFResult:
+         callback: Callback | None = None) -> FitResult:
     """Graph-regularised NMF (GNMF, Cai, He, Han, Huang, IEEE TPAMI 2011).
 
     Minimises ||X - WH||_F^2 + lam Tr(W^T L W), L = D - S the Laplacian of the sample
@@ -171,7 +168,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
 
     Returns
     -------
-    NMFResult
+    FitResult
         Its loss_history[i] is sqrt(||X - WH||_F^2 + lam Tr(W^T L W)) after
         iteration i + 1: the full GNMF objective, square-rooted so that it is in the units
         of nmf_mu's ||X - WH||_F and equals it at lam = 0. The stopping rule applies to it.
@@ -189,7 +186,7 @@ def gnmf(X, W, H, S, *, lam: float, solver: str = "mu", max_iter: int = 200, tol
     S = _check_graph(S, X.shape[0])
     lam = float(check("lam", lam, [Interval(Real, 0.0)]))
     check("solver", solver, [Options(GNMF_SOLVERS)])
-    mon = Monitor(tol, max_iter, callback, False, _NO_PENALTY)
+    mon = Monitor(tol, max_iter, callback)
     x_sq = squared_norm(X)
     d = np.asarray(S.sum(axis=1), dtype=np.float32).ravel()
     run = _gnmf_mu if solver == "mu" else _gnmf_hals
@@ -205,7 +202,7 @@ def _gnmf_loss(x_sq, cross, WtW, HHt, lam, d, Wt, SWt) -> float:
     return float(np.sqrt(max(obj, 0.0)))
 
 
-def _gnmf_mu(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
+def _gnmf_mu(X, W, H, S, d, lam, x_sq, mon, max_iter) -> FitResult:
     lam32 = np.float32(lam)
     HHt = H @ H.T
     SW = S @ W if lam else None
@@ -238,7 +235,7 @@ def _gnmf_mu(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
     return mon.result(W, H)
 
 
-def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
+def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> FitResult:
     k = H.shape[0]
     norms = np.linalg.norm(H, axis=1)
     live = norms > 0
@@ -251,7 +248,7 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
     for it in range(max_iter):
         A = np.ascontiguousarray((X @ H.T).T)  # H X^T
         if it == 0:
-            mon.start(_gnmf_loss(x_sq, tdot(Wt, A), Wt @ Wt.T, HHt, lam, d, Wt, SWt), None, None, None, None)
+            mon.start(_gnmf_loss(x_sq, tdot(Wt, A), Wt @ Wt.T, HHt, lam, d, Wt, SWt))
         # one BLAS thread in the sweeps: gemv on k x n blocks gains nothing from threads
         # (see solvers.nmf_hals); the products with X keep them all
         with threadpools.limit(limits=1, user_api="blas"):
@@ -281,64 +278,12 @@ def _gnmf_hals(X, W, H, S, d, lam, x_sq, mon, max_iter) -> NMFResult:
                     H[j] = 0.0
                     H[j, np.argmax(WtX[j] - WtW[j] @ H)] = 1.0
         HHt = H @ H.T
-        if mon.step(_gnmf_loss(x_sq, tdot(WtX, H), WtW, HHt, lam, d, Wt, SWt), None, None, None, None):
+        if mon.step(_gnmf_loss(x_sq, tdot(WtX, H), WtW, HHt, lam, d, Wt, SWt)):
             break
     return mon.result(Wt.T, H)
 
 
 # --------------------------------------------------------------------------- SymNMF
-
-
-@dataclass
-class SymNMFResult:
-    """What :func:`symnmf` returns (Kuang, Ding, Park 2012).
-
-    Each parameter is kept as the attribute of the same name.
-
-    Parameters
-    ----------
-    H : ndarray of shape (n_samples, k), float32
-        The factor, A ~ H H^T (A the normalised graph).
-    n_iter : int
-        The number of iterations run.
-    loss_history : ndarray of shape (n_iter,), float64
-        ``loss_history[i]`` = ||A - H H^T||_F after iteration i + 1.
-    time_history : ndarray of shape (n_iter,), float64
-        ``time_history[i]``: the seconds elapsed then.
-    stopped_by_callback : bool, default False
-        True when the callback asked the run to stop.
-    seed : int, default 0
-        The seed of the start that gave H.
-    """
-
-    H: np.ndarray
-    n_iter: int
-    loss_history: np.ndarray
-    time_history: np.ndarray
-    stopped_by_callback: bool = False
-    seed: int = 0
-
-    @property
-    def loss(self) -> float:
-        """The final ||A - H H^T||_F.
-
-        Returns
-        -------
-        float
-            The last entry of `loss_history`; NaN when no iteration was run.
-        """
-        return float(self.loss_history[-1]) if len(self.loss_history) else float("nan")
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Cluster of each sample: the largest entry of its row of H (Kuang et al. 2012).
-
-        Returns
-        -------
-        ndarray of shape (n_samples,), int
-            The column index of the largest entry of each row of H.
-        """
-        return self.H.argmax(axis=1)
 
 
 def normalize_graph(S) -> sp.csr_matrix:
@@ -368,7 +313,7 @@ SYMNMF_SOLVERS = ("anls", "mu")
 def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, tol: float = 1e-7,
            solver: str = "anls", normalize: bool = True, beta: float = 0.5,
            inner_sweeps: int = 2, callback: Callback | None = None, starts=None,
-           screen_iter: int | None = None) -> SymNMFResult:
+           screen_iter: int | None = None) -> FitResult:
     """Symmetric NMF of a sparse similarity graph: min ||A - H H^T||_F^2 over H >= 0.
 
     Kuang, Ding, Park (SDM 2012). A = D^-1/2 S D^-1/2 (``normalize=True``, as in the
@@ -440,9 +385,9 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
 
     Returns
     -------
-    SymNMFResult
-        The best run's H, histories and seed; ``stopped_by_callback`` is set when the callback
-        stopped the runs.
+    FitResult
+        The best run's H (n_samples x k, A ~ H H^T), histories and seed; ``stopped_by_callback``
+        is set when the callback stopped the runs.
 
     Raises
     ------
@@ -558,14 +503,14 @@ class _SymNMFRun:
         self.A, self.seed, self.max_iter, self.solver = A, seed, max_iter, solver
         self.beta, self.inner_sweeps = np.float32(beta), inner_sweeps
         self.a_sq = float(np.dot(A.data.astype(np.float64), A.data))
-        self.mon = Monitor(tol, max_iter, callback, False, _NO_PENALTY)
+        self.mon = Monitor(tol, max_iter, callback)
         self.done = False
         # the factors are kept transposed (k x n): the HALS coordinates are then contiguous rows
         self.Ht = np.ascontiguousarray(H.T)
         self.Wt = self.Ht.copy() if solver == "anls" else None
         self.alpha = np.float32(float(A.data.max()) ** 2 if A.nnz else 1.0)
         self.AHt, self.HtH = self._times_a(self.Ht), self.Ht @ self.Ht.T
-        self.mon.start(self._loss(), None, None, None, None)
+        self.mon.start(self._loss())
 
     def _times_a(self, Ft):  # (A F)^T = F^T A for the symmetric A
         return np.ascontiguousarray((self.A @ Ft.T).T)
@@ -604,15 +549,13 @@ class _SymNMFRun:
                     AWt += self.alpha * self.Wt
                     _hals_rows(Ht, AWt, self.Wt @ self.Wt.T, self.alpha, self.inner_sweeps)
                 self.AHt, self.HtH = self._times_a(Ht), Ht @ Ht.T
-                if mon.step(self._loss(), None, None, None, None):
+                if mon.step(self._loss()):
                     self.done = True
                     return
         self.done = mon.n_iter >= self.max_iter
 
-    def result(self) -> SymNMFResult:
-        m = self.mon.n_iter
-        return SymNMFResult(np.ascontiguousarray(self.Ht.T), m, self.mon.losses[:m].copy(),
-                            self.mon.times[:m].copy(), self.mon.stopped_by_callback, self.seed)
+    def result(self) -> FitResult:
+        return FitResult(H=np.ascontiguousarray(self.Ht.T), seed=self.seed, **self.mon.history())
 
 
 def _hals_rows(Ft: np.ndarray, Bt: np.ndarray, G: np.ndarray, alpha: np.float32, sweeps: int) -> None:

@@ -32,8 +32,8 @@ from ..params import Boolean, Interval, check
 from ._common import (
     SPARSENESS,
     Callback,
+    FitResult,
     Monitor,
-    NMFResult,
     check_nmf_arguments,
     loss_from_products,
     squared_norm,
@@ -42,7 +42,7 @@ from ._common import (
 )
 
 __all__ = [
-    "NMFResult", "nmf_mu", "nmf_hals", "nmf_hals_extrapolated", "project_hoyer", "frobenius_loss", "nmf_objective",
+    "FitResult", "nmf_mu", "nmf_hals", "nmf_hals_extrapolated", "project_hoyer", "frobenius_loss", "nmf_objective",
 ]
 
 # scikit-learn's MU guard for a zero denominator.
@@ -213,7 +213,7 @@ def _revive_dead_rows(F: np.ndarray) -> None:
 
 def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0,
            alpha_H: float | str = "same", l1_ratio: float = 0.0, hoyer_W: float | None = None,
-           hoyer_H: float | None = None, callback: Callback | None = None) -> NMFResult:
+           hoyer_H: float | None = None, callback: Callback | None = None) -> FitResult:
     """NMF by Lee & Seung's multiplicative updates for the Frobenius loss.
 
     Lee, D. D. & Seung, H. S. (2001). Algorithms for non-negative matrix factorization.
@@ -250,7 +250,7 @@ def nmf_mu(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 
 
     Returns
     -------
-    NMFResult
+    FitResult
         Float32 W and H, and the per-iteration loss ||X - WH||_F and times.
 
     Raises
@@ -354,7 +354,7 @@ def _hals_sweeps(F: np.ndarray, A: np.ndarray, B: np.ndarray, max_sweeps: int, e
 def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0,
              alpha_H: float | str = "same", l1_ratio: float = 0.0, hoyer_W: float | None = None,
              hoyer_H: float | None = None, callback: Callback | None = None,
-             inner_alpha: float = 0.0, inner_eps: float = 0.01) -> NMFResult:
+             inner_alpha: float = 0.0, inner_eps: float = 0.01) -> FitResult:
     """NMF by hierarchical alternating least squares (HALS), optionally accelerated.
 
     Cichocki, A. & Phan, A.-H. (2009). Fast local algorithms for large scale nonnegative
@@ -404,7 +404,7 @@ def nmf_hals(X, W, H, *, max_iter: int = 200, tol: float = 1e-4, alpha_W: float 
 
     Returns
     -------
-    NMFResult
+    FitResult
         Float32 W and H, and the per-iteration loss ||X - WH||_F and times. Components that
         stayed dead (e.g. under a strong L1 penalty) are returned as exact zeros.
 
@@ -428,7 +428,7 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
                           alpha_H: float | str = "same", l1_ratio: float = 0.0, callback: Callback | None = None,
                           beta0: float = 0.5, eta: float = 1.5, gamma: float = 1.05, gamma_bar: float = 1.01,
                           extrapolate_W: bool = False, window: int = 5, inner_alpha: float = 0.0,
-                          inner_eps: float = 0.01) -> NMFResult:
+                          inner_eps: float = 0.01) -> FitResult:
     """NMF by HALS with extrapolation and restarts: fewer iterations to a stationary point.
 
     Ang, A. M. S. & Gillis, N. (2019). Accelerating nonnegative matrix factorization
@@ -508,7 +508,7 @@ def nmf_hals_extrapolated(X, W, H, *, max_iter: int = 500, tol: float = 1e-4, al
 
     Returns
     -------
-    NMFResult
+    FitResult
         The best pair found (float32), the per-iteration loss ||X - WH||_F of the best pair so
         far (non-increasing) and times.
 
@@ -593,7 +593,7 @@ class _Extrapolation:
             HHt = self.restart(Wt, H)
         else:
             H, HHt = self.accept(Wt, H, HHt, loss, objective)
-        return H, HHt, mon.step(self.best_loss, self.W_best, self.H_best, None, None, objective=self.best)
+        return H, HHt, mon.step(self.best_loss, self.W_best, self.H_best, objective=self.best)
 
     def accept(self, Wt, H, HHt, loss: float, objective: float):
         """Keep the step as the best pair and push H along it; the pushed H and its H H^T."""
@@ -614,7 +614,7 @@ class _Extrapolation:
 
 
 def _hals(X, W, H, mon: Monitor, pen, *, max_iter, inner_alpha, inner_eps, hoyer_W=None, hoyer_H=None,
-          extrapolation: tuple[float, float, float, float, bool] | None = None) -> NMFResult:
+          extrapolation: tuple[float, float, float, float, bool] | None = None) -> FitResult:
     """The HALS loop of :func:`nmf_hals` and, with ``extrapolation`` = (beta0, eta, gamma,
     gamma_bar, extrapolate_W), of :func:`nmf_hals_extrapolated`. Arguments already validated;
     H is the solver's own copy, W is not changed."""
