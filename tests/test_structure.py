@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -108,7 +109,39 @@ def test_the_sweeper_plugin_imports_only_the_shared_names_of_the_application():
     """Storage, project root and tracker reach the plugin through its config (hydra.sweeper.*)."""
     plugin = [p for p in SRC.rglob("*.py") if module_name(p).startswith("hydra_plugins.")]
     used = {m for p in plugin for m in imports(p) if m.startswith("nmfstudy")}
-    assert plugin and used == {"nmfstudy.study_names"}, used
+    assert plugin and used == {"nmfstudy.study_names", "nmfstudy.processes"}, used
+
+
+# Modules that sweeper plugin, report pages and jobs share: the standard library and each other only,
+# so that importing one costs nothing (no MLflow, numpy or Hydra) and makes no cycle.
+LIGHT = {"nmfstudy.study_names": set(), "nmfstudy.processes": {"nmfstudy.study_names"},
+         "nmfstudy.ui_links": {"nmfstudy.study_names"}}
+
+
+@pytest.mark.parametrize("name", sorted(LIGHT))
+def test_the_shared_names_process_and_link_modules_import_only_the_standard_library(name):
+    path = SRC / (name.replace(".", "/") + ".py")
+    found = imports(path)
+    outside = sorted(m for m in found - LIGHT[name] if m.split(".")[0] not in sys.stdlib_module_names)
+    assert found and outside == [], outside
+
+
+def test_study_names_holds_names_only():
+    """No /proc, no sockets, no UI links: those are nmfstudy.processes and nmfstudy.ui_links."""
+    from nmfstudy import study_names
+
+    assert not {"owner", "process_alive", "process_start", "ui_base", "runs_page", "run_page"} & set(vars(study_names))
+    assert not {"os", "socket"} & imports(SRC / "nmfstudy" / "study_names.py")
+
+
+# The tracking package is one module per concern; the study's run (one class) is the longest.
+LONGEST_TRACKING_MODULE = {"study": 420}
+
+
+def test_no_tracking_module_grows_past_300_lines():
+    lengths = {p.stem: len(p.read_text().splitlines()) for p in (SRC / "nmfstudy" / "tracking").glob("*.py")}
+    too_long = {name: n for name, n in lengths.items() if n > LONGEST_TRACKING_MODULE.get(name, 300)}
+    assert len(lengths) >= 7 and lengths["__init__"] < 100 and too_long == {}, too_long
 
 
 def test_no_module_switches_the_matplotlib_backend():

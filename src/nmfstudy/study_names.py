@@ -2,14 +2,13 @@
 
 MLflow tag keys and their values, the study settings' param prefix, the Optuna user attrs that
 link a study to its MLflow run, how a run ends, the trial hook (what the sweeper tells a job
-about its trial through the job's `trial` config key), and the owner of a run or trial (the
-process whose identity the owner tags hold). Plain Python (standard library only), so that the
-sweeper plugin can import it without importing the application.
+about its trial through the job's `trial` config key), and how a run's name shows its overrides.
+Names only, in plain Python (standard library only), so that the sweeper plugin can import it
+without importing the application. Which process owns a run is `nmfstudy.processes`; links into
+the MLflow UI are `nmfstudy.ui_links`.
 """
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -139,146 +138,6 @@ class TrialHook:
                    trial_id=None if trial_id is None else int(trial_id), run_id=node.get("run_id"),
                    report_every=int(node.get("report_every", 10) or 0),
                    pruner=dict(node["pruner"]) if node.get("pruner") else None)
-
-
-# --- the owner of a run or a trial -----------------------------------------------------------
-
-def _process_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (Linux): [state, ppid, ...]; None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of a process, which tells a reused process id apart.
-
-    Parameters
-    ----------
-    pid : int
-        A process of this host.
-
-    Returns
-    -------
-    str or None
-        Clock ticks since boot (Linux); None where /proc cannot tell.
-    """
-    stat = _process_stat(pid)
-    return stat[19] if stat and len(stat) > 19 else None
-
-
-def owner() -> dict[str, str]:
-    """This process as the owner of a run or a trial.
-
-    Returns
-    -------
-    dict
-        `{HOST_TAG: host name, PID_TAG: process id, PID_START_TAG: its start time or ""}`.
-    """
-    pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: process_start(pid) or ""}
-
-
-def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether a process of this host still runs (and is the one that started at `start`).
-
-    A zombie (killed, not yet reaped by its parent) is dead.
-
-    Parameters
-    ----------
-    pid : int
-        The process id.
-    start : str or None
-        Its start time as `process_start` gave it; None or "": any process with that id.
-
-    Returns
-    -------
-    bool
-        True while it runs.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user
-    stat = _process_stat(pid)
-    if stat is None:  # not Linux: the signal's answer is all there is
-        return True
-    return stat[0] != "Z" and (not start or stat[19] == start)
-
-
-# --- links into the MLflow UI ----------------------------------------------------------------
-
-# Where plain `mlflow ui` serves.
-DEFAULT_UI = "http://127.0.0.1:5000"
-
-
-def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:
-    """The MLflow UI that shows a store: `ui_url`, else the tracking server itself, else plain `mlflow ui`.
-
-    Parameters
-    ----------
-    tracking_uri : str
-        The store.
-    ui_url : str or None
-        The address asked for, if any.
-
-    Returns
-    -------
-    str
-        Its address, without a trailing slash.
-    """
-    if ui_url:
-        return ui_url.rstrip("/")
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
-    return DEFAULT_UI
-
-
-def runs_page(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI (its "Runs" tab, in the "machine learning" view).
-
-    Parameters
-    ----------
-    base : str
-        The UI's address (`ui_base`).
-    experiment_id : str
-        The experiment.
-
-    Returns
-    -------
-    str
-        E.g. http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=nmfstudy
-        (the view, when the experiment has it, shows the metrics' columns, best accuracy first).
-    """
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
-
-
-def run_page(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
-    """One run's page in the MLflow UI; `tab` "artifacts" opens its artifacts.
-
-    Parameters
-    ----------
-    base : str
-        The UI's address (`ui_base`).
-    experiment_id : str
-        The run's experiment.
-    run_id : str
-        The run.
-    tab : str
-        "" (overview) or "artifacts".
-
-    Returns
-    -------
-    str
-        E.g. http://127.0.0.1:5000/#/experiments/1/runs/abc...?workflowType=machine_learning (without
-        it, MLflow 3 shows the run in its GenAI layout, as an "evaluation run").
-    """
-    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
-            + "?workflowType=machine_learning")
 
 
 # --- run names -------------------------------------------------------------------------------

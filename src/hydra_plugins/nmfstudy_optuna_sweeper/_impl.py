@@ -48,6 +48,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from nmfstudy.processes import process_alive, process_start
 from nmfstudy.study_names import (
     RUN_FAILED,
     RUN_FINISHED,
@@ -55,8 +56,6 @@ from nmfstudy.study_names import (
     RUN_KILLED,
     TRIAL_KEY,
     TrialHook,
-    process_alive,
-    process_start,
     short_overrides,
     short_value,
 )

@@ -8,6 +8,7 @@ from html import escape
 from pathlib import Path
 
 from .. import study_names as names
+from .. import ui_links
 from .records import DataSetting, Experiment, RunRecord, Settings, Study
 
 # (metric, column title) of the table of best runs
@@ -115,7 +116,7 @@ class Page:
         str
             An ``<a>`` element, titled with the run's name.
         """
-        url = names.run_page(self.settings.ui_url.rstrip("/"), self.exp.id, run.run_id)
+        url = ui_links.run_page(self.settings.ui_url.rstrip("/"), self.exp.id, run.run_id)
         return f'<a href="{escape(url)}" title="{escape(run.name)}"><code>{escape(text or run.run_id[:8])}</code></a>'
 
     def figure(self, title: str, path: Path, caption: str = "", references: bool = False) -> None:
@@ -263,7 +264,7 @@ def _summary(exp: Experiment, settings: Settings, parts: list[tuple[DataSetting,
     for run in exp.runs:
         statuses[run.status] = statuses.get(run.status, 0) + 1
     commits = sorted({run.tags["git_commit"][:10] for run in exp.runs if "git_commit" in run.tags})
-    url = names.runs_page(settings.ui_url.rstrip("/"), exp.id)
+    url = ui_links.runs_page(settings.ui_url.rstrip("/"), exp.id)
     data = "".join(f"<li><a href=\"#data-{i + 1}\">{escape(setting.label)}</a>: {len(page.exp.runs)} runs, "
                    f"{len(page.exp.study_runs)} Optuna studies</li>" if len(parts) > 1 else
                    f"<li>{escape(setting.label)}</li>" for i, (setting, page) in enumerate(parts))

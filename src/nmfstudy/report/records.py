@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import study_names as names
+from .. import ui_links
 
 FINISHED = "FINISHED"
 NO_SPARSITY = ("", "none", "null")
@@ -512,7 +513,7 @@ def ui_base(ui_url: str | None, tracking_uri: str) -> str:
         `ui_url`, else the tracking server itself when it is one (http or https), else
         ``http://127.0.0.1:5000``, where plain ``mlflow ui`` serves; without a trailing slash.
     """
-    return names.ui_base(tracking_uri, ui_url)
+    return ui_links.ui_base(tracking_uri, ui_url)
 
 
 # --- data settings ------------------------------------------------------------------

@@ -40,17 +40,10 @@ from nmfstudy.study_names import (
     TRIAL_STATE_TAG,
 )
 
-from . import (
-    Heartbeat,
-    Store,
-    TrackingError,
-    experiment_id,
-    kill_run,
-    open_store,
-    process_tags,
-    resolve_store,
-    ui_link,
-)
+from .experiments import experiment_id, ui_link
+from .heartbeat import Heartbeat
+from .reaping import kill_run, process_tags
+from .store import Store, TrackingError, open_store, resolve_store
 
 log = logging.getLogger(__name__)
 
