@@ -25,7 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nmfstudy import report, tracking
-from nmfstudy.hydra_callbacks import command_line, git_commit, project_root
+from nmfstudy.hydra_callbacks import command_line, project_root
+from nmfstudy.versions import git_commit
 
 gc.freeze()
 gc.enable()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 from . import tracking
 from .metrics import SMALLER_IS_BETTER
 from .study_names import KIND_SWEEP, KIND_TAG, TRIAL_KEY, TrialHook, short_overrides
+from .versions import git_tags
 
 log = logging.getLogger("nmfstudy")
 # Hydra's sweep syntax: a value with these makes an override swept, not fixed.
@@ -43,54 +43,6 @@ def project_root(hydra_cfg: DictConfig | None = None) -> Path:
         if source.provider == "main" and source.schema == "file":
             return Path(source.path).resolve().parent
     return Path.cwd()
-
-
-def git_commit(folder: Path) -> str:
-    """The commit checked out in `folder`.
-
-    Parameters
-    ----------
-    folder : Path
-        A folder of a git work tree.
-
-    Returns
-    -------
-    str
-        The commit's hash, or "unknown" (no git, not a work tree).
-    """
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def git_tags(folder: Path) -> dict[str, str]:
-    """The commit checked out in `folder` and whether the work tree differs from it, as MLflow run tags.
-
-    MLflow's fluent runs get ``mlflow.source.git.commit`` by themselves; runs made with
-    ``MlflowClient.create_run`` (a study's, its trials') and runs continued by id do not.
-
-    Parameters
-    ----------
-    folder : Path
-        A folder of a git work tree.
-
-    Returns
-    -------
-    dict
-        ``mlflow.source.git.commit`` (the hash, or "unknown") and ``nmfstudy.git_dirty`` ("true" when
-        tracked files have uncommitted changes, "false", or "unknown").
-    """
-    commit, dirty = git_commit(folder), "unknown"
-    if commit != "unknown":
-        try:
-            out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                 capture_output=True, text=True, timeout=10)
-            dirty = ("true" if out.stdout.strip() else "false") if out.returncode == 0 else "unknown"
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return {"mlflow.source.git.commit": commit, "nmfstudy.git_dirty": dirty}
 
 
 def command_line() -> str:
@@ -211,7 +163,8 @@ class MlflowParentRun(Callback):
             tags={
                 KIND_TAG: KIND_SWEEP,
                 "command": command_line(),
-                "git_commit": git_commit(root),
+                **(git := git_tags(root)),
+                "git_commit": git["mlflow.source.git.commit"],
                 "sweep_dir": str(sweep_dir),
                 "sweep.overrides": " ".join(config.hydra.overrides.task),
             },

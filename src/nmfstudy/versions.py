@@ -1,8 +1,10 @@
-"""Versions of the packages a result depends on, recorded with every run."""
+"""What a result depends on, recorded with every run: the packages' versions and the code's git state."""
 from __future__ import annotations
 
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
 
 PACKAGES = ("nmfstudy", "numpy", "scipy", "scikit-learn", "hydra-core", "mlflow", "optuna", "matplotlib", "mlxtend")
 
@@ -24,3 +26,51 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def git_commit(folder: Path) -> str:
+    """The commit checked out in `folder`.
+
+    Parameters
+    ----------
+    folder : Path
+        A folder of a git work tree.
+
+    Returns
+    -------
+    str
+        The commit's hash, or "unknown" (no git, not a work tree).
+    """
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def git_tags(folder: Path) -> dict[str, str]:
+    """The commit checked out in `folder` and whether the work tree differs from it, as MLflow run tags.
+
+    MLflow's fluent runs get ``mlflow.source.git.commit`` by themselves; runs made with
+    ``MlflowClient.create_run`` (a study's, its trials') and runs continued by id do not.
+
+    Parameters
+    ----------
+    folder : Path
+        A folder of a git work tree.
+
+    Returns
+    -------
+    dict
+        ``mlflow.source.git.commit`` (the hash, or "unknown") and ``nmfstudy.git_dirty`` ("true" when
+        tracked files have uncommitted changes, "false", or "unknown").
+    """
+    commit, dirty = git_commit(folder), "unknown"
+    if commit != "unknown":
+        try:
+            out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                 capture_output=True, text=True, timeout=10)
+            dirty = ("true" if out.stdout.strip() else "false") if out.returncode == 0 else "unknown"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"mlflow.source.git.commit": commit, "nmfstudy.git_dirty": dirty}

@@ -39,6 +39,7 @@ from nmfstudy.study_names import (
     TRIAL_NUMBER_TAG,
     TRIAL_STATE_TAG,
 )
+from nmfstudy.versions import git_tags
 
 from .experiments import experiment_id, ui_link
 from .heartbeat import Heartbeat
@@ -99,15 +100,17 @@ class StudyTracker:
             log.warning("the study is shared on %s but tracking.uri is a local SQLite store: workers on other "
                         "machines will each log to their own; set tracking.uri=http://HOST:PORT", storage)
         heartbeat = Heartbeat(client, store, self.heartbeat_interval)
+        # runs made with create_run get no git tags from MLflow: the study's and its trials' are set here
+        git = git_tags(root)
         run_id = _find(client, study, experiment)
         if run_id is None:
             params = {f"{SETTING_PREFIX}{key}": value for key, value in settings.items()}
-            run_id = _create(client, study, experiment, f"{study.study_name} @ {storage}", params, heartbeat)
+            run_id = _create(client, study, experiment, f"{study.study_name} @ {storage}", params, heartbeat, git)
         else:
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
         heartbeat.add(run_id)
-        return StudyRun(client, store, run_id, experiment, study.study_name, heartbeat)
+        return StudyRun(client, store, run_id, experiment, study.study_name, heartbeat, git)
 
 
 def _find(client: MlflowClient, study: Any, experiment: str) -> str | None:
@@ -126,10 +129,10 @@ def _find(client: MlflowClient, study: Any, experiment: str) -> str | None:
 
 
 def _create(client: MlflowClient, study: Any, experiment: str, key: str, params: dict[str, Any],
-            heartbeat: Heartbeat) -> str:
+            heartbeat: Heartbeat, git: dict[str, str]) -> str:
     """A new run for the study, recorded with it; of two made at the same moment, the earlier wins."""
     tags = {KIND_TAG: KIND_STUDY, STUDY_NAME_TAG: study.study_name, STUDY_KEY_TAG: key,
-            **process_tags(), **heartbeat.tags()}
+            **process_tags(), **heartbeat.tags(), **git}
     mine = client.create_run(experiment, run_name=f"study {study.study_name}", tags=tags).info.run_id
     rivals = client.search_runs([experiment], f"tags.`{STUDY_KEY_TAG}` = '{key.replace(chr(39), '')}'"
                                 f" and tags.`{KIND_TAG}` = '{KIND_STUDY}'", max_results=100)
@@ -163,9 +166,10 @@ class StudyRun:
     """
 
     def __init__(self, client: MlflowClient, store: Store, run_id: str, experiment_id: str, study_name: str,
-                 heartbeat: Heartbeat) -> None:
+                 heartbeat: Heartbeat, git: dict[str, str] | None = None) -> None:
         self.client, self.store, self.run_id = client, store, run_id
         self.experiment_id, self.study_name, self.heartbeat = experiment_id, study_name, heartbeat
+        self.git = git or {}
 
     def _safely(self, what: str, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -220,7 +224,7 @@ class StudyRun:
         """
         tags = {PARENT_RUN_TAG: self.run_id, KIND_TAG: KIND_RUN, STUDY_NAME_TAG: self.study_name,
                 TRIAL_NUMBER_TAG: str(number), TRIAL_ID_TAG: str(trial_id), TRIAL_STATE_TAG: "RUNNING",
-                **process_tags(), **self.heartbeat.tags()}
+                **process_tags(), **self.heartbeat.tags(), **self.git}
         if retry_of is not None:
             tags[RETRY_OF_TAG] = str(retry_of)
         name = f"trial {number}" + (f" {params}" if params else "")
