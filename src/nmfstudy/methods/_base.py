@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from ..nmf import graph as knn
+from ..nmf.initialization import NMF_INITS, SVD_INITS
 from ..params import Declaration, Interval, InvalidParameterError, validate
 
 # callback(iteration, loss, elapsed_s) -> True to stop early (progress, pruning)
@@ -82,8 +83,8 @@ class ClusteringEstimator(ClusterMixin, BaseEstimator):
         declared = cls.declaration()
         validate(params, {name: declared.pop(name) for name in (cls.size_parameter, "random_state")})
         if params["init"] not in cls.inits:
-            raise InvalidParameterError("init", f"must be one of {', '.join(cls.inits)} for method={cls.name}; "
-                                        f"got {params['init']!r}")
+            names = ", ".join(str(init) for init in cls.inits if init is not None)
+            raise InvalidParameterError("init", f"must be one of {names} for method={cls.name}; got {params['init']!r}")
         validate(params, declared)
         cls.check_combination(params)
 
@@ -189,12 +190,18 @@ class BasisEstimator(TransformerMixin, ClusteringEstimator):
     size_parameter: ClassVar[str] = "n_components"
     has_basis: ClassVar[bool] = True
     images_name: ClassVar[str] = "basis images"
+    # None: scikit-learn's NMF rule, nndsvda when k <= min(n_samples, n_features), else random
+    inits: ClassVar[tuple] = (None, *NMF_INITS)
+
+    def _start(self, X: np.ndarray) -> str:
+        """The start `init` names, or scikit-learn's choice for None."""
+        if self.init is not None:
+            return self.init
+        return "nndsvda" if self.k <= min(X.shape) else "random"
 
     def check_data(self, X: np.ndarray) -> None:
         """As `ClusteringEstimator.check_data`; an SVD-based start also needs k <= min(n_samples, n_features)."""
         super().check_data(X)
-        from ..nmf.initialization import SVD_INITS
-
         n, p = X.shape
         # an SVD-based start takes k singular vectors: at most min(n_samples, n_pixels) exist
         if self.init in SVD_INITS and self.k > min(n, p):
@@ -243,6 +250,11 @@ class BasisEstimator(TransformerMixin, ClusteringEstimator):
     def reconstruct(self, X) -> np.ndarray:
         """New samples approximated by their coefficients times the basis."""
         return self.transform(X) @ self.components_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the numerics run in float32 whatever comes in
+        return tags
 
 
 @dataclass(repr=False, eq=False)

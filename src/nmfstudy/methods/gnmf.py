@@ -25,8 +25,9 @@ class GNMF(GraphEstimator, BasisEstimator):
     ----------
     n_components : int
         Basis images (= clusters), >= 1.
-    init : str
-        An NMF start (:data:`nmfstudy.nmf.initialization.NMF_INITS`).
+    init : str or None
+        An NMF start (:data:`nmfstudy.nmf.initialization.NMF_INITS`); None: ``nndsvda`` when
+        n_components <= min(n_samples, n_features), else ``random`` (scikit-learn's NMF rule).
     random_state : int or None
         Seed of the start, the graph's PCA and the k-means assignment (None: drawn).
     lam : float
@@ -42,7 +43,6 @@ class GNMF(GraphEstimator, BasisEstimator):
     """
 
     name: ClassVar[str] = "gnmf"
-    inits: ClassVar[tuple[str, ...]] = initialization.NMF_INITS
     parameters: ClassVar = {
         "solver": [Options(graph_nmf.GNMF_SOLVERS)],
         "lam": [Interval(Real, 0.0)],
@@ -52,7 +52,7 @@ class GNMF(GraphEstimator, BasisEstimator):
     }
 
     n_components: int = 10
-    init: str = "nndsvda"
+    init: str | None = None
     random_state: int | None = None
     lam: float = 1.0
     solver: str = "hals"
@@ -68,7 +68,7 @@ class GNMF(GraphEstimator, BasisEstimator):
         """Build (or load) the kNN graph of X, factorize X under it and cluster the rows of W."""
         start = time.perf_counter()
         S = self._graph(X, seed)
-        W, H = initialization.nmf_init(X, self.k, self.init, seed)
+        W, H = initialization.nmf_init(X, self.k, self._start(X), seed)
         result = graph_nmf.gnmf(X, W, H, S, lam=self.lam, solver=self.solver, max_iter=self.max_iter, tol=self.tol,
                                 callback=callback)
         self._keep_history(result)

@@ -29,8 +29,9 @@ class NMFClustering(BasisEstimator):
     ----------
     n_components : int
         Basis images (= clusters), >= 1.
-    init : str
-        One of scikit-learn's NMF starts (:data:`nmfstudy.nmf.initialization.NMF_INITS`).
+    init : str or None
+        One of scikit-learn's NMF starts (:data:`nmfstudy.nmf.initialization.NMF_INITS`); None: scikit-learn's
+        NMF rule, ``nndsvda`` when n_components <= min(n_samples, n_features), else ``random``.
     random_state : int or None
         Seed of the start, the solver and the k-means assignment (None: drawn).
     solver : {"hals", "mu", "sklearn-cd", "sklearn-mu"}
@@ -59,7 +60,6 @@ class NMFClustering(BasisEstimator):
     """
 
     name: ClassVar[str] = "nmf"
-    inits: ClassVar[tuple[str, ...]] = initialization.NMF_INITS
     parameters: ClassVar = {
         "solver": [Options(SOLVERS)],
         "max_iter": MAX_ITER,
@@ -75,7 +75,7 @@ class NMFClustering(BasisEstimator):
     }
 
     n_components: int = 10
-    init: str = "nndsvda"
+    init: str | None = None
     random_state: int | None = None
     solver: str = "hals"
     max_iter: int = 500
@@ -98,7 +98,7 @@ class NMFClustering(BasisEstimator):
 
     def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Factorize X (n_samples x n_features, non-negative) and cluster its samples."""
-        W, H = initialization.nmf_init(X, self.k, self.init, seed)
+        W, H = initialization.nmf_init(X, self.k, self._start(X), seed)
         start = time.perf_counter()  # fit_time_s_ is the solver's time, without the start
         if self.solver.startswith("sklearn"):
             W, H = self._fit_sklearn(X, W, H, start, seed)
