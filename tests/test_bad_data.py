@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_image_folder, mlflow_runs, run_train, the_one_line
+from helpers import ROOT, make_image_folder, mlflow_runs, run_train, the_one_line
 from PIL import Image
 
 from nmfstudy import data as data_module
@@ -147,3 +147,26 @@ def test_a_folder_with_one_label_logs_no_label_metric_and_says_so(tmp_path):
     assert len(said) == 1 and said[0].endswith(
         f"label metrics (accuracy, nmi, ari, test_accuracy, ...) not scored: every image of dataset.dir={folder} sits "
         "in one sub-folder (cats), and one label scores any clustering perfectly; make one sub-folder per label")
+
+
+# --- a report's folder that cannot be made -------------------------------------------------------------
+
+def test_a_report_folder_that_cannot_be_made_is_one_line(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nmfstudy import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = tracking.experiment_id(client, tracking.resolve_store(uri, ROOT), "nmfstudy")
+    run = client.create_run(exp_id, run_name="nmf k=10", tags={"nmfstudy.kind": "run"})
+    for key, value in {"method": "nmf", "k": "10", "sparsity": "none"}.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_metric(run.info.run_id, "accuracy", 0.5)
+    client.set_terminated(run.info.run_id)
+    (tmp_path / "a_file").write_text("in the way")
+    out = tmp_path / "a_file" / "report"  # a folder inside a file: even root cannot make it
+    result = run_train(tmp_path, f"report.out={out}", script="src/report.py", env=ONE_THREAD)
+    assert the_one_line(result) == (f"error: report.out={out}: cannot make the folder (Not a directory); pass "
+                                    "report.out=FOLDER where it can be written")
+    assert [r.info.run_id for r in mlflow_runs(tmp_path)] == [run.info.run_id]  # no report run logged
