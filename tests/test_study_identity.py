@@ -68,3 +68,17 @@ def test_the_default_study_name_tells_image_folders_and_sizes_apart(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
     assert sorted(names) == ["kmeans_k-images-cats", "kmeans_k-images-dogs", "kmeans_k-images-dogs-6x6"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials must be >= 0; got -1"),
+    ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate must be in [0, 1]; got 2.0"),
+    ("hydra.sweeper.grace_period=10", "hydra.sweeper.grace_period must be > heartbeat_interval (60), or null (twice "
+                                      "it); got 10"),
+])
+def test_a_sweeper_setting_out_of_range_is_one_line_naming_its_key(tmp_path, override, line):
+    result = _study(tmp_path, "hparams_search=nmf_k", override)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert line in result.stderr.splitlines()
+    assert "SweeperError" not in result.stderr and "Error in call to target" not in result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not mlflow_runs(tmp_path)

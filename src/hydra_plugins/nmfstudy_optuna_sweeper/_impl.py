@@ -216,8 +216,13 @@ class OptunaSweeperImpl(Sweeper):
         self.pruner_spec = _container(pruner) or None
         direction = _container(direction)
         self.directions = [str(d).lower() for d in (direction if isinstance(direction, list) else [direction])]
-        self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
-                             heartbeat_interval, grace_period, max_retry)
+        # raised by `setup`: Hydra's instantiate would wrap it here as "Error in call to target ...: SweeperError(...)"
+        self.settings_error: SweeperError | None = None
+        try:
+            self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
+                                 heartbeat_interval, grace_period, max_retry)
+        except SweeperError as err:
+            self.settings_error = err
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.report_every = report_every
@@ -261,6 +266,8 @@ class OptunaSweeperImpl(Sweeper):
         config : DictConfig
             The primary config, with `hydra`.
         """
+        if self.settings_error is not None:
+            raise self.settings_error
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
