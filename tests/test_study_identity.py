@@ -63,7 +63,8 @@ def test_the_default_study_name_tells_image_folders_and_sizes_apart(tmp_path):
     dogs = make_image_folder(tmp_path / "dogs", shape=(8, 8), n_per_label=4)
     common = ["hparams_search=kmeans_k", "dataset=images", "k=2", "hydra.sweeper.n_trials=1", "tracking.figures=none",
               f"dataset.cache_dir={tmp_path / 'cache'}"]
-    for overrides in ([f"dataset.dir={cats}"], [f"dataset.dir={dogs}"], [f"dataset.dir={dogs}", "dataset.image_size=6"]):
+    for overrides in ([f"dataset.dir={cats}"], [f"dataset.dir={dogs}"],
+                      [f"dataset.dir={dogs}", "dataset.image_size=6"]):
         result = _study(tmp_path, *common, *overrides)
         assert result.returncode == 0, result.stderr[-3000:]
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
