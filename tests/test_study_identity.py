@@ -83,3 +83,27 @@ def test_a_sweeper_setting_out_of_range_is_one_line_naming_its_key(tmp_path, ove
     assert line in result.stderr.splitlines()
     assert "SweeperError" not in result.stderr and "Error in call to target" not in result.stderr
     assert not (tmp_path / "optuna.db").exists() and not mlflow_runs(tmp_path)
+
+
+def test_a_dropped_key_is_refused_unless_fixed_and_data_labels_name_what_makes_data_distinct():
+    from hydra_plugins.nmfstudy_optuna_sweeper import _identity
+    from hydra_plugins.nmfstudy_optuna_sweeper._space import parse_search_space
+    from nmfstudy.study_names import data_label
+
+    study = optuna.create_study(study_name="s")
+    both, _ = parse_search_space({"k": "range(2, 5)", "init": "choice(random, nndsvd)"})
+    _identity.check(study, "memory", both, [], {"method": "nmf", "data": "digits"})
+    assert study.user_attrs == {"search_space": {"k": "range(2, 5)", "init": "choice(random, nndsvd)"},
+                                "method": "nmf", "data": "digits"}
+    only_k, _ = parse_search_space({"k": "range(2, 5)"})
+    _identity.check(study, "memory", only_k, ["init=random"], {"method": "nmf", "data": "digits"})  # fixed: inside
+    with pytest.raises(ValueError) as err:
+        _identity.check(study, "memory", only_k, [], {"method": "nmf", "data": "digits"})
+    assert str(err.value) == ("study 's' in memory searches k, init; this command neither searches nor fixes init: "
+                              f"search or fix it, or {NEW_NAME}")
+    assert [data_label(d) for d in ({"name": "mnist_5k", "dir": None, "n_samples": None},
+                                    {"name": "mnist", "dir": "../shared/data/mnist/"},
+                                    {"name": "mnist", "dir": "~/fashion"},
+                                    {"name": "images", "dir": "/data/cats", "image_size": [20, 24], "n_samples": 50},
+                                    {"name": "images", "dir": "cats", "image_size": 28, "n_samples": "null"})] == [
+        "mnist_5k", "mnist", "mnist-fashion", "images-cats-20x24-n50", "images-cats-28x28"]
