@@ -229,7 +229,7 @@ def main(cfg: DictConfig) -> float | list[float]:
             tracking.set_tags(reporter.tags())
         scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test, seed=run_cfg["seed"])
         if not data.has_labels:
-            log.info("%s not scored: the images of dataset.dir=%s have no labels (no sub-folder per label)",
+            log.info("%s not scored: the images of dataset.dir=%s have no labels (fewer than two label sub-folders)",
                      ", ".join(LABEL_METRICS), run_cfg["dataset"]["dir"])
         if len(model.loss_history_) > 1:
             tracking.log_history("loss", model.loss_history_)

@@ -47,16 +47,9 @@ def study_servers(tmp_path_factory):
     Attributes: .postgres (PostgresServer), .mlflow (MlflowServer), .optuna_url, .mlflow_url,
     .artifacts_dir. Skipped when PostgreSQL or psycopg is missing; under CI that is a failure.
     """
-    from servers import local_study_servers, postgres_bindir
+    from servers import local_study_servers, servers_missing
 
-    missing = None
-    if postgres_bindir() is None:
-        missing = "PostgreSQL is not installed (no initdb/pg_ctl; apt-get install postgresql)"
-    else:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            missing = "psycopg is not installed (pip install -e '.[cluster]')"
+    missing = servers_missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs the study servers: {missing}", pytrace=False)

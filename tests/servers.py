@@ -138,6 +138,17 @@ def postgres_bindir() -> Path | None:
     return None
 
 
+def servers_missing() -> str | None:
+    """Why the study servers cannot start here (PostgreSQL or its driver psycopg missing), or None."""
+    if postgres_bindir() is None:
+        return "PostgreSQL is not installed (no initdb/pg_ctl; apt-get install postgresql)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[cluster]')"
+    return None
+
+
 def _ensure_postgres_user() -> None:
     try:
         pwd.getpwnam(PG_USER)

@@ -21,10 +21,10 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 
 def test_labelled_images_of_20x24_are_scored_with_labels_and_drawn_in_their_shape(tmp_path):
     folder = make_image_folder(tmp_path / "shapes", shape=(20, 24))
-    # one larger image: resized to the first image's 20x24
+    # one larger image: resized to 20x24, as dataset.image_size asks (without it, refused: see test_bad_data.py)
     Image.fromarray(quadrant_image((40, 48), 1, np.random.default_rng(1))).save(folder / "bottom_right" / "big.png")
     result = run_train(tmp_path, "dataset=images", f"dataset.dir={folder}", f"dataset.cache_dir={tmp_path / 'cache'}",
-                       "k=2", env=ONE_THREAD)
+                       "dataset.image_size=[20,24]", "k=2", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -60,7 +60,7 @@ def test_unlabelled_images_run_every_method_and_skip_the_label_metrics_with_one_
     skipped = [line for line in output.splitlines() if "not scored" in line]
     assert len(skipped) == 2 and all(
         line.endswith(f"accuracy, hungarian_accuracy, nmi, ari, test_accuracy not scored: the images of "
-                      f"dataset.dir={folder} have no labels (no sub-folder per label)") for line in skipped)
+                      f"dataset.dir={folder} have no labels (fewer than two label sub-folders)") for line in skipped)
     # the first job read the folder and cached it; the second read the cache
     (cached,) = cache.glob("*.npz")
     assert output.count("read 24 images of") == 1 and output.count(f"from the cache {cached}") == 1
@@ -162,8 +162,9 @@ def test_bad_folders_are_one_line_naming_the_folder(tmp_path):
                                         r"directly \(stray.png, ...\): put each image in its label's sub-folder"):
         scan_image_folder(tmp_path)
     (tmp_path / "stray.png").unlink()
-    with pytest.raises(DataError, match=r"^test_size=0.2: cannot hold out that share of the 2 images of .* "
-                                        r"stratified by label: "):
+    with pytest.raises(DataError, match=r"^dir: .*: the label sub-folders bottom_right, top_left hold a single image; "
+                                        r"each label needs at least 2 \(one to fit, one to test\): add images or "
+                                        r"remove those sub-folders$"):
         load_dataset("images", dir=str(tmp_path))  # one image per label
 
 

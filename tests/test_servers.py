@@ -10,7 +10,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.storages import RDBStorage
-from servers import descendants, local_study_servers, pid_alive, postgres_bindir, process_group
+from servers import descendants, local_study_servers, pid_alive, process_group, servers_missing
 
 
 def test_postgres_accepts_connections_and_has_both_databases(study_servers):
@@ -94,7 +94,8 @@ def _refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-@pytest.mark.skipif(postgres_bindir() is None and not os.environ.get("CI"), reason="PostgreSQL is not installed")
+# as the study_servers fixture: skipped, with its reason, when PostgreSQL or psycopg is missing (not under CI)
+@pytest.mark.skipif(servers_missing() is not None and not os.environ.get("CI"), reason=servers_missing() or "")
 def test_stop_leaves_no_process(tmp_path):
     with local_study_servers(tmp_path) as s:
         pg, ml = s.postgres, s.mlflow

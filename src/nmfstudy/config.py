@@ -181,7 +181,7 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
         if dataset["name"] == "images":  # the folder's layout tells whether there are labels: no image is read
             parse_image_size(dataset.get("image_size"))
             found = scan_image_folder(dataset.get("dir"))
-            unlabelled = found.root if found.labels is None else None
+            unlabelled = _without_labels(found)
     cls, params = method_params(cfg)
     _check_sparsity_variant(cls, cfg)
     with estimator_keys(cls, cfg):
@@ -189,10 +189,19 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
     _check_objective(cfg.get("objective", "accuracy"), cls)
     if optimized and unlabelled is not None:
         _check_objective(cfg.get("objective"), cls,
-                         unlabelled=f"images without labels: dataset.dir={unlabelled} has no sub-folder per label")
+                         unlabelled=f"images without labels: {unlabelled}")
 
 
-def _check_objective(objective: Any, cls: type[methods.Method], unlabelled: str | None = None) -> None:
+def _without_labels(found) -> str | None:
+    """Why an image folder's runs log no label metric, or None when it has labels."""
+    if found.labels is not None:
+        return None
+    if found.only_label is not None:
+        return f"dataset.dir={found.root} has one label sub-folder ({found.only_label}); labels need two"
+    return f"dataset.dir={found.root} has no sub-folder per label"
+
+
+def _check_objective(objective: Any, cls: type[methods.ClusteringEstimator], unlabelled: str | None = None) -> None:
     """`objective` names a metric (or a list of them) that a run of the method logs (on `unlabelled` data)."""
     allowed = metrics.metric_names(has_basis=cls.has_basis, has_labels=unlabelled is None)
     several = isinstance(objective, (list, tuple))

@@ -277,8 +277,13 @@ def _load_unsplit(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 # ----------------------------------------------------------------------------- a folder of images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_IMAGE_CACHE_VERSION = 1  # bump when the conversion to arrays changes: older cached arrays are then never read
+_IMAGE_CACHE_VERSION = 2  # bump when the conversion to arrays changes: older cached arrays are then never read
 _INTEGER_NAME = re.compile(r"[0-9]+")
+# The most pixels one image may give a sample (2048 x 2048): a run holds its samples x pixels as float32
+# several times over, so a 12000 x 12000 first image would ask for tens of GiB before any fit.
+MAX_PIXELS = 2048 * 2048
+# How many names a one-line message lists before "... (N in all)".
+SHOWN_NAMES = 5
 
 
 @dataclass(frozen=True)
@@ -297,12 +302,16 @@ class ImageFolder:
     label_names : tuple of str or None
         The sub-folders, in label order: by number when every name is a whole number (so
         folders ``0`` .. ``9`` are labels 0 .. 9), else alphabetically.
+    only_label : str or None, default None
+        The name of the one sub-folder when all the images sit in one: one label scores every
+        clustering perfectly, so its images count as unlabelled (`labels` None).
     """
 
     root: Path
     files: tuple[Path, ...]
     labels: np.ndarray | None
     label_names: tuple[str, ...] | None
+    only_label: str | None = None
 
 
 def parse_image_size(value) -> tuple[int, int] | None:
@@ -311,7 +320,7 @@ def parse_image_size(value) -> tuple[int, int] | None:
     Parameters
     ----------
     value : None, int or sequence of two int
-        None: each folder's first image's size; N: N x N pixels; [height, width]: that many
+        None: the images' own size (all of one); N: N x N pixels; [height, width]: that many
         rows and columns (numpy's order, not Pillow's width-first one).
 
     Returns
@@ -323,13 +332,16 @@ def parse_image_size(value) -> tuple[int, int] | None:
     ------
     DataError
         For anything else (`param` "image_size"): a non-integer, a number below 1, a list of
-        another length.
+        another length, more than ``MAX_PIXELS`` pixels.
     """
     if value is None:
         return None
     sides = [value] * 2 if isinstance(value, Integral) and not isinstance(value, bool) else value
     if (isinstance(sides, (list, tuple)) and len(sides) == 2
             and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in sides)):
+        if sides[0] * sides[1] > MAX_PIXELS:
+            raise DataError("image_size", f"must give at most {MAX_PIXELS:,} pixels (e.g. [2048, 2048]); got "
+                            f"{value!r}, {sides[0] * sides[1]:,} pixels", " ")
         return int(sides[0]), int(sides[1])
     raise DataError("image_size", "must be null (the first image's size), an integer N >= 1 (N x N pixels) or "
                     f"[height, width] in pixels, each >= 1 (e.g. [20, 24]); got {value!r}", " ")
@@ -384,6 +396,9 @@ def scan_image_folder(folder: str | Path | None) -> ImageFolder:
             raise DataError("dir", f"{root} holds no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)}), neither "
                             "directly nor in sub-folders")
         return ImageFolder(root, tuple(loose), None, None)
+    if len(groups) == 1:
+        ((name, files),) = groups.items()
+        return ImageFolder(root, tuple(files), None, None, only_label=name)
     numeric = all(_INTEGER_NAME.fullmatch(name) for name in groups)
     names = tuple(sorted(groups, key=(lambda n: (int(n), n)) if numeric else None))
     files = tuple(f for name in names for f in groups[name])
@@ -411,11 +426,22 @@ def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above 89M pixels: MAX_PIXELS below refuses far less for what is kept, and one
+            # large image decoded only to be resized to `size` is no danger
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as image:
+            if size is None and image.width * image.height > MAX_PIXELS:  # known before decoding the pixels
+                raise DataError("dir", f"{path} is {image.height}x{image.width} pixels (height x width), more than "
+                                f"the {MAX_PIXELS:,} an image may give a sample: set dataset.image_size=[height, "
+                                "width] (e.g. 28) to shrink every image")
             image = _grayscale(ImageOps.exif_transpose(image))  # a phone photo's rotation, as a viewer shows it
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.LANCZOS)
             return np.asarray(image, dtype=np.uint8)
+    except DataError:
+        raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         # OSError includes Pillow's UnidentifiedImageError and "image file is truncated"
         reason = (str(err).splitlines() or [type(err).__name__])[0]
@@ -429,7 +455,11 @@ def _image_cache_path(found: ImageFolder, size: tuple[int, int] | None, cache_di
     digest = hashlib.sha256(json.dumps({"version": _IMAGE_CACHE_VERSION, "folder": str(found.root.resolve()),
                                         "size": size}).encode())
     for path in found.files:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as err:  # removed or renamed between the listing and now
+            raise DataError("dir", f"cannot read image {path}: {err.strerror or err} (was it moved or deleted "
+                            "while the folder was read?)") from None
         digest.update(f"{path.relative_to(found.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", found.root.resolve().name)[:40] or "root"
     shape = f"{size[0]}x{size[1]}" if size is not None else "first"
@@ -462,8 +492,8 @@ def read_image_folder(folder: str | Path | None, image_size=None,
     folder : str or Path
         The folder, as :func:`scan_image_folder` reads it.
     image_size : None, int or [height, width], optional
-        The size of every image (see :func:`parse_image_size`); None: the first image's (by
-        label, then by file name).
+        The size every image is resized to (see :func:`parse_image_size`); None: the images'
+        own size, which must then be one for all (at most ``MAX_PIXELS`` pixels).
     cache_dir : str or Path, optional
         Where the arrays are kept, one ``.npz`` file per folder and size, keyed by the path,
         byte size and modification time of every file and by `image_size`: any change of
@@ -480,8 +510,9 @@ def read_image_folder(folder: str | Path | None, image_size=None,
     Raises
     ------
     DataError
-        For a folder that :func:`scan_image_folder` refuses or a file that cannot be read as an
-        image (`param` "dir", naming the file), or a bad `image_size` (`param` "image_size").
+        For a folder that :func:`scan_image_folder` refuses, a file that cannot be read as an
+        image, images of two sizes without `image_size` (naming two of them) or one above
+        ``MAX_PIXELS`` (`param` "dir", naming the file), or a bad `image_size` (`param` "image_size").
     """
     size = parse_image_size(image_size)
     found = scan_image_folder(folder)
@@ -499,7 +530,12 @@ def read_image_folder(folder: str | Path | None, image_size=None,
     pixels = np.empty((len(found.files), *first.shape), dtype=np.uint8)
     pixels[0] = first
     for i, file in enumerate(found.files[1:], start=1):
-        pixels[i] = _read_image(file, first.shape)
+        image = _read_image(file, size)
+        if image.shape != first.shape:  # without image_size: resizing unasked would fit other data than the files
+            raise DataError("dir", f"{found.files[0]} is {first.shape[0]}x{first.shape[1]} pixels but {file} is "
+                            f"{image.shape[0]}x{image.shape[1]} (height x width): the images must all be one size, "
+                            "or set dataset.image_size=[height, width] to resize every image to it")
+        pixels[i] = image
     log.info("read %d images of %s as %dx%d grayscale", len(pixels), found.root, *first.shape)
     if path is not None:
         try:
@@ -511,8 +547,24 @@ def read_image_folder(folder: str | Path | None, image_size=None,
     return pixels, found
 
 
-def _split_images(X: np.ndarray, y: np.ndarray | None, test_size: float, seed: int, folder: Path):
+def _names(names) -> str:
+    """At most SHOWN_NAMES names, comma-separated, then how many there are: a message stays one short line."""
+    names = list(names)
+    shown = ", ".join(names[:SHOWN_NAMES])
+    return shown if len(names) <= SHOWN_NAMES else f"{shown}, ... ({len(names)} in all)"
+
+
+def _split_images(X: np.ndarray, y: np.ndarray | None, test_size: float, seed: int, found: ImageFolder):
     """Hold out a `test_size` share of a folder's images, stratified by label when there are labels."""
+    folder = found.root
+    if y is not None:
+        counts = np.bincount(y, minlength=len(found.label_names))
+        alone = [name for name, count in zip(found.label_names, counts, strict=True) if count < 2]
+        if alone:  # no share of the images fixes this: a stratified split needs two images of each label
+            one = len(alone) == 1
+            raise DataError("dir", f"{folder}: the label sub-folder{'' if one else 's'} {_names(alone)} "
+                            f"hold{'s' if one else ''} a single image; each label needs at least 2 (one to fit, one "
+                            "to test): add images or remove th" + ("at sub-folder" if one else "ose sub-folders"))
     try:
         if y is None:
             X_tr, X_te = train_test_split(X, test_size=test_size, random_state=seed)
@@ -534,11 +586,31 @@ def _load_split(name: str, dir, test_size: float, seed: int, image_size, cache_d
         raise DataError("test_size", f"must be in (0, 1), got {test_size}", " ")
     if name == "images":
         pixels, found = read_image_folder(dir, image_size, cache_dir)
-        return (*_split_images(pixels.reshape(len(pixels), -1), found.labels, test_size, seed, found.root),
+        if found.only_label is not None:
+            log.warning("label metrics (accuracy, nmi, ari, test_accuracy, ...) not scored: every image of "
+                        "dataset.dir=%s sits in one sub-folder (%s), and one label scores any clustering perfectly; "
+                        "make one sub-folder per label", found.root, found.only_label)
+        return (*_split_images(pixels.reshape(len(pixels), -1), found.labels, test_size, seed, found),
                 pixels.shape[1:], found.label_names)
     X, y, shape = _load_unsplit(name)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
     return X_tr, y_tr, X_te, y_te, shape, None
+
+
+def _check_enough(name: str, n_samples: int, n_train: int, n_test: int, test_size: float) -> None:
+    """Refuse an `n_samples` above the training samples there are, which would fit fewer than it logs."""
+    if n_samples <= n_train:
+        return
+    if name == "mnist":  # its standard split: test_size plays no part
+        raise DataError("n_samples", f"must be at most {n_train}, the training images of mnist (its {n_test} test "
+                        f"images are held out); got {n_samples}", " ")
+    total = n_train + n_test
+    if n_samples > total:
+        raise DataError("n_samples", f"must be at most {n_train}, the training samples of {name} ({total} less the "
+                        f"{n_test} that test_size={test_size} holds out); got {n_samples}", " ")
+    raise DataError("test_size", f"={test_size} holds out {n_test} of the {total} samples of {name} and leaves "
+                    f"{n_train} to fit, fewer than n_samples={n_samples}: lower test_size, or n_samples to at most "
+                    f"{n_train}", "")
 
 
 def load_dataset(
@@ -576,7 +648,7 @@ def load_dataset(
         The seed of the split and the subsample.
     image_size : None, int or [height, width], optional
         For images: the size every image is resized to (see :func:`parse_image_size`); None:
-        the first image's. Ignored by the other datasets.
+        their own, all of one size. Ignored by the other datasets.
     cache_dir : str or Path, optional
         For images: where their arrays are cached (see :func:`read_image_folder`); None: not
         cached. Ignored by the other datasets.
@@ -599,6 +671,7 @@ def load_dataset(
     if n_samples is not None:
         if n_samples < 1:
             raise DataError("n_samples", f"must be a positive integer or null, got {n_samples}", " ")
+        _check_enough(name, n_samples, len(X_tr), len(X_te), test_size)
         X_tr, y_tr = _stratified_subsample(X_tr, y_tr, n_samples, seed)
 
     def scaled(a):

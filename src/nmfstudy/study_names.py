@@ -10,6 +10,7 @@ the MLflow UI are `nmfstudy.ui_links`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 # --- MLflow run tags -------------------------------------------------------------------------
@@ -185,3 +186,44 @@ def short_overrides(overrides: Iterable[str]) -> str:
         key, sep, value = override.partition("=")
         parts.append(f"{key}{sep}{short_value(value)}" if sep else override)
     return " ".join(parts)
+
+
+# --- what makes a study one experiment -------------------------------------------------------
+
+def _unset(value: Any) -> bool:
+    return value is None or str(value).strip().lower() in ("", "none", "null")
+
+
+def data_label(dataset: Mapping[str, Any]) -> str:
+    """A job's data setting in a few characters: the dataset, and whatever makes its data distinct.
+
+    A study records it and adds what follows the dataset's name to its default name, so that
+    two data settings never share a study.
+
+    Parameters
+    ----------
+    dataset : mapping
+        The job's `dataset` config: `name`, and `dir`, `image_size`, `n_samples` when set.
+
+    Returns
+    -------
+    str
+        The name; then a folder's own name unless it is the dataset's (``images-cats``, but
+        ``mnist`` for ``dataset.dir=../data/mnist``): only the last part of the path, so that
+        workers that hold the folder at other places agree; then ``HxW`` for an image size,
+        ``n<N>`` for a subsample: ``images-cats-28x28-n500``.
+    """
+    name = str(dataset.get("name") or "")
+    parts = [name]
+    folder = dataset.get("dir")
+    if not _unset(folder):
+        base = Path(str(folder)).expanduser().name
+        if base and base != name:
+            parts.append(base)
+    size = dataset.get("image_size")
+    if not _unset(size):
+        sides = size if isinstance(size, (list, tuple)) else [size, size]
+        parts.append("x".join(str(side) for side in sides))
+    if not _unset(dataset.get("n_samples")):
+        parts.append(f"n{dataset['n_samples']}")
+    return "-".join(parts)

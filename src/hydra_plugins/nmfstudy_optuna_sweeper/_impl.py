@@ -56,10 +56,12 @@ from nmfstudy.study_names import (
     RUN_KILLED,
     TRIAL_KEY,
     TrialHook,
+    data_label,
     short_overrides,
     short_value,
 )
 
+from . import _identity
 from ._space import Dimension, parse_search_space, render
 from ._storage import Heartbeats, retrying, safe_url
 from ._tracker import TrackedStudy
@@ -213,8 +215,13 @@ class OptunaSweeperImpl(Sweeper):
         self.pruner_spec = _container(pruner) or None
         direction = _container(direction)
         self.directions = [str(d).lower() for d in (direction if isinstance(direction, list) else [direction])]
-        self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
-                             heartbeat_interval, grace_period, max_retry)
+        # raised by `setup`: Hydra's instantiate would wrap it here as "Error in call to target ...: SweeperError(...)"
+        self.settings_error: SweeperError | None = None
+        try:
+            self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
+                                 heartbeat_interval, grace_period, max_retry)
+        except SweeperError as err:
+            self.settings_error = err
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.report_every = report_every
@@ -234,15 +241,17 @@ class OptunaSweeperImpl(Sweeper):
         if not self.directions or any(d not in DIRECTIONS for d in self.directions):
             raise SweeperError("hydra.sweeper.direction must be minimize or maximize, or a list of them; "
                                f"got {direction}")
-        if n_trials < 0 or n_jobs < 1 or report_every < 0 or not 0.0 <= max_failure_rate <= 1.0:
-            raise SweeperError("hydra.sweeper: need n_trials >= 0, n_jobs >= 1, report_every >= 0 and "
-                               "0 <= max_failure_rate <= 1; got "
-                               f"{n_trials}, {n_jobs}, {report_every}, {max_failure_rate}")
-        if (max_trials is not None and max_trials < 0) or heartbeat_interval < 1 or max_retry < 0 or (
-                grace_period is not None and grace_period <= heartbeat_interval):
-            raise SweeperError("hydra.sweeper: need max_trials >= 0 (or null), heartbeat_interval >= 1 (seconds), "
-                               "grace_period > heartbeat_interval (or null: twice it) and max_retry >= 0; got "
-                               f"{max_trials}, {heartbeat_interval}, {grace_period}, {max_retry}")
+        rules = (("n_trials", n_trials, n_trials >= 0, ">= 0"), ("n_jobs", n_jobs, n_jobs >= 1, ">= 1"),
+                 ("report_every", report_every, report_every >= 0, ">= 0 (0: no reports)"),
+                 ("max_failure_rate", max_failure_rate, 0.0 <= max_failure_rate <= 1.0, "in [0, 1]"),
+                 ("max_trials", max_trials, max_trials is None or max_trials >= 0, ">= 0, or null (no cap)"),
+                 ("heartbeat_interval", heartbeat_interval, heartbeat_interval >= 1, ">= 1 (seconds)"),
+                 ("grace_period", grace_period, grace_period is None or grace_period > heartbeat_interval,
+                  f"> heartbeat_interval ({heartbeat_interval}), or null (twice it)"),
+                 ("max_retry", max_retry, max_retry >= 0, ">= 0"))
+        for key, value, ok, rule in rules:
+            if not ok:
+                raise SweeperError(f"hydra.sweeper.{key} must be {rule}; got {value}")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the config and make the launcher (Hydra calls this before `sweep`).
@@ -256,6 +265,8 @@ class OptunaSweeperImpl(Sweeper):
         config : DictConfig
             The primary config, with `hydra`.
         """
+        if self.settings_error is not None:
+            raise self.settings_error
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
@@ -295,17 +306,18 @@ class OptunaSweeperImpl(Sweeper):
         return self.storage
 
     def _default_study_name(self) -> str:
-        """`<preset>-<dataset>`, with `-n<n_samples>` when dataset.n_samples is set: one study per data setting."""
+        """`<preset>-<dataset>`, then what makes the data distinct (`_data_size`): one study per data setting."""
         choices = self.config.hydra.runtime.choices
         return "-".join(str(c) for c in (choices.get("hparams_search") or "study", choices.get("dataset")) if c) \
             + self._data_size()
 
     def _data_size(self) -> str:
-        """"-n<N>" when the command or the config sets dataset.n_samples, else ""."""
+        """What `data_label` adds to the dataset's name: "-<folder>-<H>x<W>-n<N>" for what is set, else ""."""
         given = [o.partition("=")[2] for o in self.config.hydra.overrides.task
                  if o.lstrip("+~").startswith("dataset.n_samples=")]
-        n_samples = given[-1] if given else OmegaConf.select(self.config, "dataset.n_samples", default=None)
-        return "" if str(n_samples).lower() in ("none", "null", "") else f"-n{n_samples}"
+        dataset = dict(_container(OmegaConf.select(self.config, "dataset", default=None)) or {})
+        dataset["n_samples"] = given[-1] if given else dataset.get("n_samples")
+        return data_label(dataset).removeprefix(str(dataset.get("name") or ""))
 
     def _study_name(self) -> str:
         """The study's name: the command's hydra.sweeper.study_name as given; a preset's, or the default
@@ -316,17 +328,18 @@ class OptunaSweeperImpl(Sweeper):
         size = self._data_size()
         return self.study_name if given or not size or self.study_name.endswith(size) else self.study_name + size
 
-    def _check_fixed_settings(self, fixed: list[str]) -> None:
-        """The application's check (`check`) on a job's config with the fixed overrides, before any trial."""
-        if not self.check:
-            return
+    def _check_fixed_settings(self, fixed: list[str]) -> dict:
+        """A job's config with the fixed overrides, checked by the application's `check` before any trial."""
         job = self.hydra_context.config_loader.load_sweep_config(self.config, list(fixed))
         with open_dict(job):
             del job["hydra"]  # its job-level keys (hydra.job.num) exist only once a job runs
         try:
-            get_method(self.check)(OmegaConf.to_container(job, resolve=True))
+            job = OmegaConf.to_container(job, resolve=True)
+            if self.check:
+                get_method(self.check)(job)
         except ValueError as err:
             raise SweeperError(str(err)) from None
+        return job
 
     def _open_storage(self, url: str | None) -> Any:
         """The storage, with heartbeats and retries of stale trials (by `open_storage`); one line on failure."""
@@ -432,12 +445,16 @@ class OptunaSweeperImpl(Sweeper):
         except ValueError as err:
             raise SweeperError(str(err)) from None
         names = self._objective_names()
-        self._check_fixed_settings(fixed)
+        job = self._check_fixed_settings(fixed)
         name = self._study_name()
         url = self._storage_url()
         label = safe_url(url) if url else MEMORY
         storage = self._open_storage(url)
         study = self._open_study(name, storage, label, names)
+        try:  # one experiment per study: its space, method and data as recorded
+            _identity.check(study, label, space, fixed, _identity.setting(job, space))
+        except ValueError as err:
+            raise SweeperError(str(err)) from None
         before = self._prepare_study(study, space, url)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)

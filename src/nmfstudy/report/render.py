@@ -13,6 +13,7 @@ from .html import Page
 from .records import (
     Experiment,
     Fetch,
+    ReportError,
     RunRecord,
     Settings,
     best_runs,
@@ -90,8 +91,17 @@ def render(exp: Experiment, fetch: Fetch, out: Path, settings: Settings) -> Repo
         report.html and every file written: accuracy_vs_k.png, elbow.png and fit_time.png
         when some run is complete; components/<label>_k<k>.png; sparsity.png when some run
         is a sparse variant; optuna/study<i>_<figure>.png.
+
+    Raises
+    ------
+    ReportError
+        When `out` cannot be made (naming report.out).
     """
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, a read-only disk
+        raise ReportError(f"report.out={out}: cannot make the folder ({err.strerror or err}); "
+                          "pass report.out=FOLDER where it can be written") from None
     colors = figs.label_colors(run.label for run in exp.runs)
     groups = by_data(exp)
     parts, files = [], []
