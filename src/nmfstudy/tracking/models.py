@@ -2,9 +2,10 @@
 
 - `log_model`: the estimator in MLflow's scikit-learn flavor (``mlflow.sklearn.load_model`` gives
   it back), whose pyfunc ``predict`` turns images (float32, samples x pixels, in the run's pixel
-  scale) into clusters; with a signature, an input example, and, where the run had labels, the
-  cluster-to-label map of the training majority vote in the model's metadata
-  (``model.metadata.metadata["cluster_labels"]``: predicted labels are ``cluster_labels[clusters]``).
+  scale) into clusters and refuses bad ones in one line (:mod:`.model_flavor`); with a signature,
+  an input example, and, where the run had labels, the cluster-to-label map of the training
+  majority vote in the model's metadata (``model.metadata.metadata["cluster_labels"]``:
+  predicted labels are ``cluster_labels[clusters]``).
 - `log_dataset`: the training data as the run's input (name, the fingerprint as digest, source).
 - `register_best`: a study's model in the Model Registry under the study's name, the alias
   ``best`` on the version with the best objective value, however many workers register at once.
@@ -71,7 +72,9 @@ def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | 
     -------
     mlflow.models.model.ModelInfo
     """
-    import mlflow.sklearn
+    from mlflow.models import Model
+
+    from . import model_flavor
 
     metadata: dict[str, Any] = {"method": estimator.name, "n_clusters": int(estimator.k)}
     if cluster_labels is not None:
@@ -84,8 +87,10 @@ def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | 
     sklearn_log = logging.getLogger("mlflow.sklearn")
     level, sklearn_log.level = sklearn_log.level, logging.ERROR
     try:
-        return mlflow.sklearn.log_model(
-            estimator, name=MODEL_NAME, signature=signature(example.shape[1]),
+        # as mlflow.sklearn.log_model does, with the flavor module that checks the pyfunc's input
+        return Model.log(
+            artifact_path=None, name=MODEL_NAME, flavor=model_flavor, sk_model=estimator,
+            signature=signature(example.shape[1]),
             input_example=np.ascontiguousarray(example, dtype=np.float32), pip_requirements=_requirements(),
             code_paths=[str(package)], metadata=metadata, serialization_format="pickle",
         )
