@@ -266,3 +266,25 @@ def test_workers_starting_at_once_on_a_new_database_all_open_it(fresh_optuna_url
     for process in processes:
         process.join(timeout=120)
     assert [results.get(timeout=5) for _ in processes] == ["ok"] * 4
+
+
+def test_two_workers_at_once_leave_the_alias_best_on_the_best_trials_model(tmp_path, study_servers, unique_name):
+    """Both workers register the models of trials that lead when they finish; the alias ends on the best one."""
+    from mlflow.tracking import MlflowClient
+
+    servers = study_servers
+    argv = _worker_argv(tmp_path, servers, unique_name, unique_name, "hydra.sweeper.n_trials=2",
+                        "hydra.sweeper.max_trials=4", "method.max_iter=10", "k=choice(2,9,3,10)",
+                        "hydra/sweeper/sampler=bruteforce")
+    workers = [_start_worker(tmp_path, argv) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.log.read_text()[-3000:]
+    trials = [t for t in _load(servers, unique_name).get_trials() if t.state == TrialState.COMPLETE]
+    assert len(trials) == 4
+    best = max(trials, key=lambda t: t.value)
+    client = MlflowClient(servers.mlflow_url)
+    at_best = client.get_model_version_by_alias(unique_name, "best")
+    assert at_best.run_id == best.user_attrs["mlflow_run_id"]
+    assert float(at_best.tags["nmfstudy.objective_value"]) == best.value
+    versions = client.search_model_versions(f"name='{unique_name}'")
+    assert {v.run_id for v in versions} <= {t.user_attrs["mlflow_run_id"] for t in trials}

@@ -125,9 +125,13 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
     maximize = study_maximizes(reporter.hook)
     if maximize is None:
         return
-    version = tracked_models.register_best(client, reporter.hook.study_name, info.model_uri,
-                                   value=scores[objective], maximize=maximize,
-                                   trial_number=reporter.number)
+    try:
+        version = tracked_models.register_best(client, reporter.hook.study_name, info, value=scores[objective],
+                                               maximize=maximize, trial_number=reporter.number)
+    except tracked_models.MlflowException as err:  # the trial's fit and its logged model stand without it
+        log.warning("trial %d: its model is logged but not registered as the study's best: %s", reporter.number,
+                    err.message)
+        return
     log.info("registered as version %s of model %r (the study's best: models:/%s@%s)", version,
              reporter.hook.study_name, reporter.hook.study_name, tracked_models.BEST_ALIAS)
 

@@ -126,7 +126,7 @@ def log_dataset(X: np.ndarray, y: np.ndarray | None, *, name: str, digest: str, 
     mlflow.log_input(dataset, context="training")
 
 
-def register_best(client: MlflowClient, study_name: str, model_uri: str, *, value: float, maximize: bool,
+def register_best(client: MlflowClient, study_name: str, model: Any, *, value: float, maximize: bool,
                   trial_number: int, run_id: str | None = None) -> str:
     """Register a study trial's model under the study's name and move the alias ``best`` to the best version.
 
@@ -141,8 +141,8 @@ def register_best(client: MlflowClient, study_name: str, model_uri: str, *, valu
         A client of the tracking store (whose registry this is).
     study_name : str
         The registered model's name: the Optuna study's.
-    model_uri : str
-        The logged model (``models:/<model_id>`` or ``runs:/<run>/model``).
+    model : mlflow.models.model.ModelInfo
+        The logged model, as `log_model` returns it.
     value : float
         The trial's objective value.
     maximize : bool
@@ -165,7 +165,8 @@ def register_best(client: MlflowClient, study_name: str, model_uri: str, *, valu
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(study_name, model_uri, run_id=run_id,
+    # model_id: a tracking server accepts a models:/ source only with the logged model it names
+    version = client.create_model_version(study_name, model.model_uri, run_id=run_id, model_id=model.model_id,
                                           tags={VALUE_TAG: repr(float(value)), TRIAL_TAG: str(trial_number),
                                                 RUN_TAG: run_id}).version
     seen: set[str] | None = None
