@@ -182,3 +182,15 @@ def test_mlflow_models_serve_answers_with_the_same_clusters(logged):
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
     assert server.poll() is not None
+
+
+def test_the_report_links_the_studys_registered_model(logged):
+    out = logged / "report"
+    result = subprocess.run([sys.executable, "src/report.py", f"tracking.uri={_uri(logged)}",
+                             "tracking.experiment=nmfstudy", "report.log_run=false", f"report.out={out}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version = MlflowClient(_uri(logged)).get_model_version_by_alias(STUDY, "best").version
+    html = (out / "report.html").read_text()
+    assert f"Best model: <code>models:/{STUDY}@best</code> (version " in html
+    assert f'href="http://127.0.0.1:5000/#/models/{STUDY}/versions/{version}"' in html

@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from .. import study_names as names
 from .. import ui_links
@@ -177,6 +178,12 @@ class Page:
             lines.append(f"<p>Best trial: #{best.trial_number if best.trial_number is not None else '?'} "
                          f"{self.link(best)}, {escape(study.objective)} = {fmt(best.metric(study.objective))}"
                          + "".join(f"; {escape(k)} = {fmt(v)}" for k, v in sorted(logged.items())) + ".</p>")
+        version = self.exp.best_models.get(study.name)
+        if version is not None:
+            url = f"{self.settings.ui_url.rstrip('/')}/#/models/{quote(study.name, safe='')}/versions/{version}"
+            lines.append(f"<p>Best model: <code>models:/{escape(study.name)}@best</code> (version "
+                         f"<a href=\"{escape(url)}\">{escape(version)}</a> in the Model Registry; load it with "
+                         f"<code>mlflow.pyfunc.load_model</code>).</p>")
         params = study.best_params()  # values shown to 3 significant digits, as run names show them
         if params:
             lines.append("<table class=study><tr><th class=l>parameter</th><th class=l>search space</th>"

@@ -464,6 +464,8 @@ class Experiment:
         The Optuna studies' parent runs (kind ``study``).
     n_sweeps : int, default=0
         How many sweeps (multiruns) the experiment holds.
+    best_models : dict of str to str
+        Study name -> the version of its registered model at the alias ``best``.
     """
 
     id: str
@@ -472,6 +474,7 @@ class Experiment:
     runs: list[RunRecord]  # the job runs (kind=run), any status
     study_runs: list[RunRecord]  # Optuna study parents (kind=study)
     n_sweeps: int = 0
+    best_models: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -70,9 +70,24 @@ def collect(client, experiment: str, tracking_uri: str) -> Experiment:
     if not runs:
         raise ReportError(f"tracking.experiment={experiment!r} has no runs of train.py "
                           f"({names.KIND_TAG}={names.KIND_RUN}) in {tracking_uri}; nothing to report")
-    return Experiment(found.experiment_id, experiment, tracking_uri, runs,
-                      _search(client, found.experiment_id, "study"),
-                      n_sweeps=len(_search(client, found.experiment_id, "sweep")))
+    study_runs = _search(client, found.experiment_id, "study")
+    return Experiment(found.experiment_id, experiment, tracking_uri, runs, study_runs,
+                      n_sweeps=len(_search(client, found.experiment_id, "sweep")),
+                      best_models=_best_models(client, study_runs))
+
+
+def _best_models(client, study_runs: list[RunRecord]) -> dict[str, str]:
+    """Study name -> the version of its registered model at the alias ``best`` (studies without one left out)."""
+    from mlflow.exceptions import MlflowException
+
+    found = {}
+    for run in study_runs:
+        name = run.tags.get(names.STUDY_NAME_TAG)
+        try:
+            found[name] = str(client.get_model_version_by_alias(name, "best").version) if name else None
+        except MlflowException:  # not registered: tracking.model=none, several objectives, or an older study
+            continue
+    return {name: version for name, version in found.items() if version}
 
 
 def artifact_fetcher(tracking_uri: str, folder: Path) -> Fetch:
