@@ -138,11 +138,11 @@ def stage(args: dict, name: str, params: dict) -> list[dict]:
                             cluster_rows(res.W, k, assign, seed), res.n_iter))
     elif name == "symnmf":
         # the method as train.py runs it (its start search included), on the cached graph
-        from nmfstudy.methods.symnmf import SymNMFClustering
+        from nmfstudy import SymNMF
 
         settings = {key: params[key] for key in ("solver", "max_iter", "tol", "n_init", "start", "screen_iter")}
-        model = SymNMFClustering(k, seed=seed, **graph_settings, **settings, cache_dir=str(args["cache"]),
-                                 fingerprint=fp).fit(X)
+        # the estimator keys its cache by the samples' values (data_key), the stages above by fp: one graph build more
+        model = SymNMF(k, random_state=seed, **graph_settings, **settings, cache_dir=str(args["cache"])).fit(X)
         t0 += model.graph_time_s_  # the graph's load from the cache is not the fit's
         rows.append(row(f"SymNMF ({params['solver']})", f"{_fmt(graph_settings)}, {_fmt(settings)}, argmax",
                         model.labels_, model.n_iter_, extra={"loss": model.loss_}))

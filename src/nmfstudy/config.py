@@ -153,7 +153,7 @@ def _check_sparsity_variant(cls: type[methods.ClusteringEstimator], cfg: dict) -
 
 
 def check(cfg: dict, *, optimized: bool = True) -> None:
-    """Raise ConfigError for the first setting that cannot work; data-dependent checks are in `check_data`.
+    """Raise ConfigError for the first setting that cannot work; data-dependent checks are in `build_estimator`.
 
     Parameters
     ----------

@@ -47,8 +47,8 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
 
     Parameters
     ----------
-    model : ClusteringMethod
-        A fitted method (see :class:`nmfstudy.methods.ClusteringMethod`): its `components_`,
+    model : ClusteringEstimator
+        A fitted method (see :class:`nmfstudy.methods.ClusteringEstimator`): its `components_`,
         and `W_` when `has_basis`.
     X : ndarray of shape (n_samples, n_features), optional
         The training data, the scale of the threshold; without it any non-zero contribution counts.
@@ -252,7 +252,7 @@ def label_scores(model, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndar
 
     Parameters
     ----------
-    model : ClusteringMethod
+    model : ClusteringEstimator
         A fitted method: its `k`, `labels_` and `predict`.
     y_train : ndarray of shape (n_train,), int
         The true labels of the training samples, >= 0.
@@ -296,8 +296,8 @@ def evaluate(
 
     Parameters
     ----------
-    model : ClusteringMethod
-        A method fitted on X_train (see :class:`nmfstudy.methods.ClusteringMethod`).
+    model : ClusteringEstimator
+        A method fitted on X_train (see :class:`nmfstudy.methods.ClusteringEstimator`).
     X_train : ndarray of shape (n_train, n_features)
         The training samples.
     y_train : ndarray of shape (n_train,), int, or None

@@ -193,7 +193,7 @@ class DCDGrouping(Grouping):
 
 def dcd_start(S, sub: np.ndarray, n_sub: int, k: int, *, prior: float, n_restarts: int, exact_restarts: int,
               seed: int) -> np.ndarray:
-    """DCD's start from a grouping of sub-clusters (see :class:`nmfstudy.methods.random_walk.DCDClustering`).
+    """DCD's start from a grouping of sub-clusters (see :class:`nmfstudy.methods.DCD`).
 
     The grouping minimizes DCD's objective on the coarse graph P^T S P, for W = W_sub G (W_sub:
     DCD refined with one cluster per sub-cluster, G the grouping; :class:`DCDGrouping`). Its

@@ -340,7 +340,7 @@ def multilevel_start(A, U: np.ndarray, k: int, oversplit: int, n_restarts: int, 
 
 def multilevel_starts(S, k: int, *, n_starts: int, oversplit: int, n_vectors: int, n_restarts: int,
                       seed: int) -> list[np.ndarray]:
-    """SymNMF's multilevel starts (see :class:`nmfstudy.methods.symnmf.SymNMFClustering`), seeds seed, seed + 1, ...
+    """SymNMF's multilevel starts (see :class:`nmfstudy.methods.SymNMF`), seeds seed, seed + 1, ...
 
     Parameters
     ----------

@@ -135,7 +135,7 @@ def nmfr(Q, W, *, alpha: float = 0.8, lam: float = 0.0, mu: float = 10.0, max_it
         The random walk's continuation probability, in [0, 1).
     lam : float
         Weight of the row-norm penalty (absolute;
-        :class:`~nmfstudy.methods.random_walk.NMFRClustering` scales it by n / k).
+        :class:`~nmfstudy.methods.NMFR` scales it by n / k).
     mu : float
         Weight of the orthogonality penalty, > 0.
     max_iter, tol : int, float
@@ -177,7 +177,7 @@ def nmfr(Q, W, *, alpha: float = 0.8, lam: float = 0.0, mu: float = 10.0, max_it
 
 def nmfr_start(Q, sub: np.ndarray, n_sub: int, k: int, *, alpha: float, lam: float, n_restarts: int,
                seed: int) -> np.ndarray:
-    """NMFR's start from a grouping of sub-clusters (see :class:`nmfstudy.methods.random_walk.NMFRClustering`).
+    """NMFR's start from a grouping of sub-clusters (see :class:`nmfstudy.methods.NMFR`).
 
     The grouping minimizes NMFR's objective at hard normalized indicators (W^T W = I, so the
     penalty on it is 0), -sum_k assoc_A(k) / n_k + lam sum_k 1 / n_k, assoc_A(k) the sum of A over
