@@ -17,6 +17,7 @@ from nmfstudy.methods import ClusteringEstimator
 from nmfstudy.metrics import majority_mapping
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.tracking import models as tracked_models
+from nmfstudy.tracking import registry
 
 log = logging.getLogger("nmfstudy")
 
@@ -126,14 +127,14 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
     if maximize is None:
         return
     try:
-        version = tracked_models.register_best(client, reporter.hook.study_name, info, value=scores[objective],
+        version = registry.register_best(client, reporter.hook.study_name, info, value=scores[objective],
                                                maximize=maximize, trial_number=reporter.number)
-    except tracked_models.MlflowException as err:  # the trial's fit and its logged model stand without it
+    except registry.MlflowException as err:  # the trial's fit and its logged model stand without it
         log.warning("trial %d: its model is logged but not registered as the study's best: %s", reporter.number,
                     err.message)
         return
     log.info("registered as version %s of model %r (the study's best: models:/%s@%s)", version,
-             reporter.hook.study_name, reporter.hook.study_name, tracked_models.BEST_ALIAS)
+             reporter.hook.study_name, reporter.hook.study_name, registry.BEST_ALIAS)
 
 
 def study_maximizes(hook) -> bool | None:

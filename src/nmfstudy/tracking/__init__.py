@@ -12,8 +12,9 @@ started there shows everything. Callers use the names below (`tracking.run`,
 - `runs`: a job's run (never left RUNNING) and the `log_*` wrappers;
 - `parents`: the parent run of a plain sweep;
 - `study`: an Optuna study as one MLflow run (the sweeper's tracker, reached through its config);
-- `models`: a run's fitted estimator as an MLflow model, its data as an MLflow input, a study's best
-  model in the Model Registry (imported by name: `from nmfstudy.tracking import models`).
+- `models`, `model_flavor`: a run's fitted estimator as an MLflow model (its pyfunc checks the images),
+  its data as an MLflow input; `registry`: a study's best model in the Model Registry (these are
+  imported by name: `from nmfstudy.tracking import models`).
 """
 from __future__ import annotations
 
