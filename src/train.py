@@ -37,7 +37,7 @@ from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, git_commit, 
 from nmfstudy.methods import ClusteringMethod
 from nmfstudy.metrics import LABEL_METRICS, evaluate
 from nmfstudy.pruning import TrialReporter
-from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
+from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook, raise_terminated
 from nmfstudy.versions import package_versions
 
 gc.freeze()
@@ -80,10 +80,6 @@ def exit_without_teardown(status: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def log_figures(model: ClusteringMethod, data: Dataset, cfg: dict) -> None:
@@ -310,7 +306,7 @@ def main(cfg: DictConfig) -> float | list[float]:
 
 if __name__ == "__main__":
     # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C does: the MLflow run is marked KILLED.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main()
         if single_run_ended:

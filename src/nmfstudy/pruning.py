@@ -25,7 +25,15 @@ import logging
 import math
 from typing import Any, Callable, Mapping
 
-from .study_names import PRUNED_AT_TAG, STUDY_NAME_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, TrialHook
+from .study_names import (
+    PRUNED_AT_TAG,
+    STUDY_NAME_TAG,
+    TRIAL_NUMBER_TAG,
+    TRIAL_STATE_TAG,
+    TrialHook,
+    interruption,
+    raise_if_terminated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +151,7 @@ class TrialReporter:
         """
 
         def reporting(iteration: int, loss: float, elapsed_s: float) -> bool | None:
+            raise_if_terminated()  # a SIGTERM spent where it could not raise (a finalizer) still stops the fit
             stop = callback(iteration, loss, elapsed_s) if callback is not None else None
             if not self._off and iteration % self.report_every == 0 and self.report(iteration, loss):
                 return True
@@ -165,6 +174,7 @@ class TrialReporter:
         bool
             True when the trial should be pruned.
         """
+        raise_if_terminated()
         trial = self._open()
         if trial is None or not math.isfinite(loss):
             return False
@@ -173,6 +183,9 @@ class TrialReporter:
             if self.pruner_spec is None or not trial.should_prune():
                 return False
         except Exception as err:  # a lost storage must not fail the fit; the run still completes
+            stop = interruption(err)
+            if stop is not None:  # SIGTERM or Ctrl-C that landed inside the storage call: never swallowed
+                raise stop from err
             log.warning("trial %d: reporting to Optuna failed, no more reports: %s", self.number, err)
             self._off = True
             return False

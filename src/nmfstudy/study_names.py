@@ -210,6 +210,87 @@ def process_alive(pid: int, start: str | None = None) -> bool:
     return stat[0] != "Z" and (not start or stat[19] == start)
 
 
+# --- termination ---------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler preempting or cancelling, `kill`): ends a run KILLED; a sweeper retries its trials."""
+
+
+# Signals received by `raise_terminated` in this process. A signal handler raises where the main
+# thread happens to be; inside a database driver the library's clean-up may then raise an error of
+# its own that hides the interrupt (SQLAlchemy's "can't change 'autocommit' now", wrapped by Optuna
+# in StorageInternalError), so code that catches storage errors asks `interruption` first.
+_terminations: list[int] = []
+
+
+def raise_terminated(signum: int, frame: Any = None) -> None:
+    """SIGTERM's handler: record the signal, then raise `Terminated` (as Ctrl-C raises KeyboardInterrupt).
+
+    Parameters
+    ----------
+    signum : int
+        The signal.
+    frame : frame or None
+        The interrupted frame (unused).
+
+    Raises
+    ------
+    Terminated
+        Always.
+    """
+    _terminations.append(signum)
+    raise Terminated(f"signal {signum}")
+
+
+def raise_if_terminated() -> None:
+    """Raise `Terminated` when this process received SIGTERM that did not end it.
+
+    A signal whose handler ran inside a finalizer or a weakref callback ("Exception ignored in ...")
+    or inside a library's clean-up was spent without stopping anything; long loops call this
+    between steps, so that the process still stops.
+
+    Raises
+    ------
+    Terminated
+        When `raise_terminated` ran in this process.
+    """
+    if _terminations:
+        raise Terminated(f"signal {_terminations[-1]}")
+
+
+def interruption(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that `err` hides, if any: the one to raise instead of handling `err`.
+
+    Looks through the error's causes and contexts for a KeyboardInterrupt (a `Terminated`), and
+    answers a new `Terminated` when none is there but this process received SIGTERM through
+    `raise_terminated`: a terminated process must stop, whatever error the signal turned into.
+
+    Parameters
+    ----------
+    err : BaseException
+        An error caught by an ``except Exception`` around a storage or network call.
+
+    Returns
+    -------
+    KeyboardInterrupt or None
+        The interrupt to raise; None when `err` is an ordinary error.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        todo += [cause.__cause__, cause.__context__]
+    if _terminations:
+        return Terminated(f"signal {_terminations[-1]} (received during: {type(err).__name__})")
+    return None
+
+
 # --- links into the MLflow UI ----------------------------------------------------------------
 
 # Where plain `mlflow ui` serves.

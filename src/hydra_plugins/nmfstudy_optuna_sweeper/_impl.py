@@ -54,9 +54,12 @@ from nmfstudy.study_names import (
     RUN_ID_ATTR,
     RUN_KILLED,
     TRIAL_KEY,
+    Terminated,
     TrialHook,
+    interruption,
     process_alive,
     process_start,
+    raise_terminated,
     short_overrides,
     short_value,
 )
@@ -87,10 +90,6 @@ class SweeperError(CompactHydraException, ValueError):
     """A setting or a server the study cannot start with: Hydra prints this one line, no traceback."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: a scheduler preempting or cancelling the worker; its trials are retried elsewhere."""
-
-
 class _ProcessDied(RuntimeError):
     """The job's process ended without a result (killed, out of memory, a lost node)."""
 
@@ -104,10 +103,6 @@ def _describe(spec: dict | None) -> str:
         return "none"
     args = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "_target_")
     return f"{spec['_target_']}({args})"
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")
 
 
 def _consecutive(jobs: list[tuple[Any, Sequence[str]]]) -> Iterator[list[tuple[Any, Sequence[str]]]]:
@@ -480,7 +475,7 @@ class OptunaSweeperImpl(Sweeper):
         """Batches of trials until n_trials are done, the space is covered or max_trials is reached."""
         batch: list[_Trial] = []
         try:
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
         except ValueError:  # not the main thread
             previous = None
         try:
@@ -496,7 +491,11 @@ class OptunaSweeperImpl(Sweeper):
             if s.exhausted:
                 log.info("the sampler has covered the whole search space: stopping after %d trial(s)", done)
         except BaseException as err:
-            self._fail_untold(s, batch, err)
+            # SIGTERM inside a storage call may surface as the storage's error: still a preemption.
+            stop = err if isinstance(err, KeyboardInterrupt) else interruption(err)
+            self._fail_untold(s, batch, stop or err)
+            if stop is not None and stop is not err:
+                raise stop from err
             raise
         finally:
             if previous is not None:
