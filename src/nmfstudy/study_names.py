@@ -222,6 +222,16 @@ class Terminated(KeyboardInterrupt):
 # its own that hides the interrupt (SQLAlchemy's "can't change 'autocommit' now", wrapped by Optuna
 # in StorageInternalError), so code that catches storage errors asks `interruption` first.
 _terminations: list[int] = []
+# Why a signal ends a run, by signal number, where the process knows more than "signal 15" (a SLURM job).
+TERMINATION_REASONS: dict[int, str] = {}
+
+
+class JobInterrupted(RuntimeError):
+    """A job that ended without finishing its trial (cancelled, preempted, timed out, killed): retried.
+
+    A launcher returns it as the job's error; the sweeper fails the trial, ends its run KILLED and
+    queues a retry, as for a worker that died.
+    """
 
 
 def raise_terminated(signum: int, frame: Any = None) -> None:
@@ -240,7 +250,8 @@ def raise_terminated(signum: int, frame: Any = None) -> None:
         Always.
     """
     _terminations.append(signum)
-    raise Terminated(f"signal {signum}")
+    reason = TERMINATION_REASONS.get(signum)
+    raise Terminated(f"signal {signum}: {reason}" if reason else f"signal {signum}")
 
 
 def raise_if_terminated() -> None:

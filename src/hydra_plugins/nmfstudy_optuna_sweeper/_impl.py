@@ -54,6 +54,7 @@ from nmfstudy.study_names import (
     RUN_ID_ATTR,
     RUN_KILLED,
     TRIAL_KEY,
+    JobInterrupted,
     Terminated,
     TrialHook,
     interruption,
@@ -480,11 +481,14 @@ class OptunaSweeperImpl(Sweeper):
             previous = None
         try:
             done = 0
-            while done < self.n_trials and not s.exhausted:
-                room = self._room_to_start(s)
+            while not s.exhausted:
+                # Past n_trials a worker still runs the queued retries (of its own killed jobs, or of another
+                # worker's), so that a study does not end with a retry WAITING for a worker that never comes.
+                wanted = self.n_trials - done if done < self.n_trials else self._waiting(s.study) if done else 0
+                room = self._room_to_start(s) if wanted > 0 else 0
                 if room == 0:
                     break
-                batch = [self._start(s) for _ in range(min(self.n_jobs, self.n_trials - done, room or self.n_jobs))]
+                batch = [self._start(s) for _ in range(min(self.n_jobs, wanted, room or self.n_jobs))]
                 # A retry redoes a trial an earlier command asked for: it adds nothing to n_trials.
                 done += sum(item.retry_of is None for item in batch)
                 self._run_batch(s, batch)
@@ -533,8 +537,10 @@ class OptunaSweeperImpl(Sweeper):
             jobs.append((item, overrides))
         for run in _consecutive(jobs):
             for item, state, values, error in self._launch(run, s):
-                self._finish(s, item, state, values, error, retry=isinstance(error, _ProcessDied))
-                failed += state == TrialState.FAIL
+                # Killed, cancelled, preempted or timed out: the trial is retried; a job's own error is not.
+                retry = isinstance(error, (_ProcessDied, JobInterrupted, Terminated))
+                self._finish(s, item, state, values, error, retry=retry)
+                failed += state == TrialState.FAIL and not retry  # a cluster's kill is not the trial's failure
         if batch and failed / len(batch) > self.max_failure_rate:
             raise SweeperError(f"{failed} of {len(batch)} trials failed, more than "
                                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; see the warnings above")
@@ -652,6 +658,12 @@ class OptunaSweeperImpl(Sweeper):
             return False
         counted = study.get_trials(deepcopy=False, states=COUNTED)
         return sum(t.number < number for t in counted) >= self.max_trials
+
+    @staticmethod
+    def _waiting(study: optuna.Study) -> int:
+        """How many trials are queued (WAITING): retries of failed ones."""
+        return len(retrying("listing queued trials",
+                            lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
 
     def _others_in_flight(self, study: optuna.Study) -> bool:
         return bool(retrying("listing running trials", lambda: study.get_trials(deepcopy=False, states=IN_FLIGHT)))
