@@ -128,8 +128,8 @@ def test_launcher_slurm_study_keeps_the_neighbours_of_a_cancelled_job_and_retrie
 def test_launcher_slurm_time_limit_warning_and_sigkill_retry_the_trial(
         tmp_path, slurm_cluster, study_servers, unique_name):
     """SLURM's warning before the time limit (USR2, as `--signal=USR2@120` sends it) stops the job:
-    run KILLED with its reason, trial retried. A job SIGKILLed (no result file, and no accounting
-    to ask) is found ended through squeue: its trial is retried too."""
+    run KILLED with its reason, trial retried. A job whose process is SIGKILLed (the out-of-memory
+    killer: no result file, and no accounting to ask) is found ended through squeue: retried too."""
     servers, study = study_servers, unique_name
     argv = [sys.executable, "src/train.py", "-m", *_study_args(servers, study, study, tmp_path / "multirun"),
             "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
@@ -141,14 +141,17 @@ def test_launcher_slurm_time_limit_warning_and_sigkill_retry_the_trial(
         wait_until(lambda: _fitting(servers, study, 0) and _fitting(servers, study, 1), "both trials fitting", sweep)
         jobs = dict(slurm_cluster.squeue())
         task0 = next(job for job in jobs if job.endswith("_0"))
-        task1 = next(job for job in jobs if job.endswith("_1"))
         slurm_cluster.scancel("--signal=USR2", task0)
-        slurm_cluster.scancel("--signal=KILL", task1)
+        # trial 1's job process dies as under the out-of-memory killer: no result file is written
+        run1 = _runs(servers, study)[_fitting(servers, study, 1).user_attrs["mlflow_run_id"]]
+        os.kill(int(run1.data.tags["nmfstudy.pid"]), signal.SIGKILL)
         assert sweep.wait(timeout=240) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
     output = (tmp_path / "sweep.log").read_text()
+    sacct = subprocess.run(["sacct"], env=slurm_cluster.env, capture_output=True, text=True, timeout=30)
+    assert "accounting storage is disabled" in sacct.stderr  # so the lost job was found without it
     trials, runs = _check_study(servers, study, study)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     timed_out, killed = runs[trials[0].user_attrs["mlflow_run_id"]], runs[trials[1].user_attrs["mlflow_run_id"]]
