@@ -163,6 +163,27 @@ def test_launcher_slurm_time_limit_warning_and_sigkill_retry_the_trial(
     assert "trial 2 retries trial" in output and "trial 3 retries trial" in output
 
 
+@pytest.mark.slow
+def test_launcher_slurm_real_time_limit_ends_the_run_killed_and_retries_it(
+        tmp_path, slurm_cluster, study_servers, unique_name):
+    """A job that runs into its real time limit (1 minute; USR2 55 s before it, from slurmctld's own
+    time-limit check): run KILLED with the reason, trial FAIL and retried, up to max_retry=1 times."""
+    servers, study = study_servers, unique_name
+    args = [arg for arg in _study_args(servers, study, study, tmp_path / "multirun") if "max_iter" not in arg]
+    argv = [sys.executable, "src/train.py", "-m", *args, "method.max_iter=10000000", "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=1",
+            "hydra.launcher.signal_delay_s=55", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_retry=1"]
+    out = subprocess.run(argv, cwd=ROOT, env=_env(slurm_cluster), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials, runs = _check_study(servers, study, study)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert trials[1].params == trials[0].params and "trial 1 retries trial 0" in out.stderr + out.stdout
+    for t in trials:
+        run = runs[t.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "KILLED"
+        assert run.data.tags["error"] == "interrupted: signal 12: the SLURM job's time limit is near (sbatch --signal)"
+
+
 README_SCRIPT = re.compile(r"```bash\n(#!/bin/bash\n#SBATCH --array.*?)```", re.S)
 
 
