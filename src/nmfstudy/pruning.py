@@ -221,6 +221,9 @@ class TrialReporter:
             finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             maximize = [direction == optuna.study.StudyDirection.MAXIMIZE for direction in study.directions]
         except Exception as err:
+            stop = interruption(err)
+            if stop is not None:
+                raise stop from err
             log.warning("trial %d: cannot read the study in %s, drawing its figures: %s", self.number,
                         self.hook.storage, err)
             return True
@@ -263,6 +266,9 @@ class TrialReporter:
             self._trial = optuna.trial.Trial(study, trial_id)
             self._sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         except Exception as err:
+            stop = interruption(err)
+            if stop is not None:
+                raise stop from err
             log.warning("trial %d: cannot open it in %s, no reports: %s", self.number, self.hook.storage, err)
             self._off = True
         return self._trial

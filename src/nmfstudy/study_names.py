@@ -214,7 +214,12 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler preempting or cancelling, `kill`): ends a run KILLED; a sweeper retries its trials."""
+    """SIGTERM (a scheduler preempting or cancelling, `kill`): ends a run KILLED; a sweeper retries its trials.
+
+    `reason` says why, where the process knows (`TERMINATION_REASONS`); the run's error tag shows it.
+    """
+
+    reason: str | None = None
 
 
 # Signals received by `raise_terminated` in this process. A signal handler raises where the main
@@ -251,7 +256,9 @@ def raise_terminated(signum: int, frame: Any = None) -> None:
     """
     _terminations.append(signum)
     reason = TERMINATION_REASONS.get(signum)
-    raise Terminated(f"signal {signum}: {reason}" if reason else f"signal {signum}")
+    err = Terminated(f"signal {signum}: {reason}" if reason else f"signal {signum}")
+    err.reason = reason
+    raise err
 
 
 def raise_if_terminated() -> None:

@@ -13,7 +13,7 @@
 - **A job stops on SIGTERM and on SLURM's time-limit warning.** submitit's job ignores SIGTERM
   ("Bypassing signal SIGTERM") and, with ``max_num_timeout`` 0, answers the warning signal (USR2,
   ``signal_delay_s`` before the limit) with "timed-out too many times". Here both raise
-  `Terminated` inside the job: the trial's MLflow run ends KILLED with the reason as its error tag,
+  `Terminated` inside the job: the trial's MLflow run ends KILLED with the reason in its error tag,
   the job returns that error, and the sweeper fails the trial and queues its retry.
 - **The user's command.** Inside a job ``sys.argv`` is submitit's wrapper (``_submit.py FOLDER``);
   the job gets the command that started the sweep back, so its run records that.
@@ -104,7 +104,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
     # --- in the job ------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        """Run the job as the original does, stopping it (run KILLED, trial retried) on SIGTERM or USR2."""
+        """Run the job as the original does; SIGTERM or USR2 stop it (run KILLED with the reason, trial retried)."""
         TERMINATION_REASONS.update(SIGNAL_REASONS)
         for signum in SIGNAL_REASONS:
             signal.signal(signum, raise_terminated)
@@ -115,7 +115,6 @@ class SlurmLauncher(SubmititSlurmLauncher):
         except Terminated as err:
             for signum in SIGNAL_REASONS:  # stopping now: a second signal must not break the result's writing
                 signal.signal(signum, signal.SIG_IGN)
-            _tag_reason(err)
             log.warning("job stopped: %s; its trial is retried", err)
             return _failed(err, args[0] if args else None)
 
@@ -201,17 +200,3 @@ class SlurmLauncher(SubmititSlurmLauncher):
         if ids:
             log.warning("cancelling the batch's SLURM jobs %s", ", ".join(ids))
             subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
-
-
-def _tag_reason(err: BaseException) -> None:
-    """Name the stop's reason in the error tag of the MLflow run the job just ended KILLED."""
-    try:
-        import mlflow
-
-        from nmfstudy.study_names import ERROR_TAG
-
-        run = mlflow.last_active_run()
-        if run is not None and run.info.status == "KILLED":
-            mlflow.MlflowClient().set_tag(run.info.run_id, ERROR_TAG, f"interrupted: {err}")
-    except Exception as tag_err:  # the reason is a courtesy; the trial's retry does not depend on it
-        log.warning("could not tag the run with why it stopped: %s", tag_err)
