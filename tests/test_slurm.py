@@ -163,24 +163,54 @@ def test_launcher_slurm_time_limit_warning_and_sigkill_retry_the_trial(
 
 
 @pytest.mark.slow
-def test_launcher_slurm_real_time_limit_ends_the_run_killed_and_retries_it(
+def test_launcher_slurm_real_time_limit_ends_the_run_killed(
         tmp_path, slurm_cluster, study_servers, unique_name):
     """A job that runs into its real time limit (1 minute; USR2 55 s before it, from slurmctld's own
-    time-limit check): run KILLED with the reason, trial FAIL and retried, up to max_retry=1 times."""
+    time-limit check, which runs every 30 s): run KILLED with the reason, trial FAIL. (Its retry is
+    the USR2 test's: a retry would meet the same limit and double this test's minute.)"""
     servers, study = study_servers, unique_name
     args = [arg for arg in _study_args(servers, study, study, tmp_path / "multirun") if "max_iter" not in arg]
     argv = [sys.executable, "src/train.py", "-m", *args, "method.max_iter=10000000", "hydra/launcher=slurm",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=55", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_retry=1"]
+            "hydra.launcher.signal_delay_s=55", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_retry=0"]
     out = subprocess.run(argv, cwd=ROOT, env=_env(slurm_cluster), capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     trials, runs = _check_study(servers, study, study)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert trials[1].params == trials[0].params and "trial 1 retries trial 0" in out.stderr + out.stdout
-    for t in trials:
-        run = runs[t.user_attrs["mlflow_run_id"]]
-        assert run.info.status == "KILLED"
-        assert run.data.tags["error"] == "interrupted: the SLURM job's time limit is near (sbatch --signal)"
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    run = runs[trials[0].user_attrs["mlflow_run_id"]]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "interrupted: the SLURM job's time limit is near (sbatch --signal)"
+    assert "Terminated: signal 12" in trials[0].user_attrs["error"]
+
+
+@pytest.mark.slow
+def test_launcher_slurm_sweeper_stopped_by_sigterm_cancels_its_jobs(tmp_path, slurm_cluster, study_servers,
+                                                                    unique_name):
+    """The sweeping process itself preempted (SIGTERM): the batch's jobs are cancelled, not left to run
+    unattended; their trials FAIL and are queued again, and the same command run again runs them."""
+    servers, study = study_servers, unique_name
+    argv = [sys.executable, "src/train.py", "-m", *_study_args(servers, study, study, tmp_path / "multirun"),
+            "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_trials=2"]
+    with open(tmp_path / "sweep.log", "w") as log:
+        sweep = subprocess.Popen(argv, cwd=ROOT, env=_env(slurm_cluster), stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        wait_until(lambda: _fitting(servers, study, 0) and _fitting(servers, study, 1), "both trials fitting", sweep)
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=120) == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    slurm_cluster.wait_empty(timeout=60)  # cancelled: they do not run on
+    trials = _trials(servers, study)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
+    runs = _runs(servers, study)
+    assert [runs[t.user_attrs["mlflow_run_id"]].info.status for t in trials[:2]] == ["KILLED", "KILLED"]
+    again = subprocess.run(argv, cwd=ROOT, env=_env(slurm_cluster), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials, runs = _check_study(servers, study, study)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
 
 
 README_SCRIPT = re.compile(r"```bash\n(#!/bin/bash\n#SBATCH --array.*?)```", re.S)

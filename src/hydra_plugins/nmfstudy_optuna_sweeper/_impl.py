@@ -473,7 +473,8 @@ class OptunaSweeperImpl(Sweeper):
             return None
 
     def _run_trials(self, s: _Session) -> None:
-        """Batches of trials until n_trials are done, the space is covered or max_trials is reached."""
+        """Batches of trials until n_trials are done (then the queued retries), the space is covered or
+        max_trials is reached."""
         batch: list[_Trial] = []
         try:
             previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -482,9 +483,10 @@ class OptunaSweeperImpl(Sweeper):
         try:
             done = 0
             while not s.exhausted:
-                # Past n_trials a worker still runs the queued retries (of its own killed jobs, or of another
-                # worker's), so that a study does not end with a retry WAITING for a worker that never comes.
-                wanted = self.n_trials - done if done < self.n_trials else self._waiting(s.study) if done else 0
+                if done < self.n_trials:
+                    wanted = self.n_trials - done
+                else:  # then the queued retries (its own killed jobs', or another worker's), so that a
+                    wanted = self._waiting(s.study) if done else 0  # study ends with none WAITING for nobody
                 room = self._room_to_start(s) if wanted > 0 else 0
                 if room == 0:
                     break
