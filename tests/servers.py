@@ -1,4 +1,5 @@
-"""Real servers for tests and benchmarks: a throwaway PostgreSQL and an `mlflow server` on it.
+"""Real servers for tests and benchmarks: a throwaway PostgreSQL, an `mlflow server` on it, and a
+single-node SLURM (`SlurmCluster`, `local_slurm`: munged, slurmctld and slurmd as root).
 
 The setup of "Studies on many machines" (docs/DESIGN: one PostgreSQL with the databases
 `optuna` and `mlflow`, one MLflow tracking server with proxied artifacts) on this machine,
