@@ -13,7 +13,9 @@ Trials per minute = finished trials / wall time from the command's start to the 
 
 Then the cost of a cancel: a `hydra/launcher=slurm` study of 2 long trials (method.tol=0,
 max_iter=3000) whose task 0 is cancelled with `scancel` once its fit reports; measured from the
-scancel to the retry trial's start (Optuna's datetime_start), and to its end.
+scancel to the retry trial's start (Optuna's datetime_start), and to its end. And of a job killed
+outright (SIGKILL to its process, as the out-of-memory killer does: no result file, no accounting):
+from the kill to its trial told FAIL, and to its retry's start (`--faults-only`: these two alone).
 """
 from __future__ import annotations
 
@@ -112,28 +114,63 @@ def cancel_cost(servers, cluster, tmp: Path) -> tuple[float, float]:
     return retry.datetime_start.timestamp() - cancelled, retry.datetime_complete.timestamp() - cancelled
 
 
+def kill_cost(servers, cluster, tmp: Path) -> tuple[float, float]:
+    """Seconds from SIGKILL of a job's process mid-fit (no result file) to its trial told FAIL, and to
+    its retry's start."""
+    import mlflow
+    import optuna
+
+    name = "bench_kill"
+    argv = [sys.executable, "src/train.py", "-m", "hparams_search=nmf_k", "dataset=digits", "dataset.n_samples=400",
+            "method.tol=0", "method.max_iter=3000", *_args(servers, name, tmp / name), "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.n_jobs=1"]
+    sweep = subprocess.Popen(argv, cwd=ROOT, env=_env(cluster), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            trials = optuna.load_study(study_name=name, storage=servers.optuna_url).get_trials(deepcopy=False)
+        except KeyError:
+            trials = []
+        if trials and trials[0].intermediate_values:
+            break
+        time.sleep(0.2)
+    run = mlflow.MlflowClient(servers.mlflow_url).get_run(trials[0].user_attrs["mlflow_run_id"])
+    killed = time.time()
+    os.kill(int(run.data.tags["nmfstudy.pid"]), 9)
+    sweep.wait(timeout=600)
+    first, retry = optuna.load_study(study_name=name, storage=servers.optuna_url).get_trials()[:2]
+    return first.datetime_complete.timestamp() - killed, retry.datetime_start.timestamp() - killed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--faults-only", action="store_true", help="only the cost of scancel and of SIGKILL")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
     rows = []
     with local_study_servers(tmp / "servers") as servers, local_slurm(tmp / "slurm") as cluster:
         for label, run in (("one plain worker (basic launcher)", plain),
                            ("`hydra/launcher=slurm`, batches of 2 jobs", launcher),
-                           ("`sbatch --array=0-1`: 2 workers", array)):
+                           ("`sbatch --array=0-1`: 2 workers", array)) if not args.faults_only else ():
             load = os.getloadavg()[0]
             wall, finished = run(servers, cluster, tmp, args.trials)
             rows.append((label, finished, wall, load, os.getloadavg()[0]))
             print(f"{label}: {finished} trials in {wall:.1f} s", file=sys.stderr)
         to_start, to_end = cancel_cost(servers, cluster, tmp)
+        to_fail, to_retry = kill_cost(servers, cluster, tmp)
+    print(f"SIGKILL of a job's process mid-fit -> its trial FAIL: {to_fail:.1f} s; -> its retry's start: "
+          f"{to_retry:.1f} s")
+    print(f"scancel of a job mid-fit -> its retry's start: {to_start:.1f} s; -> the retry's end: {to_end:.1f} s")
+    if not rows:
+        return
     anchor = rows[0][1] / rows[0][2]
     print("| setting | finished trials | wall s | trials/min | vs one plain worker | load before / after |")
     print("|---|---|---|---|---|---|")
     for label, finished, wall, before, after in rows:
         print(f"| {label} | {finished} | {wall:.1f} | {60 * finished / wall:.1f} | "
               f"{finished / wall / anchor:.2f}x | {before:.1f} / {after:.1f} |")
-    print(f"\nscancel of a job mid-fit -> its retry's start: {to_start:.1f} s; -> the retry's end: {to_end:.1f} s")
 
 
 if __name__ == "__main__":
