@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -103,8 +104,8 @@ def slurm_cluster(tmp_path_factory):
         try:
             context = local_slurm(tmp_path_factory.mktemp("slurm"))
             cluster = context.__enter__()
-        except RuntimeError as err:
-            missing = f"the test SLURM cluster did not start: {str(err).splitlines()[0]}"
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            missing = f"the test SLURM cluster did not start: {(str(err).splitlines() or [repr(err)])[0]}"
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs the test SLURM cluster: {missing}", pytrace=False)
