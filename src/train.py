@@ -35,6 +35,7 @@ from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, project_root, run_label
 from nmfstudy.methods import ClusteringEstimator
 from nmfstudy.metrics import LABEL_METRICS, evaluate
+from nmfstudy.processes import raise_terminated
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.tracking import models as tracked_models
@@ -80,10 +81,6 @@ def exit_without_teardown(status: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def objective_value(scores: dict[str, float], objective: str | list[str],
@@ -256,7 +253,7 @@ def main(cfg: DictConfig) -> float | list[float]:
 
 if __name__ == "__main__":
     # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C does: the MLflow run is marked KILLED.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main()
         if single_run_ended:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -78,3 +79,31 @@ def fresh_optuna_url(study_servers):
     url = study_servers.postgres.create_database(name)
     yield url
     study_servers.postgres.drop_database(name)
+
+
+# ----------------------------------------------------------------------------- a real SLURM
+# munged, slurmctld and slurmd of this machine as root, config through SLURM_CONF (tests/servers.py).
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A single-node SLURM cluster (node `hostname -s`, 2 CPUs, no accounting) for the session,
+    always stopped at its end. Attributes: .env (os.environ + SLURM_CONF for clients), .conf,
+    .sbatch(), .squeue(), .scancel(), .wait_empty(), .logs(). Skipped when SLURM is missing or
+    cannot start; under CI that is a failure."""
+    from servers import local_slurm, slurm_missing
+
+    missing = slurm_missing()
+    if missing is None:
+        try:
+            context = local_slurm(tmp_path_factory.mktemp("slurm"))
+            cluster = context.__enter__()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            missing = f"the test SLURM cluster did not start: {(str(err).splitlines() or [repr(err)])[0]}"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the test SLURM cluster: {missing}", pytrace=False)
+        pytest.skip(missing)
+    try:
+        yield cluster
+    finally:
+        context.__exit__(None, None, None)

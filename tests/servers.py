@@ -1,4 +1,5 @@
-"""Real servers for tests and benchmarks: a throwaway PostgreSQL and an `mlflow server` on it.
+"""Real servers for tests and benchmarks: a throwaway PostgreSQL, an `mlflow server` on it, and a
+single-node SLURM (`SlurmCluster`, `local_slurm`: munged, slurmctld and slurmd as root).
 
 The setup of "Studies on many machines" (docs/DESIGN: one PostgreSQL with the databases
 `optuna` and `mlflow`, one MLflow tracking server with proxied artifacts) on this machine,
@@ -475,8 +476,258 @@ def local_study_servers(base_dir: str | os.PathLike, *, mlflow_workers: int = 1,
         pg.destroy()
 
 
+# ----------------------------------------------------------------------------- SLURM
+
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def slurm_missing() -> str | None:
+    """Why a test SLURM cluster cannot start here (a program missing, not root), or None."""
+    missing = [name for name in (*SLURM_DAEMONS, "sbatch", "squeue", "scancel", "sinfo")
+               if shutil.which(name) is None and not Path("/usr/sbin", name).is_file()]
+    if missing:
+        return (f"SLURM is not installed ({', '.join(missing)} missing; "
+                "apt-get install slurmctld slurmd slurm-client munge)")
+    if os.geteuid() != 0:
+        return "the test SLURM cluster runs its daemons as root"
+    return None
+
+
+def _program(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+SLURM_CONF = """\
+# A single-node SLURM for tests (tests/servers.py): daemons as root, no cgroups, no accounting.
+ClusterName=nmfstudy
+SlurmctldHost={node}
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+CredType=cred/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool/slurmd-%n
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# Processes tracked by their parents in /proc, tasks not confined: no cgroups needed (containers).
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+# Accounting switched off, as on many small clusters: `sacct` answers that it is disabled.
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+# Quick turns for tests: SIGKILL 5 s after SIGTERM, finished jobs forgotten after 5 minutes,
+# the scheduler looks at new jobs at once.
+KillWait={kill_wait}
+MinJobAge=300
+OverTimeLimit=0
+InactiveLimit=0
+SchedulerParameters=defer_batch=0,sched_interval=1,bf_interval=1
+MessageTimeout=20
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+"""
+
+
+class SlurmCluster:
+    """A throwaway single-node SLURM: munged, slurmctld and slurmd of this machine, as root.
+
+    Everything lives in one `tempfile.mkdtemp()` folder: the generated slurm.conf, munge's key and
+    socket, slurmctld's state and slurmd's spool, the daemons' logs. Daemons and clients find the
+    config through the SLURM_CONF environment variable (`env`), so /etc/slurm is never read or
+    written. The node is `hostname -s` with `cpus` CPUs; jobs run as root. `stop()` ends the
+    daemons (and the jobs they still run) and copies their logs into `base_dir`.
+    """
+
+    def __init__(self, root: Path, node: str, cpus: int, base_dir: Path | None, kill_wait: int):
+        self.root = Path(root)
+        self.node, self.cpus, self.kill_wait = node, cpus, kill_wait
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.conf = self.root / "slurm.conf"
+        self.munge_socket = self.root / "munge" / "munge.socket"
+        self.processes: dict[str, int] = {}
+
+    @classmethod
+    def start(cls, base_dir: str | os.PathLike, cpus: int = 2, kill_wait: int = 5,
+              timeout: float = 60) -> SlurmCluster:
+        """Write the config, start munged, slurmctld and slurmd; returns once the node is idle.
+
+        Raises RuntimeError with the daemons' log tails when the cluster does not come up.
+        """
+        missing = slurm_missing()
+        if missing:
+            raise RuntimeError(missing)
+        base_dir = Path(base_dir)
+        base_dir.mkdir(parents=True, exist_ok=True)
+        node = socket.gethostname().split(".")[0]
+        cluster = cls(Path(tempfile.mkdtemp(prefix="nmfstudy-slurm-")), node, cpus, base_dir, kill_wait)
+        _live.append(cluster)
+        try:
+            cluster._write_config()
+            cluster._start_munge()
+            cluster._start_daemon("slurmctld", "-i")  # -i: ignore state from a cluster before this one
+            cluster._start_daemon("slurmd")
+            cluster._wait_idle(timeout)
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for SLURM's clients (sbatch, squeue, ...) and daemons: os.environ + SLURM_CONF."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def _write_config(self) -> None:
+        for sub in ("state", "spool", "munge"):
+            (self.root / sub).mkdir(mode=0o700)
+        memory_mb = max(1024, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 512)
+        self.conf.write_text(SLURM_CONF.format(
+            node=self.node, root=self.root, ctld_port=free_port(), slurmd_port=free_port(),
+            munge_socket=self.munge_socket, cpus=self.cpus, memory_mb=memory_mb, kill_wait=self.kill_wait))
+
+    def _start_munge(self) -> None:
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(128))
+        key.chmod(0o400)
+        munge = self.root / "munge"
+        self._run(_program("munged"), "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
+                  f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}",
+                  f"--seed-file={munge / 'munged.seed'}")
+        self.processes["munged"] = self._read_pid(munge / "munged.pid")
+
+    def _start_daemon(self, name: str, *args: str) -> None:
+        # Each forks into the background and writes its pid file; its own session keeps a
+        # terminal's Ctrl-C away from it.
+        self._run(_program(name), *args)
+        self.processes[name] = self._read_pid(self.root / f"{name}.pid")
+
+    def _run(self, *cmd: str) -> None:
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        if out.returncode != 0:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed ({out.returncode}): "
+                               f"{(out.stderr or out.stdout).strip()[-2000:]}\n{self.logs()}")
+
+    def _read_pid(self, path: Path, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(path.read_text().split()[0])
+                if pid_alive(pid):
+                    return pid
+            time.sleep(0.05)
+        raise RuntimeError(f"no live process in {path}\n{self.logs()}")
+
+    def _wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True,
+                                 text=True, timeout=30)
+            state = (out.stdout or out.stderr).strip()
+            if out.returncode == 0 and state.rstrip("*") in ("idle", "mixed", "allocated"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the SLURM node did not become idle within {timeout} s (sinfo: {state!r})"
+                           f"\n{self.logs()}")
+
+    def logs(self, n: int = 30) -> str:
+        """The tails of the daemons' logs."""
+        paths = [self.root / "munge" / "munged.log", self.root / "slurmctld.log", self.root / "slurmd.log"]
+        return "\n".join(f"--- {p}:\n{_tail(p, n)}" for p in paths if p.exists())
+
+    # -- clients
+
+    def sbatch(self, *args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> str:
+        """`sbatch --parsable ARGS`; the job id."""
+        out = subprocess.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})}, cwd=cwd,
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"sbatch failed: {out.stderr.strip()}")
+        return out.stdout.strip().split(";")[0]
+
+    def squeue(self, *args: str) -> list[tuple[str, str]]:
+        """(job id, state) of the jobs in the queue: `squeue -h -r -o '%i %T' ARGS`, array tasks one by one."""
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", *args], env=self.env, capture_output=True,
+                             text=True, timeout=60, check=True)
+        return [tuple(line.split()[:2]) for line in out.stdout.splitlines() if line.strip()]  # type: ignore[misc]
+
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args], env=self.env, capture_output=True, text=True, timeout=60, check=True)
+
+    def wait_empty(self, timeout: float = 120) -> None:
+        """Until no job is queued or running (RuntimeError after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while self.squeue():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SLURM jobs still queued after {timeout} s: {self.squeue()}")
+            time.sleep(0.5)
+
+    # -- lifecycle
+
+    def stop(self) -> None:
+        """Cancel every job, SIGTERM the daemons, SIGKILL what is left; keep the logs in base_dir."""
+        if self in _live:
+            _live.remove(self)
+        if self.processes.get("slurmctld") and pid_alive(self.processes["slurmctld"]):
+            with contextlib.suppress(Exception):
+                subprocess.run(["scancel", "--full", "-u", "root"], env=self.env, capture_output=True, timeout=10)
+        jobs = set()
+        if self.processes.get("slurmd"):
+            jobs = descendants(self.processes["slurmd"])  # the jobs' slurmstepd and their children
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = self.processes.get(name)
+            if pid and pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_alive(p) for p in [*self.processes.values(), *jobs]):
+            time.sleep(0.1)
+        for pid in [*self.processes.values(), *jobs]:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.processes.clear()
+
+    def destroy(self) -> None:
+        """Stop, copy the logs into base_dir and delete the folder."""
+        with contextlib.suppress(Exception):
+            self.stop()
+        if self.base_dir is not None:
+            for log in ("slurmctld.log", "slurmd.log", "munge/munged.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(self.root / log, self.base_dir / Path(log).name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"SlurmCluster(node={self.node!r}, conf={str(self.conf)!r})"
+
+
+@contextlib.contextmanager
+def local_slurm(base_dir: str | os.PathLike, **kwargs) -> Iterator[SlurmCluster]:
+    """A single-node SLURM cluster (`SlurmCluster.start`), always stopped and deleted on exit."""
+    cluster = SlurmCluster.start(base_dir, **kwargs)
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     for server in list(reversed(_live)):
         with contextlib.suppress(Exception):
-            server.destroy() if isinstance(server, PostgresServer) else server.stop()
+            server.stop() if isinstance(server, MlflowServer) else server.destroy()

@@ -204,7 +204,7 @@ def test_the_slurm_preset_composes_on_submitit():
         cfg = compose("config", overrides=["hparams_search=nmf_k", "hydra/launcher=slurm",
                                            "hydra.launcher.partition=gpu"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.nmfstudy_submitit_launcher._launcher.SlurmLauncher"
     assert (launcher.partition, launcher.cpus_per_task, launcher.mem_gb, launcher.signal_delay_s) == ("gpu", 2, 4, 120)
 
 

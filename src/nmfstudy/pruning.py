@@ -25,6 +25,7 @@ import logging
 import math
 from typing import Any, Callable, Mapping
 
+from .processes import interruption, raise_if_terminated
 from .study_names import PRUNED_AT_TAG, STUDY_NAME_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG, TrialHook
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class TrialReporter:
         """
 
         def reporting(iteration: int, loss: float, elapsed_s: float) -> bool | None:
+            raise_if_terminated()  # a SIGTERM spent where it could not raise (a finalizer) still stops the fit
             stop = callback(iteration, loss, elapsed_s) if callback is not None else None
             if not self._off and iteration % self.report_every == 0 and self.report(iteration, loss):
                 return True
@@ -165,6 +167,7 @@ class TrialReporter:
         bool
             True when the trial should be pruned.
         """
+        raise_if_terminated()
         trial = self._open()
         if trial is None or not math.isfinite(loss):
             return False
@@ -173,6 +176,9 @@ class TrialReporter:
             if self.pruner_spec is None or not trial.should_prune():
                 return False
         except Exception as err:  # a lost storage must not fail the fit; the run still completes
+            stop = interruption(err)
+            if stop is not None:  # SIGTERM or Ctrl-C that landed inside the storage call: never swallowed
+                raise stop from err
             log.warning("trial %d: reporting to Optuna failed, no more reports: %s", self.number, err)
             self._off = True
             return False
@@ -208,6 +214,9 @@ class TrialReporter:
             finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             maximize = [direction == optuna.study.StudyDirection.MAXIMIZE for direction in study.directions]
         except Exception as err:
+            stop = interruption(err)
+            if stop is not None:
+                raise stop from err
             log.warning("trial %d: cannot read the study in %s, drawing its figures: %s", self.number,
                         self.hook.storage, err)
             return True
@@ -250,6 +259,9 @@ class TrialReporter:
             self._trial = optuna.trial.Trial(study, trial_id)
             self._sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         except Exception as err:
+            stop = interruption(err)
+            if stop is not None:
+                raise stop from err
             log.warning("trial %d: cannot open it in %s, no reports: %s", self.number, self.hook.storage, err)
             self._off = True
         return self._trial

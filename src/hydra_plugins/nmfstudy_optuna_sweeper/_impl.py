@@ -48,7 +48,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nmfstudy.processes import process_alive, process_start
+from nmfstudy.processes import JobInterrupted, Terminated, interruption, process_alive, process_start, raise_terminated
 from nmfstudy.study_names import (
     RUN_FAILED,
     RUN_FINISHED,
@@ -88,10 +88,6 @@ class SweeperError(CompactHydraException, ValueError):
     """A setting or a server the study cannot start with: Hydra prints this one line, no traceback."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: a scheduler preempting or cancelling the worker; its trials are retried elsewhere."""
-
-
 class _ProcessDied(RuntimeError):
     """The job's process ended without a result (killed, out of memory, a lost node)."""
 
@@ -105,10 +101,6 @@ def _describe(spec: dict | None) -> str:
         return "none"
     args = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "_target_")
     return f"{spec['_target_']}({args})"
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"signal {signum}")
 
 
 def _consecutive(jobs: list[tuple[Any, Sequence[str]]]) -> Iterator[list[tuple[Any, Sequence[str]]]]:
@@ -493,26 +485,35 @@ class OptunaSweeperImpl(Sweeper):
             return None
 
     def _run_trials(self, s: _Session) -> None:
-        """Batches of trials until n_trials are done, the space is covered or max_trials is reached."""
+        """Batches of trials until n_trials are done (then the queued retries), the space is covered or
+        max_trials is reached."""
         batch: list[_Trial] = []
         try:
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
         except ValueError:  # not the main thread
             previous = None
         try:
             done = 0
-            while done < self.n_trials and not s.exhausted:
-                room = self._room_to_start(s)
+            while not s.exhausted:
+                if done < self.n_trials:
+                    wanted = self.n_trials - done
+                else:  # then the queued retries (its own killed jobs', or another worker's), so that a
+                    wanted = self._waiting(s.study) if done else 0  # study ends with none WAITING for nobody
+                room = self._room_to_start(s) if wanted > 0 else 0
                 if room == 0:
                     break
-                batch = [self._start(s) for _ in range(min(self.n_jobs, self.n_trials - done, room or self.n_jobs))]
+                batch = [self._start(s) for _ in range(min(self.n_jobs, wanted, room or self.n_jobs))]
                 # A retry redoes a trial an earlier command asked for: it adds nothing to n_trials.
                 done += sum(item.retry_of is None for item in batch)
                 self._run_batch(s, batch)
             if s.exhausted:
                 log.info("the sampler has covered the whole search space: stopping after %d trial(s)", done)
         except BaseException as err:
-            self._fail_untold(s, batch, err)
+            # SIGTERM inside a storage call may surface as the storage's error: still a preemption.
+            stop = err if isinstance(err, KeyboardInterrupt) else interruption(err)
+            self._fail_untold(s, batch, stop or err)
+            if stop is not None and stop is not err:
+                raise stop from err
             raise
         finally:
             if previous is not None:
@@ -550,8 +551,10 @@ class OptunaSweeperImpl(Sweeper):
             jobs.append((item, overrides))
         for run in _consecutive(jobs):
             for item, state, values, error in self._launch(run, s):
-                self._finish(s, item, state, values, error, retry=isinstance(error, _ProcessDied))
-                failed += state == TrialState.FAIL
+                # Killed, cancelled, preempted or timed out: the trial is retried; a job's own error is not.
+                retry = isinstance(error, (_ProcessDied, JobInterrupted, Terminated))
+                self._finish(s, item, state, values, error, retry=retry)
+                failed += state == TrialState.FAIL and not retry  # a cluster's kill is not the trial's failure
         if batch and failed / len(batch) > self.max_failure_rate:
             raise SweeperError(f"{failed} of {len(batch)} trials failed, more than "
                                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; see the warnings above")
@@ -669,6 +672,12 @@ class OptunaSweeperImpl(Sweeper):
             return False
         counted = study.get_trials(deepcopy=False, states=COUNTED)
         return sum(t.number < number for t in counted) >= self.max_trials
+
+    @staticmethod
+    def _waiting(study: optuna.Study) -> int:
+        """How many trials are queued (WAITING): retries of failed ones."""
+        return len(retrying("listing queued trials",
+                            lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
 
     def _others_in_flight(self, study: optuna.Study) -> bool:
         return bool(retrying("listing running trials", lambda: study.get_trials(deepcopy=False, states=IN_FLIGHT)))

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from nmfstudy.processes import interruption
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -34,6 +36,9 @@ def retrying(what: str, action: Callable[[], T], patience_s: float = 120.0) -> T
         try:
             return action()
         except (OperationalError, DBAPIError) as err:
+            stop = interruption(err)
+            if stop is not None:  # SIGTERM inside the call, turned into a driver's error: stop, never retry
+                raise stop from err
             if time.monotonic() > deadline:
                 raise
             log.warning("%s: the storage did not answer (%s); trying again in %.0f s", what,

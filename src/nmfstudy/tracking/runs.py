@@ -92,9 +92,10 @@ def run(
     try:
         yield active
         status = RunStatus.to_string(RunStatus.FINISHED)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         status = RunStatus.to_string(RunStatus.KILLED)
-        mlflow.set_tag(ERROR_TAG, "interrupted")
+        reason = getattr(err, "reason", None)  # why a scheduler stopped the job (study_names.Terminated)
+        mlflow.set_tag(ERROR_TAG, f"interrupted: {reason}" if reason else "interrupted")
         raise
     except BaseException as err:
         mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
