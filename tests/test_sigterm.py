@@ -25,7 +25,7 @@ SIGNALS = 60
 CHILD = r"""
 import json, os, random, signal, sys, threading, time
 import optuna
-from nmfstudy import study_names
+from nmfstudy import processes
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.processes import Terminated, raise_terminated
 from nmfstudy.study_names import TrialHook
@@ -64,7 +64,7 @@ def one_round(last):
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     finally:
         timer.cancel()
-        study_names._terminations.clear()  # a new round: this process did not end, as a real job would
+        processes._terminations.clear()  # a new round: this process did not end, as a real job would
 
 try:
     for i in range(rounds):
