@@ -111,6 +111,26 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP GET of `url` answers 200 (a server's /ping or /health)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def the_one_line(result: subprocess.CompletedProcess) -> str:
     """The run ended in exactly one line on stderr, with a non-zero exit and no traceback."""
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]

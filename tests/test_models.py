@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -14,7 +13,7 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import ROOT, mlflow_runs, run_train, the_one_line, wait_until
+from helpers import ROOT, answers, free_port, mlflow_runs, run_train, the_one_line, wait_until
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -140,12 +139,6 @@ def test_the_estimator_is_built_once_per_run(tmp_path):
     assert run.data.params["method._target_"] == "counting.CountingNMF"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(payload).encode(),
                                      {"Content-Type": "application/json"})
@@ -157,19 +150,14 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
 
 
 def test_mlflow_models_serve_answers_with_the_same_clusters(logged):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": _uri(logged)}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{STUDY}@best",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        def ready():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "mlflow models serve answering /ping", server, timeout=120)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), "mlflow models serve answering /ping", server,
+                   timeout=120)
         data = load_dataset("digits", n_samples=300, seed=0, test_size=0.2)
         status, answer = _post(port, {"inputs": data.X_test[:20].tolist()})
         expected = mlflow.pyfunc.load_model(f"models:/{STUDY}@best").predict(data.X_test[:20])

@@ -5,13 +5,11 @@ import ast
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 
 import pytest
-from helpers import ROOT, run_train, wait_until
+from helpers import ROOT, answers, free_port, run_train, wait_until
 
 
 def _section_blocks(language: str) -> list[str]:
@@ -51,26 +49,15 @@ def test_the_load_model_snippet_predicts_new_images(study_store):
     assert len(clusters.split()) == len(labels.split()) == 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_serve_snippet_answers_the_request_snippet(study_store):
     (command,) = [line for line in _section_blocks("bash")[0].splitlines() if "mlflow models serve" in line]
-    port = str(_free_port())
+    port = str(free_port())
     assert command.startswith("MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve") and "-p 5001" in command
     server = subprocess.Popen(command.replace("-p 5001", f"-p {port}"), shell=True, cwd=study_store,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        def ready():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "the README's mlflow models serve", server, timeout=120)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), "the README's mlflow models serve", server,
+                   timeout=120)
         result = _python(_section_blocks("python")[2].replace(":5001/", f":{port}/"), study_store)
         assert result.returncode == 0, result.stderr[-2000:]
         predictions = ast.literal_eval(result.stdout.strip())["predictions"]  # the dict the snippet prints

@@ -28,6 +28,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _git(folder: Path, *args: str) -> str | None:
+    """What `git args...` prints in `folder`, stripped; None without git or outside a work tree."""
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def git_commit(folder: Path) -> str:
     """The commit checked out in `folder`.
 
@@ -41,11 +50,7 @@ def git_commit(folder: Path) -> str:
     str
         The commit's hash, or "unknown" (no git, not a work tree).
     """
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    return _git(folder, "rev-parse", "HEAD") or "unknown"
 
 
 def git_tags(folder: Path) -> dict[str, str]:
@@ -65,12 +70,7 @@ def git_tags(folder: Path) -> dict[str, str]:
         ``mlflow.source.git.commit`` (the hash, or "unknown") and ``nmfstudy.git_dirty`` ("true" when
         tracked files have uncommitted changes, "false", or "unknown").
     """
-    commit, dirty = git_commit(folder), "unknown"
-    if commit != "unknown":
-        try:
-            out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                 capture_output=True, text=True, timeout=10)
-            dirty = ("true" if out.stdout.strip() else "false") if out.returncode == 0 else "unknown"
-        except (OSError, subprocess.SubprocessError):
-            pass
+    commit = git_commit(folder)
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no") if commit != "unknown" else None
+    dirty = "unknown" if status is None else ("true" if status else "false")
     return {"mlflow.source.git.commit": commit, "nmfstudy.git_dirty": dirty}
