@@ -67,3 +67,43 @@ def test_every_method_on_identical_images_says_its_fit_is_degenerate(tmp_path, m
     assert line == expected + DEGENERATE_END
     if method in ("symnmf", "kmeans"):  # methods without a basis: an empty cluster is a dead component
         assert live == used
+
+
+# --- reports to Optuna count iterations across a fit's starts ---------------------------------------
+
+@pytest.mark.parametrize("method", ["NMFR", "DCD", "SymNMF"])
+def test_a_multi_start_fit_numbers_its_iterations_on_across_the_starts(one_thread, method):
+    """n_init=2: the callback sees 1, 2, ... over every iteration of both starts (SymNMF: the screening's
+    and then the winner's), and the fit is the one it is without a callback."""
+    import nmfstudy.methods as methods
+    from nmfstudy.data import load_dataset
+
+    data = load_dataset("digits", n_samples=300)
+    settings = dict(n_neighbors=5, max_iter=25, tol=0.0, n_init=2, random_state=0)
+    if method == "SymNMF":
+        settings["screen_iter"] = 10
+    seen = []
+    model = getattr(methods, method)(10, **settings).fit(data.X_train, callback=lambda i, loss, t: seen.append(i))
+    alone = getattr(methods, method)(10, **settings).fit(data.X_train)
+    assert seen == list(range(1, len(seen) + 1))
+    assert len(seen) == (10 + 10 + 15 if method == "SymNMF" else 2 * 25)  # every iteration of every start
+    assert np.array_equal(model.labels_, alone.labels_) and np.array_equal(model.components_, alone.components_)
+    assert model.loss_ == alone.loss_ and model.n_iter_ == alone.n_iter_ == 25
+
+
+def test_a_study_of_multi_start_fits_reports_every_step_once(tmp_path):
+    """A DCD trial with n_init=2 reports each of its 2 x 12 iterations as its own step: Optuna warns
+    of no repeated step, and the intermediate values run 1..24."""
+    optuna = pytest.importorskip("optuna")
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_train(tmp_path, "hparams_search=dcd", f"hydra.sweeper.storage={storage}", "dataset=digits",
+                       "dataset.n_samples=300", "hydra.sweeper.n_trials=1", "hydra.sweeper.report_every=1",
+                       "method.n_init=2", "method.max_iter=12", "method.tol=0", "graph.n_neighbors=5",
+                       multirun=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "is already reported" not in output and "Traceback" not in output
+    (trial,) = optuna.load_study(study_name="dcd-digits-k10-n300", storage=storage).get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == list(range(1, 25))
