@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import mlflow_runs, run_train
+from helpers import mlflow_runs, run_train, the_one_line
 
 # One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -107,3 +107,120 @@ def test_a_study_of_multi_start_fits_reports_every_step_once(tmp_path):
     (trial,) = optuna.load_study(study_name="dcd-digits-k10-n300", storage=storage).get_trials()
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == list(range(1, 25))
+
+
+# --- names and stores that cannot be used: one line ----------------------------------------------
+
+EXPERIMENT_RULE = "error: tracking.experiment must be a name of 1 to 500 characters, not only blanks"
+
+
+def _no_runs(tmp_path) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("name, shown", [("''", "''"), ("' '", "' '"), ("x" * 501, "a name of 501 characters"),
+                                         ("null", "None"), ("123", "123")],
+                         ids=["empty", "blank", "too long", "null", "a number"])
+def test_an_experiment_name_mlflow_refuses_is_one_line(tmp_path, name, shown):
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.experiment={name}", env=ONE_THREAD)
+    hint = " (quote a number: tracking.experiment=\"'2024'\")" if name == "123" else ""
+    assert the_one_line(result) == f"{EXPERIMENT_RULE}{hint}; got {shown}"
+    assert _no_runs(tmp_path)
+
+
+def test_an_empty_experiment_name_stops_a_study_before_its_first_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", f"hydra.sweeper.storage={storage}",
+                       "hydra.sweeper.n_trials=1", "tracking.experiment=", multirun=True, env=ONE_THREAD)
+    assert the_one_line(result) == f"{EXPERIMENT_RULE}; got ''"
+    assert _no_runs(tmp_path) and not (tmp_path / "multirun" / "0").exists()
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder that cannot be written, even by root: chattr +i as root (an immutable folder, as a
+    read-only mount would be), chmod 555 otherwise; made writable again afterwards."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+
+    def lock():
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+        elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("root cannot be denied a folder here: chattr +i is not supported on this file system")
+
+    yield folder, lock
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
+def test_an_optuna_db_in_a_folder_that_cannot_be_written_is_one_line(tmp_path, unwritable):
+    optuna = pytest.importorskip("optuna")
+    folder, lock = unwritable
+    storage = f"sqlite:///{folder}/optuna.db"
+    optuna.create_study(study_name="kmeans_k-digits", storage=storage, direction="maximize")
+    lock()
+    result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", f"hydra.sweeper.storage={storage}",
+                       "hydra.sweeper.n_trials=1", multirun=True, env=ONE_THREAD)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[0] == (
+        f"hydra.sweeper.storage {storage} cannot be used: its folder {folder} cannot be written (SQLite writes the "
+        "study and its journal there): make it writable, or point the storage at a file in a writable folder")
+    assert optuna.load_study(study_name="kmeans_k-digits", storage=storage).get_trials() == []
+    assert not (tmp_path / "multirun" / "0").exists() and _no_runs(tmp_path)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that takes connections and never answers (a hung server, a wrong service)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    taken, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                taken.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for connection in taken:
+        connection.close()
+    server.close()
+
+
+def test_a_postgresql_tracking_uri_that_refuses_is_one_line_at_once(tmp_path):
+    from servers import free_port
+
+    port = free_port()
+    uri = f"postgresql+psycopg://postgres:secret@127.0.0.1:{port}/mlflow"
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+                       timeout=60)  # MLflow alone retries for about 100 s
+    assert the_one_line(result) == (f"error: tracking.uri postgresql+psycopg://postgres:***@127.0.0.1:{port}/mlflow "
+                                    f"cannot be used: nothing answers at 127.0.0.1:{port} (Connection refused): start "
+                                    "the database server or fix the URI")
+
+
+def test_a_postgresql_tracking_uri_that_does_not_answer_is_one_line(tmp_path, silent_server):
+    pytest.importorskip("psycopg")
+    uri = f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/mlflow"
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+                       timeout=60)
+    assert the_one_line(result) == (f"error: tracking.uri {uri} cannot be used: 127.0.0.1:{silent_server} took the "
+                                    "connection but gave no database answer within 5 s (connection timeout expired): "
+                                    "is that a postgresql server, and is it up?")
