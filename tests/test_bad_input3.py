@@ -224,3 +224,38 @@ def test_a_postgresql_tracking_uri_that_does_not_answer_is_one_line(tmp_path, si
     assert the_one_line(result) == (f"error: tracking.uri {uri} cannot be used: 127.0.0.1:{silent_server} took the "
                                     "connection but gave no database answer within 5 s (connection timeout expired): "
                                     "is that a postgresql server, and is it up?")
+
+
+# --- a sweep's or a study's jobs print their link once, at the end -----------------------------------
+
+UI_HINT = "start `mlflow ui --backend-store-uri sqlite:///"
+
+
+def test_a_sweeps_jobs_print_the_mlflow_ui_line_once_at_its_end(tmp_path):
+    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans", "k=4,5", multirun=True,
+                       env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert sum("logged to MLflow run " in line for line in lines) == 2  # each job says where it logged
+    (hint,) = [line for line in lines if UI_HINT in line]
+    assert "sweep run 'sweep k=4,5" in hint and "; to see them, start `mlflow ui" in hint and "all runs: http" in hint
+    assert not any("to see it" in line for line in lines)
+
+
+def test_a_studys_trials_print_the_mlflow_ui_line_once_at_its_end(tmp_path):
+    pytest.importorskip("optuna")
+    result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", "dataset.n_samples=300",
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.n_trials=2",
+                       multirun=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert sum("logged to MLflow run 'trial " in line for line in lines) == 2
+    (hint,) = [line for line in lines if UI_HINT in line]
+    assert "to see the study's runs, start `mlflow ui" in hint and "then open the runs table http" in hint
+
+
+def test_a_single_run_prints_the_mlflow_ui_line(tmp_path):
+    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (hint,) = [line for line in (result.stdout + result.stderr).splitlines() if UI_HINT in line]
+    assert "logged to MLflow run 'kmeans k=10" in hint and "; to see it, start `mlflow ui" in hint
