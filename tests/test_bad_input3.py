@@ -259,3 +259,13 @@ def test_a_single_run_prints_the_mlflow_ui_line(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (hint,) = [line for line in (result.stdout + result.stderr).splitlines() if UI_HINT in line]
     assert "logged to MLflow run 'kmeans k=10" in hint and "; to see it, start `mlflow ui" in hint
+
+
+def test_a_postgresql_tracking_uri_without_its_database_is_one_line(tmp_path, study_servers):
+    """The server answers: its own words, at once (MLflow alone retries for about 100 s)."""
+    uri = study_servers.optuna_url.rsplit("/", 1)[0] + "/no_such_database"
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+                       timeout=60)
+    line = the_one_line(result)
+    assert line.startswith(f"error: tracking.uri {uri} cannot be used: connection failed: ")
+    assert line.endswith('database "no_such_database" does not exist')
