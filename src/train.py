@@ -240,9 +240,12 @@ def main(cfg: DictConfig) -> float | list[float]:
              ("fit_time_s", "fit %.1fs"), ("n_iter", "(%d iterations)")]
     log.info("  ".join(text for name, text in shown if name in scores), *(scores[n] for n, _ in shown if n in scores))
     exp_id = active.info.experiment_id
-    log.info("logged to MLflow run %r (%s); to see it, %sopen the runs table %s (this run: %s)",
-             run_name, active.info.run_id, tracking.ui_hint(store, root), tracking.ui_link(store, exp_id),
-             tracking.ui_link(store, exp_id, active.info.run_id))
+    if hydra_cfg.mode == RunMode.RUN:
+        log.info("logged to MLflow run %r (%s); to see it, %sopen the runs table %s (this run: %s)",
+                 run_name, active.info.run_id, tracking.ui_hint(store, root), tracking.ui_link(store, exp_id),
+                 tracking.ui_link(store, exp_id, active.info.run_id))
+    else:  # a sweep's or study's job: the sweep or study prints the links once, at its end
+        log.info("logged to MLflow run %r (%s)", run_name, active.info.run_id)
     if reporter is not None and reporter.pruned:
         raise reporter.pruned_exception()
     value = objective_value(scores, run_cfg["objective"], optimized)

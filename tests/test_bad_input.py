@@ -132,8 +132,8 @@ def test_a_fit_whose_components_all_die_is_scored_and_logged(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     output = result.stdout + result.stderr
-    assert "[WARNING] - 10 of 10 components died (all-zero factors or an empty cluster; n_live_components=0): " \
-           "the scores are those of a degenerate fit" in output
+    assert "[WARNING] - 10 of 10 components died (all-zero factors or an empty cluster; n_live_components=0); " \
+           "every sample is in one cluster (n_clusters_used=1): the scores are those of a degenerate fit" in output
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics

@@ -36,7 +36,7 @@ from nmfstudy.methods.gnmf import GNMF  # noqa: E402
 from nmfstudy.methods.kmeans import KMeansClustering  # noqa: E402
 from nmfstudy.methods.nmf import NMFClustering  # noqa: E402
 from nmfstudy.methods.symnmf import SymNMF  # noqa: E402
-from nmfstudy.metrics import evaluate, live_components, metric_names, silhouette  # noqa: E402
+from nmfstudy.metrics import degenerate_fit, evaluate, live_components, metric_names, silhouette  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,30 @@ def test_live_components_counts_what_still_contributes():
 
     class Centroids:
         has_basis = False
-        components_ = np.array([[0.0, 0.0], [0.5, 0.0]])  # an empty SymNMF cluster has a zero image
+        components_ = np.array([[0.0, 0.0], [0.5, 0.0], [0.2, 0.1]])  # an empty SymNMF cluster has a zero image
+        labels_ = np.array([0, 1, 1])
 
-    np.testing.assert_array_equal(live_components(Centroids()), [False, True])
+    np.testing.assert_array_equal(live_components(Centroids()), [False, True, False])  # DCD's empty ones do not
+
+    class Means(Centroids):
+        labels_ = np.array([2, 2, 2])  # every sample in one cluster: the other images are weighted means, non-zero
+
+    np.testing.assert_array_equal(live_components(Means()), [False, False, True])
+
+
+@pytest.mark.parametrize("counts, line", [
+    ((10, 10, 4), None),
+    ((1, 1, 1), None),  # k=1: one cluster is what was asked
+    ((10, 7, 7), "3 of 10 components died (all-zero factors or an empty cluster; n_live_components=7): "
+                 "the scores are those of the 7 live ones"),
+    ((10, 1, 1), "9 of 10 components died (all-zero factors or an empty cluster; n_live_components=1); "
+                 "every sample is in one cluster (n_clusters_used=1): the scores are those of a degenerate fit"),
+    ((10, 10, 1), "every sample is in one cluster (n_clusters_used=1): the scores are those of a degenerate fit"),
+    ((3, 3, 3, 16), "the 16 training samples are all the same image, so their split into n_clusters_used=3 "
+                    "clusters is arbitrary: the scores are those of a degenerate fit"),
+])
+def test_a_degenerate_fit_is_told_in_one_line_naming_its_metrics(counts, line):
+    assert degenerate_fit(*counts) == line
 
 
 def test_silhouette_is_nan_when_its_sample_holds_one_cluster():

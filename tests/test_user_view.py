@@ -101,10 +101,50 @@ def test_the_printed_link_opens_the_runs_table_with_the_metrics(ui, tmp_path):
     assert "Runs" in text and not re.search(r"Traces\s*0|Overview", text), text[:3000]
 
 
+RUNS_TABLE = "location.hash.includes('/runs?')"
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_from_the_home_page_the_experiment_opens_its_runs_table_once_model_training_is_chosen(ui, tmp_path):
+    """What the README says happens at `mlflow ui`'s home page, clicked as a user clicks, in a fresh browser.
+
+    MLflow 3.17's UI lays an experiment out by the browser's GenAI / Model training switch (stored in
+    the browser, GenAI at first), not by the experiment's tags: a first click on the experiment opens
+    the GenAI overview, whatever `mlflow.experimentKind` says. Model training, chosen once on the home
+    page, opens the runs table, then and on later visits.
+    """
+    from browser import Chromium
+
+    (sweep,) = [r.info.run_name for r in ui["runs"] if r.data.tags.get("nmfstudy.kind") == "sweep"]
+    with Chromium(CHROMIUM, tmp_path / "fresh") as browser:
+        browser.open(ui["base"] + "/")
+        browser.click("nmfstudy", "a")
+        browser.wait_for("location.hash.includes('/overview')", "MLflow's GenAI overview (the README says so)")
+        assert "workflowType=genai" in browser.url()
+    profile = tmp_path / "user"
+    with Chromium(CHROMIUM, profile) as browser:
+        browser.open(ui["base"] + "/")
+        browser.click("Model training")  # the switch at the top left
+        browser.click("nmfstudy", "a")
+        browser.wait_for(RUNS_TABLE, "the runs table after choosing Model training")
+        browser.wait_for(f"document.body.innerText.includes({sweep!r})", "the sweep's run in the table")
+        text = browser.text()
+        assert "Run Name" in text and "Detect Issues" not in text and "Traces | 0" not in text, text[:3000]
+    with Chromium(CHROMIUM, profile) as browser:  # the same browser later: the choice is remembered
+        browser.open(ui["base"] + "/")
+        browser.click("nmfstudy", "a")
+        browser.wait_for(RUNS_TABLE, "the runs table on a later visit")
+        browser.wait_for(f"document.body.innerText.includes({sweep!r})", "the sweep's run in the table")
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_a_run_link_opens_its_page_and_artifacts(ui, tmp_path):
-    runs = [link for link in printed_links(ui["log"]) if re.search(r"/runs/[0-9a-f]{32}\?", link)]
+    jobs = {r.info.run_id for r in ui["runs"] if r.data.tags.get("nmfstudy.kind") == "run"}
+    # the sweep's end line: its own run's link, then its best job's
+    runs = [link for link in printed_links(ui["log"])
+            if (found := re.search(r"/runs/([0-9a-f]{32})\?", link)) and found.group(1) in jobs]
     assert runs, ui["log"][-3000:]
     text = text_of(render(ui["base"] + runs[0], tmp_path / "profile"))
     assert "Model metrics" in text and "hungarian_accuracy" in text, text[:3000]

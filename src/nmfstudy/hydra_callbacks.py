@@ -127,6 +127,7 @@ class MlflowParentRun(Callback):
     def __init__(self) -> None:
         self._client = None
         self._store: tracking.Store | None = None
+        self._root: Path | None = None
         self._run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -151,11 +152,11 @@ class MlflowParentRun(Callback):
             # Hydra turns a callback's exception into a warning and runs the jobs anyway: exit instead.
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        self._store, self._root = store, root
         tracking.end_dead_runs_in(self._client, config.tracking.experiment, config.tracking.get("grace_period"))
         if config.hydra.sweeper.get("tracker"):
             return  # a sweeper with a tracker (the Optuna sweeper's: one run per study) records its own runs
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        self._store = store
         self._run_id = tracking.start_parent_run(
             self._client, store, config.tracking.experiment,
             run_name=sweep_label(list(config.hydra.overrides.task), config.dataset.name,
@@ -188,6 +189,11 @@ class MlflowParentRun(Callback):
         self._end("FINISHED")
         if run_id is not None:
             self._describe(run_id, config.objective)
+        elif self._store is not None:  # a study: its sweeper printed its run's and best trial's links
+            exp = self._client.get_experiment_by_name(config.tracking.experiment)
+            if exp is not None:
+                log.info("to see the study's runs, %sopen the runs table %s", tracking.ui_hint(self._store, self._root),
+                         tracking.ui_link(self._store, exp.experiment_id))
 
     def _describe(self, run_id: str, objective: Any) -> None:
         """One line: the sweep's run and the best of its jobs, with their pages in the MLflow UI."""
@@ -199,7 +205,8 @@ class MlflowParentRun(Callback):
         if best is not None:
             line += (f"; best {metric} {best.data.metrics[metric]:.4g}: run {best.info.run_name!r} "
                      f"({tracking.ui_link(self._store, exp, best.info.run_id)})")
-        log.info("%s; all runs: %s", line, tracking.ui_link(self._store, exp))
+        log.info("%s; to see them, %sopen all runs: %s", line, tracking.ui_hint(self._store, self._root),
+                 tracking.ui_link(self._store, exp))
 
     def _end(self, status: str) -> None:
         if self._run_id is not None:

@@ -42,14 +42,16 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
     """Which of the k components are alive (a boolean mask).
 
     A factorization's component j is alive when it contributes to X ~ W H, ||w_j|| ||h_j|| above
-    `rtol` ||X||_F (above 0 without X); a centroid or cluster image when its norm is above 0 (an
-    empty SymNMF cluster has none).
+    `rtol` ||X||_F (above 0 without X); a method without a basis has one component per cluster,
+    alive when some sample is in it and its image's norm is above 0. An empty cluster counts as
+    dead whatever its image: DCD's and NMFR's images are W-weighted means over every sample, so
+    they stay non-zero when every sample sits in one cluster.
 
     Parameters
     ----------
     model : ClusteringEstimator
         A fitted method (see :class:`nmfstudy.methods.ClusteringEstimator`): its `components_`,
-        and `W_` when `has_basis`.
+        and `W_` when `has_basis`, else `labels_`.
     X : ndarray of shape (n_samples, n_features), optional
         The training data, the scale of the threshold; without it any non-zero contribution counts.
     rtol : float, default DEAD_RTOL
@@ -66,7 +68,8 @@ def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL)
         return np.sqrt(np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", M, M, dtype=np.float64))
 
     if not model.has_basis:
-        return norms(model.components_, 1) > 0
+        used = np.bincount(np.asarray(model.labels_), minlength=len(model.components_)) > 0
+        return (norms(model.components_, 1) > 0) & used
     size = norms(model.W_, 0) * norms(model.components_, 1)
     floor = 0.0 if X is None else rtol * float(np.sqrt(sum(
         np.einsum("ij,ij->", block, block, dtype=np.float64) for block in np.array_split(X, max(1, len(X) // 8192)))))
@@ -279,6 +282,51 @@ def label_scores(model, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndar
     return scores
 
 
+def degenerate_fit(k: int, n_live: int, n_clusters_used: int, n_same: int = 0) -> str | None:
+    """What makes a fit degenerate, in the words every method shares, or None for a healthy one.
+
+    Parameters
+    ----------
+    k : int
+        The number of components (clusters) asked for.
+    n_live : int
+        The live ones (:func:`live_components`).
+    n_clusters_used : int
+        The clusters holding at least one training sample.
+    n_same : int, default 0
+        The number of training samples when they are all the same image (0 otherwise): a graph
+        method still splits them, by the order of its neighbour ties, into clusters that mean nothing.
+
+    Returns
+    -------
+    str or None
+        One line naming the metrics ``n_live_components`` and ``n_clusters_used``; None when every
+        component lives, for k > 1 more than one cluster is used and the samples differ.
+    """
+    one_cluster = k > 1 and n_clusters_used <= 1
+    if n_live == k and not one_cluster and not n_same:
+        return None
+    said = []
+    if n_live < k:
+        said.append(f"{k - n_live} of {k} components died (all-zero factors or an empty cluster; "
+                    f"n_live_components={n_live})")
+    if one_cluster:
+        said.append(f"every sample is in one cluster (n_clusters_used={n_clusters_used})")
+    if n_same:
+        said.append(f"the {n_same} training samples are all the same image" + ("" if one_cluster else
+                    f", so their split into n_clusters_used={n_clusters_used} clusters is arbitrary"))
+    verdict = ("a degenerate fit" if one_cluster or n_live <= 1 or n_same
+               else f"the {n_live} live one{'s' * (n_live > 1)}")
+    return f"{'; '.join(said)}: the scores are those of {verdict}"
+
+
+def warn_degenerate(k: int, n_live: int, n_clusters_used: int, n_same: int = 0) -> None:
+    """Log :func:`degenerate_fit`'s line as a warning when the fit is degenerate."""
+    line = degenerate_fit(k, n_live, n_clusters_used, n_same)
+    if line is not None:
+        log.warning("%s", line)
+
+
 def evaluate(
     model,
     X_train: np.ndarray,
@@ -291,8 +339,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Every score of a fitted method (see `methods`): the metrics a run logs, by name.
 
-    Logs a warning when components died (see :func:`live_components`): the scores are then
-    those of a degenerate fit.
+    Logs one warning, in the same words for every method (:func:`degenerate_fit`), when
+    components died (see :func:`live_components`), every sample is in one cluster or the
+    training samples are all the same image: the scores are then those of a degenerate fit.
 
     Parameters
     ----------
@@ -335,11 +384,9 @@ def evaluate(
     scores["silhouette"] = silhouette(X_train, clusters, silhouette_size, seed)
     live = live_components(model, X_train)
     scores["n_live_components"] = float(live.sum())
-    if not live.all():
-        n_live = int(live.sum())
-        log.warning("%d of %d components died (all-zero factors or an empty cluster; n_live_components=%d): %s",
-                    k - n_live, k, n_live, "the scores are those of a degenerate fit" if n_live == 0
-                    else f"the scores are those of the {n_live} live one{'s' * (n_live > 1)}")
+    # ptp: one pass over X without a copy of it
+    same = k > 1 and len(X_train) > 1 and float(np.ptp(X_train, axis=0).max()) == 0.0
+    warn_degenerate(k, int(live.sum()), int(scores["n_clusters_used"]), len(X_train) if same else 0)
     if model.has_basis:
         W, H = model.W_, model.components_
         scores["j_clust"] = mean_residual_norm(X_train, lambda start, block: W[start : start + len(block)] @ H)

@@ -71,6 +71,8 @@ def open_storage(url: str, attempts: int = 5, **kwargs: Any):
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        _check_writable(url.removeprefix("sqlite:///"))
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -78,6 +80,21 @@ def open_storage(url: str, attempts: int = 5, **kwargs: Any):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 + random.random())
+
+
+def _check_writable(path: str) -> None:
+    """An existing SQLite file in a folder that cannot be written opens, then fails at the first trial
+    (SQLite writes its journal beside the file): say so before. os.access also answers for root, which
+    an immutable folder (chattr +i) or a read-only mount still refuses."""
+    import os
+
+    if path in ("", ":memory:") or not os.path.isfile(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    for where, what in ((folder, "its folder"), (path, "the file")):
+        if not os.access(where, os.W_OK):
+            raise PermissionError(f"{what} {where} cannot be written (SQLite writes the study and its journal "
+                                  "there): make it writable, or point the storage at a file in a writable folder")
 
 
 @functools.lru_cache(maxsize=8)

@@ -100,8 +100,8 @@ class _MultilevelGraphEstimator(GraphEstimator):
         """Build (or load) the kNN graph of X, search a start, refine it; clusters = argmax of W."""
         start = time.perf_counter()
         S = self._graph(X, seed).astype(np.float64)
-        best = multilevel_fit(S, self.k, self._start, lambda S, Q, W: self._refine(S, Q, W, callback),
-                              n_init=self.n_init, oversplit=self.oversplit, n_vectors=self.n_vectors, seed=seed)
+        best = multilevel_fit(S, self.k, self._start, self._refine, n_init=self.n_init, oversplit=self.oversplit,
+                              n_vectors=self.n_vectors, seed=seed, callback=callback)
         self._keep_history(best)
         self.W_ = best.W.astype(np.float32)
         self.labels_ = self.W_.argmax(axis=1)

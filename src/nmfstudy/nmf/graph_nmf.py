@@ -14,6 +14,7 @@ loss decrease < tol, or max_iter); both return a :class:`~nmfstudy.nmf.FitResult
 """
 from __future__ import annotations
 
+import itertools
 from contextlib import nullcontext
 from numbers import Integral, Real
 
@@ -38,7 +39,7 @@ from .partition_search import membership
 from .solvers import MU_EPS, frobenius_loss
 
 __all__ = ["gnmf", "GNMF_SOLVERS", "SYMNMF_SOLVERS", "ASSIGN_RULES", "graph_smoothness", "gnmf_objective", "symnmf",
-           "normalize_graph", "partition_start", "cluster_rows"]
+           "normalize_graph", "numbered_on", "partition_start", "cluster_rows"]
 
 
 def _check_graph(S, n: int) -> sp.csr_matrix:
@@ -336,8 +337,9 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
     rank-k product can fit, so its relative decrease is tiny from the first
     iterations (on MNIST kNN graphs 1e-7 stops after ~100 iterations). Local minima differ
     by a few parts in a million there, so starts that are to be compared want ~1e-9.
-    ``callback(iteration, loss, elapsed_s)`` is called in every run (each counts its own
-    iterations); True stops all.
+    ``callback(iteration, loss, elapsed_s)`` is called in every run, the iterations numbered on
+    across the runs (:func:`numbered_on`: the screening's and the winner's too), so that a reporter
+    never sees a step twice; the seconds are each run's own. True stops all.
 
     solver:
       - "anls": Kuang, Yun, Park (J. Global Optim. 2015): alternate W and H in
@@ -374,8 +376,8 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
     inner_sweeps : int, default 2
         HALS sweeps per subproblem of the "anls" solver (>= 1).
     callback : callable, optional
-        Called as ``callback(iteration, loss, elapsed_s)`` after every iteration of every run;
-        returning True stops all runs.
+        Called as ``callback(iteration, loss, elapsed_s)`` after every iteration of every run,
+        `iteration` counting every iteration run so far, across the runs; returning True stops all runs.
     starts : sequence of array_like of shape (n, k), optional
         Start matrices (non-negative, finite; copied): one run from each, in place of the
         ``n_init`` random starts; run i has seed ``seed + i``.
@@ -424,6 +426,7 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
     n_runs = n_init if starts is None else len(starts)
     first = max_iter if screen_iter is None or n_runs == 1 else screen_iter
     best, stopped = None, False
+    callback = numbered_on(callback)
     for run in range(n_runs):
         H = _random_start(A, k, seed + run) if starts is None else starts[run]
         res = _SymNMFRun(A_ordered, seed + run, max_iter, tol, solver, beta, inner_sweeps, callback, H[order])
@@ -439,6 +442,34 @@ def symnmf(S, k: int, *, seed: int = 0, n_init: int = 1, max_iter: int = 500, to
     result.H[order] = result.H.copy()  # back to the samples' order
     result.stopped_by_callback = stopped or result.stopped_by_callback
     return result
+
+
+def numbered_on(callback: Callback | None) -> Callback | None:
+    """`callback` with the iterations of one fit numbered on across its starts: 1, 2, ... over every one run.
+
+    Each start's solver counts its own iterations from 1; a reporter (Optuna's ``trial.report``, whose
+    step must not repeat) needs one step per iteration of the whole fit. Only the number passed on
+    changes: the solvers, their histories and results are those of the callback given.
+
+    Parameters
+    ----------
+    callback : callable or None
+        ``callback(iteration, loss, elapsed_s)``; True stops.
+
+    Returns
+    -------
+    callable or None
+        A callback for every start of the fit, that calls `callback` with the number of iterations
+        run so far, this one included; None for None.
+    """
+    if callback is None:
+        return None
+    steps = itertools.count(1)
+
+    def on(iteration: int, loss: float, elapsed_s: float):
+        return callback(next(steps), loss, elapsed_s)
+
+    return on
 
 
 def _check_start(H, n: int, k: int, i: int) -> np.ndarray:

@@ -34,8 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from ._common import FitResult
-from .graph_nmf import normalize_graph, partition_start
+from ._common import Callback, FitResult
+from .graph_nmf import normalize_graph, numbered_on, partition_start
 from .partition_search import membership, search_partition
 
 __all__ = ["Grouping", "hard_loss", "lift", "multilevel_fit", "multilevel_start", "multilevel_starts", "over_cluster",
@@ -45,9 +45,9 @@ _MIN_SUBCLUSTER = 10  # samples per sub-cluster, on average, below which the sta
 _KMEANS_SAMPLE = 300  # rows per sub-cluster that fit the over-clustering's k-means,
 _KMEANS_ROWS = 20_000  # and at most this many (k = 50 would otherwise fit on all 60,000)
 
-# A method's start (S, Q, sub-clusters, their number, seed) -> W0, and its refinement (S, Q, W0) -> result.
+# A method's start (S, Q, sub-clusters, their number, seed) -> W0, and its refinement (S, Q, W0, callback) -> result.
 Start = Callable[[sp.csr_matrix, sp.csr_matrix, np.ndarray, int, int], np.ndarray]
-Refine = Callable[[sp.csr_matrix, sp.csr_matrix, np.ndarray], FitResult]
+Refine = Callable[[sp.csr_matrix, sp.csr_matrix, np.ndarray, "Callback | None"], FitResult]
 
 
 # --------------------------------------------------------------------------- NMFR and DCD
@@ -178,7 +178,7 @@ def lift(g: np.ndarray, sub: np.ndarray, k: int, floor: float = 0.05) -> np.ndar
 
 
 def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, oversplit: int, n_vectors: int,
-                   seed: int) -> FitResult:
+                   seed: int, callback: Callback | None = None) -> FitResult:
     """The multilevel search of NMFR and DCD: over-cluster, start from the best grouping, refine; `n_init` times.
 
     Parameters
@@ -193,7 +193,8 @@ def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, over
         (:func:`~nmfstudy.nmf.random_walk.nmfr_start`, :func:`~nmfstudy.nmf.dcd.dcd_start`).
         With k or fewer sub-clusters each is a cluster (:func:`lift`).
     refine : callable
-        ``refine(S, Q, W0)``: the method's solver from W0, a :class:`~nmfstudy.nmf.FitResult`.
+        ``refine(S, Q, W0, callback)``: the method's solver from W0 calling `callback` after each
+        iteration, a :class:`~nmfstudy.nmf.FitResult`.
     n_init : int
         Over-clusterings tried (seeds seed, seed + 1, ...), each grouped and refined; the lowest
         final objective wins. A run that the callback stopped ends the search.
@@ -203,12 +204,17 @@ def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, over
         Eigenvectors in the spectral embedding that is over-clustered (at least k are used).
     seed : int
         Seeds the embedding, the over-clusterings and the starts.
+    callback : callable, optional
+        ``callback(iteration, loss, elapsed_s)`` after every iteration of every refinement, the
+        iterations numbered on across them (:func:`~nmfstudy.nmf.graph_nmf.numbered_on`), so that a
+        reporter never sees a step twice; True stops.
 
     Returns
     -------
     FitResult
         The refinement of lowest final objective; ``stopped_by_callback`` set when the callback stopped a run.
     """
+    callback = numbered_on(callback)
     Q = normalize_graph(S).astype(np.float64)
     U = spectral_embedding(Q, max(n_vectors, k), seed)
     best = None
@@ -216,7 +222,7 @@ def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, over
         sub = over_cluster(U, min(oversplit * k, S.shape[0]), seed + run)
         n_sub = int(sub.max()) + 1
         W0 = start(S, Q, sub, n_sub, seed + run) if n_sub > k else lift(np.arange(n_sub), sub, k)
-        result = refine(S, Q, W0)
+        result = refine(S, Q, W0, callback)
         if best is None or result.loss < best.loss:
             best = result
         if result.stopped_by_callback:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
 
 from nmfstudy.metrics import LABEL_METRICS
 from nmfstudy.study_names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RUNS_VIEW_KEY, SHARED_VIEW_PREFIX
@@ -39,8 +40,10 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
     Raises
     ------
     TrackingError
-        When the experiment was deleted (the message says how to restore it).
+        When the name is one MLflow refuses, or the experiment was deleted (the message says how
+        to restore it).
     """
+    check_experiment_name(name)
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
@@ -57,11 +60,32 @@ def experiment_id(client: MlflowClient, store: Store, name: str) -> str:
         location = (store.artifact_root / slug).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=_UI_TAGS)
-    except MlflowException:
+    except MlflowException as err:
         found = client.get_experiment_by_name(name)
         if found is None:
-            raise
+            raise TrackingError(f"tracking.experiment {name!r} cannot be made: {err.message}") from None
         return found.experiment_id
+
+
+def check_experiment_name(name) -> None:
+    """Refuse, in one line naming tracking.experiment, a name MLflow would refuse with a traceback.
+
+    Parameters
+    ----------
+    name : object
+        tracking.experiment as composed (Hydra makes ``123`` an int and ``null`` None).
+
+    Raises
+    ------
+    TrackingError
+        Unless `name` is a string of 1 to MAX_EXPERIMENT_NAME_LENGTH characters, not only blanks
+        (MLflow takes those, but its UI then lists an experiment with no visible name).
+    """
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        got = repr(name) if not isinstance(name, str) or len(name) <= 60 else f"a name of {len(name)} characters"
+        hint = " (quote a number: tracking.experiment=\"'2024'\")" if isinstance(name, (int, float)) else ""
+        raise TrackingError(f"tracking.experiment must be a name of 1 to {MAX_EXPERIMENT_NAME_LENGTH} characters, "
+                            f"not only blanks{hint}; got {got}")
 
 
 def ui_hint(store: Store, project_root: str | Path) -> str:

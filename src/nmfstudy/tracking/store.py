@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -119,7 +120,7 @@ def _store_problem(store: Store, err: BaseException) -> TrackingError:
                     "to start a new store")
         else:
             hint = "; its schema is half-made: ask its administrator to run `mlflow db upgrade`"
-    return TrackingError(f"tracking.uri {store.tracking_uri} cannot be used: {first_line}{hint}")
+    return TrackingError(f"tracking.uri {_shown(store.tracking_uri)} cannot be used: {first_line}{hint}")
 
 
 def _set_aside_if_half_made(db: Path) -> None:
@@ -178,12 +179,71 @@ def open_store(store: Store) -> MlflowClient:
                 client = MlflowClient(store.tracking_uri)
                 client.search_experiments(max_results=1)
         else:
+            if not store.tracking_uri.startswith(("http://", "https://", "databricks")):
+                _probe_database(store.tracking_uri)
             client = MlflowClient(store.tracking_uri)
             with _quick_http_probe():
                 client.search_experiments(max_results=1)
+    except ImportError as err:
+        raise TrackingError(f"tracking.uri {_shown(store.tracking_uri)} needs a database driver that is not "
+                            f"installed ({err}): pip install -e '.[cluster]', use postgresql+psycopg://...") from None
     except (MlflowException, OSError, SQLAlchemyError) as err:
         raise _store_problem(store, err) from None
     return client
+
+
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # the servers' default ports
+PROBE_TIMEOUT_S = 5
+
+
+def _shown(uri: str) -> str:
+    """A database URI as it may be printed: its password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except ArgumentError:
+        return uri
+
+
+def _probe_database(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Connect once, with a short timeout, before MLflow does: MLflow tries a database that does not
+    answer 10 times, waiting twice as long each time (about 100 s), and logs each try's traceback.
+
+    A server reached over TCP is first probed by a plain connect (its driver may wait far longer
+    on a host that drops packets); then one connection by SQLAlchemy says what the server answers
+    (a wrong password, a missing database) without MLflow's retries.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
+
+    url = make_url(uri)
+    backend = url.get_backend_name()
+    port = url.port or DB_PORTS.get(backend)
+    if url.host and port:
+        try:
+            socket.create_connection((url.host, port), timeout=timeout_s).close()
+        except OSError as err:
+            reason = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else err.strerror or err
+            raise TrackingError(f"tracking.uri {_shown(uri)} cannot be used: nothing answers at {url.host}:{port} "
+                                f"({reason}): start the database server or fix the URI") from None
+    connect_args = {"connect_timeout": int(timeout_s)} if backend in ("postgresql", "mysql") else {}
+    engine = create_engine(url, connect_args=connect_args, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as err:
+        first = str(err.orig or err).strip().splitlines()[0]
+        if "timeout" not in first.lower():
+            raise
+        raise TrackingError(f"tracking.uri {_shown(uri)} cannot be used: {url.host}:{port} took the connection but "
+                            f"gave no database answer within {timeout_s:g} s ({first}): is that a {backend} server, "
+                            "and is it up?") from None
+    finally:
+        engine.dispose()
 
 
 @contextmanager
