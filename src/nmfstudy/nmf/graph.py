@@ -77,47 +77,60 @@ def _project(X_fit: np.ndarray, others: list[np.ndarray], pca: int | None, seed:
     return proj[0], proj[1:]
 
 
-def _augmented(Q: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[q, |q|^2, 1] rows and [-2 r, 1, |r|^2] columns: one GEMM of them is |q - r|^2, float32.
+class _Reference:
+    """The side of a screened kNN search that only the searched samples R decide: computed once, queried often.
+
+    `Rt`: the [-2 r, 1, |r|^2] columns of `_augmented`'s GEMM; `r_sq`; and the grouping of R
+    around a few centres that `_thresholds` bounds each query with (a fixed-seed sample, two
+    Lloyd steps: it affects the speed only, never the result). A graph's search makes one per
+    call; a `NeighborIndex` keeps one, so that placing a few new samples costs their own products.
+    """
+
+    def __init__(self, R: np.ndarray, r_sq: np.ndarray | None = None) -> None:
+        self.R = R
+        self.r_sq = np.einsum("ij,ij->i", R, R) if r_sq is None else r_sq
+        self.Rt = np.empty((R.shape[1] + 2, R.shape[0]), dtype=np.float32)
+        self.Rt[:-2], self.Rt[-2], self.Rt[-1] = -2.0 * R.T, 1.0, self.r_sq
+        n_r = R.shape[0]
+        n_groups = int(np.clip(round(np.sqrt(n_r) / 4), 1, 256))  # ~60 groups of ~1,000 on 63,000 samples
+        centres = R[np.random.default_rng(0).choice(n_r, n_groups, replace=False)]
+        for _ in range(2):
+            labels = _nearest_centre(R, centres)
+            members = sp.csr_matrix((np.ones(n_r), (labels, np.arange(n_r))), shape=(n_groups, n_r))
+            counts = np.bincount(labels, minlength=n_groups)
+            used = counts > 0
+            centres[used] = (members @ R.astype(np.float64))[used] / counts[used, None]
+        self.centres, self.labels = centres, _nearest_centre(R, centres)
+        self.order = np.argsort(self.labels, kind="stable")
+        self.counts = np.bincount(self.labels, minlength=n_groups)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+
+def _augmented(Q: np.ndarray, ref: _Reference, q_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[q, |q|^2, 1] rows: one GEMM of them with `ref.Rt` is |q - r|^2, float32.
 
     Also returns each screening's error bound per query: the GEMM sums dim + 2 products whose
     magnitudes add up to at most 2 (|q|^2 + |r|^2), and the norms carry their own rounding, so
     |float32 - exact| <= 3 (dim + 2) u (|q|^2 + max |r|^2) with u = 2^-24; we allow 4 (dim + 2) u.
     """
-    q_sq = np.einsum("ij,ij->i", Q, Q)
-    r_sq = q_sq if R is Q else np.einsum("ij,ij->i", R, R)
     Qa = np.empty((Q.shape[0], Q.shape[1] + 2), dtype=np.float32)
     Qa[:, :-2], Qa[:, -2], Qa[:, -1] = Q, q_sq, 1.0
-    Rt = np.empty((R.shape[1] + 2, R.shape[0]), dtype=np.float32)
-    Rt[:-2], Rt[-2], Rt[-1] = -2.0 * R.T, 1.0, r_sq
-    err = 4.0 * (Q.shape[1] + 2) * 2.0 ** -24 * (q_sq.astype(np.float64) + float(r_sq.max()))
-    return Qa, Rt, err
+    err = 4.0 * (Q.shape[1] + 2) * 2.0 ** -24 * (q_sq.astype(np.float64) + float(ref.r_sq.max()))
+    return Qa, err
 
 
-def _thresholds(Q: np.ndarray, R: np.ndarray, Qa: np.ndarray, Rt: np.ndarray, err: np.ndarray, k: int,
+def _thresholds(Q: np.ndarray, ref: _Reference, Qa: np.ndarray, err: np.ndarray, k: int,
                 self_rows: bool, pool: ThreadPoolExecutor) -> np.ndarray:
     """A float32 bound per query that every one of its k exact nearest passes in the screening.
 
     The k-th smallest distance to any k samples bounds the k-th nearest's from above, and
-    samples near the query make it tight. So R is grouped around a few centres (a fixed-seed
-    sample, two Lloyd steps: the grouping affects the speed only, never the result) and each
-    query takes the k-th smallest float32 distance within its group (padded to k samples),
-    plus twice the screening error (once for that distance, once for a candidate's).
+    samples near the query make it tight. So each query takes the k-th smallest float32
+    distance within its group of R (`_Reference`, padded to k samples), plus twice the
+    screening error (once for that distance, once for a candidate's).
     """
-    n_r = R.shape[0]
-    n_groups = int(np.clip(round(np.sqrt(n_r) / 4), 1, 256))  # ~60 groups of ~1,000 on 63,000 samples
-    centres = R[np.random.default_rng(0).choice(n_r, n_groups, replace=False)]
-    for _ in range(2):
-        labels = _nearest_centre(R, centres)
-        members = sp.csr_matrix((np.ones(n_r), (labels, np.arange(n_r))), shape=(n_groups, n_r))
-        counts = np.bincount(labels, minlength=n_groups)
-        used = counts > 0
-        centres[used] = (members @ R.astype(np.float64))[used] / counts[used, None]
-    labels = _nearest_centre(R, centres)
-    q_labels = labels if self_rows else _nearest_centre(Q, centres)
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    n_r, n_groups = ref.R.shape[0], len(ref.counts)
+    q_labels = ref.labels if self_rows else _nearest_centre(Q, ref.centres)
+    order, counts, starts = ref.order, ref.counts, ref.starts
     need = k + self_rows
     thr = np.empty(Q.shape[0], dtype=np.float64)
 
@@ -125,7 +138,7 @@ def _thresholds(Q: np.ndarray, R: np.ndarray, Qa: np.ndarray, Rt: np.ndarray, er
         queries = np.flatnonzero(q_labels == g)
         lo = min(starts[g], n_r - need)
         cols = order[lo:max(starts[g] + counts[g], lo + need)]
-        Rg = np.ascontiguousarray(Rt[:, cols])
+        Rg = np.ascontiguousarray(ref.Rt[:, cols])
         for s in range(0, len(queries), _TILE):
             rows = queries[s:s + _TILE]
             d = Qa[rows] @ Rg
@@ -177,9 +190,10 @@ def _screen(Qa: np.ndarray, Rt: np.ndarray, thr_q: np.ndarray, thr_r: np.ndarray
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
-def _knn(Q: np.ndarray, R: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+def _knn(Q: np.ndarray, R: np.ndarray | _Reference, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
     """Indices into R (n_q x k, nearest first) and squared distances (float64) of each row of Q.
 
+    R: the searched samples, or their `_Reference` made beforehand (what a `NeighborIndex` keeps).
     exclude_self: Q is R, and row i may not pick itself (a duplicate of it may).
     Exact ties in distance go to the lower index. The result is the exact k nearest in
     float64: float32 only screens the candidates, with a proven margin (`_augmented`).
@@ -191,21 +205,24 @@ def _knn(Q: np.ndarray, R: np.ndarray, k: int, exclude_self: bool) -> tuple[np.n
     n_q = Q.shape[0]
     n_threads = max([p["num_threads"] for p in threadpools.info() if p["user_api"] == "blas"] or [1])
     with threadpools.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n_threads) as pool:
-        Qa, Rt, err = _augmented(Q, R)
-        thr = _thresholds(Q, R, Qa, Rt, err, k, exclude_self, pool)
-        qi, ri = _screen(Qa, Rt, thr, thr if exclude_self else None, pool)
-        del Qa, Rt
+        q_sq = np.einsum("ij,ij->i", Q, Q)
+        ref = R if isinstance(R, _Reference) else _Reference(R, q_sq if R is Q else None)
+        Qa, err = _augmented(Q, ref, q_sq)
+        thr = _thresholds(Q, ref, Qa, err, k, exclude_self, pool)
+        qi, ri = _screen(Qa, ref.Rt, thr, thr if exclude_self else None, pool)
+        del Qa
         if exclude_self:
             keep = qi != ri
             qi, ri = qi[keep], ri[keep]
         # the candidates' exact float64 distances, in slices that stay in cache
         Q64 = Q.astype(np.float64)
-        R64 = Q64 if exclude_self else R.astype(np.float64)
         exact = np.empty(len(qi), dtype=np.float64)
         step = 8192
 
         def rerank(s):
-            diff = R64[ri[s:s + step]] - Q64[qi[s:s + step]]
+            rows = ri[s:s + step]
+            near = Q64[rows] if exclude_self else ref.R[rows].astype(np.float64)  # exact: float32 widens exactly
+            diff = near - Q64[qi[s:s + step]]
             exact[s:s + step] = np.einsum("ij,ij->i", diff, diff)
 
         list(pool.map(rerank, range(0, len(qi), step)))
@@ -298,6 +315,11 @@ class NeighborIndex:
 
     def __init__(self, projection, train: np.ndarray, scale: float | None) -> None:
         self.projection, self.train, self.scale = projection, train, scale
+        self._reference: _Reference | None = None
+
+    def __getstate__(self) -> dict:
+        # the search's reference side is rebuilt on first use: a pickle (a logged model) stays compact
+        return {**self.__dict__, "_reference": None}
 
     @classmethod
     def fit(cls, X_train, pca: int | None = None, seed: int = 0) -> NeighborIndex:
@@ -357,7 +379,9 @@ class NeighborIndex:
         check("n_neighbors", n_neighbors, [Interval(Integral, 1, self.train.shape[0])])
         Z_test = X_test if self.projection is None else np.ascontiguousarray(self.projection.transform(X_test),
                                                                                dtype=np.float32)
-        return _knn(Z_test, self._train(), n_neighbors, exclude_self=False)[0]
+        if self._reference is None:
+            self._reference = _Reference(np.ascontiguousarray(self._train(), dtype=np.float32))
+        return _knn(Z_test, self._reference, n_neighbors, exclude_self=False)[0]
 
 
 def nearest_train(X_train, X_test, n_neighbors: int = 10, pca: int | None = None, seed: int = 0) -> np.ndarray:

@@ -24,6 +24,7 @@ from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
 
 def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
     """`mlflow.sklearn.save_model(path=..., mlflow_model=..., **kwargs)`, its pyfunc loaded by this module."""
+    kwargs.pop("validate_serving_input", None)  # Model.log's own option, passed on to the flavor with the rest
     mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
     mlflow_model.flavors[PYFUNC]["loader_module"] = __name__
     mlflow_model.save(str(Path(path) / "MLmodel"))
