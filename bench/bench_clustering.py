@@ -66,7 +66,7 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     from nmfstudy import config as settings
     from nmfstudy.data import load_dataset
     from nmfstudy.metrics import hungarian_accuracy, majority_accuracy
-    from nmfstudy.nmf.graph import cached_knn_graph
+    from nmfstudy.nmf.graph import cached_knn_graph, data_key
 
     data = load_dataset("mnist", dir=str(args["data"]))
     if args["images"] == "all":  # clustering has no held-out part: the full MNIST is every image
@@ -77,17 +77,19 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     if method is None:
         graph = {o.split("=")[0].split(".")[1]: o.split("=")[1] for o in GRAPH}
-        S = cached_knn_graph(X, data.fingerprint, args["cache"], n_neighbors=int(graph["n_neighbors"]),
+        S = cached_knn_graph(X, data_key(X), args["cache"], n_neighbors=int(graph["n_neighbors"]),
                              weight=graph["weight"], pca=int(graph["pca"]), seed=seed)
         return {"method": "kNN graph", "seed": seed, "n": len(X), "settings": ", ".join(GRAPH) + f" (nnz {S.nnz:,})",
                 "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_gb": _peak_gb(),
                 "load": (load0 + os.getloadavg()[0]) / 2}
     cfg = compose(method, k, seed, [*GRAPH, *args["overrides"]])
     settings.check(cfg)
-    model = settings.build_method(cfg, fingerprint=data.fingerprint, cache_dir=str(args["cache"]))
+    model = settings.build_estimator(cfg, X)
+    if "cache_dir" in model.get_params():
+        model.set_params(cache_dir=str(args["cache"]))
     model.fit(X)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    shown = {key: value for key, value in cfg["method"].items() if key != "name"}
+    shown = {key: value for key, value in cfg["method"].items() if key not in ("name", "_target_")}
     return {"method": method, "seed": seed, "n": len(X),
             "settings": ", ".join(f"{key}={value}" for key, value in shown.items()) + f", init={cfg['init']['name']}",
             "hungarian": hungarian_accuracy(y, model.labels_, k), "majority": majority_accuracy(y, model.labels_, k),

@@ -3,7 +3,7 @@
 Not a test. Each (method, n, k) cell is one fit in a fresh process, so that its peak resident
 memory is its own. The method is what a user gets: its config file composed by Hydra, as
 `python src/train.py method=<method> k=<k>` resolves it (bench_clustering.compose), built by
-`nmfstudy.config.build_method`, at its default settings:
+`nmfstudy.config.build_estimator`, at its default settings:
 
     hals        method=nmf                         (solver hals, init nndsvda, tol 1e-4, max_iter 500)
     sklearn-cd  method=nmf method.solver=sklearn-cd (scikit-learn's coordinate descent, same start)
@@ -95,8 +95,7 @@ def child(spec: dict) -> dict:
     name, overrides = METHODS[spec["method"]]
     cfg = compose(name, spec["k"], spec["seed"], [*overrides, *spec["overrides"]])
     settings.check(cfg, optimized=False)
-    settings.check_data(cfg, X)
-    model = settings.build_method(cfg)  # no fingerprint, no cache: a graph method builds its graph in the fit
+    model = settings.build_estimator(cfg, X)  # no cache: a graph method builds its graph in the fit
     gc.collect()
     before, peak_field = _reset_peak()
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the alarm kills the process, even inside BLAS
@@ -106,7 +105,7 @@ def child(spec: dict) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     signal.alarm(0)
     peak = _status_kib(peak_field) if peak_field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    shown = ", ".join(f"{key}={value}" for key, value in cfg["method"].items() if key != "name")
+    shown = ", ".join(f"{key}={value}" for key, value in cfg["method"].items() if key not in ("name", "_target_"))
     if "graph" in cfg and hasattr(model, "graph_time_s_"):
         shown += ", graph: " + ", ".join(f"{key}={value}" for key, value in cfg["graph"].items()
                                          if key != "cache_dir")

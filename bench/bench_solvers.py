@@ -249,14 +249,15 @@ def run_pipeline(k: int, args) -> dict:
         cfg = compose(k, overrides, args.data_dir)
         settings.check(cfg)
         data = load_dataset("mnist", dir=cfg["dataset"]["dir"], seed=cfg["seed"])
-        model = settings.build_method(cfg)
+        model = settings.build_estimator(cfg, data.X_train)
         load = os.getloadavg()[0]
         cpu0 = time.process_time()
         model.fit(data.X_train)
         X = data.X_train
         out[name] = {"time": model.fit_time_s_, "cpu": time.process_time() - cpu0, "iters": int(model.n_iter_),
                      "loss": exact_loss(X, model.W_, model.components_), "load": load,
-                     "settings": ", ".join(f"{key}={value}" for key, value in cfg["method"].items() if key != "name")
+                     "settings": ", ".join(f"{key}={value}" for key, value in cfg["method"].items()
+                                           if key not in ("name", "_target_"))
                      + f", init={cfg['init']['name']}, seed={cfg['seed']}"}
     W0, H0 = nmf_init(X, k, cfg["init"]["name"], cfg["seed"])
     best = sklearn_best_cached(X, W0, H0, k, args, "MNIST train")
