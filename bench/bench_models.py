@@ -173,7 +173,7 @@ def report(rows: list[dict], command: str, machine: str, loads: int) -> str:
            "equal the fitted estimator's. Load: the 1-min load average at the fit's start and after its loads "
            "(2 cores shared with other jobs: wall times stretch with it).", "",
            "| method | graph | caps | kept for predict | index MB | model folder MB | pickle MB | code/ MB "
-           f"| log_model s | load_model s | process s | predict {rows[0]['n_predict']:,} s | same | fit s | load |",
+           f"| log_model s | load_model s | process s | predict {rows[0]['n_predict']:,} s | same | fit s | load avg |",
            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         out.append(f"| {r['method']} | {r['graph']} | {r['caps'] or '-'} | {r['index']} | {r['index_mb']:.1f} | "
