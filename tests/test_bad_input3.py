@@ -222,7 +222,7 @@ def test_a_postgresql_tracking_uri_that_does_not_answer_is_one_line(tmp_path, si
     result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
                        timeout=60)
     assert the_one_line(result) == (f"error: tracking.uri {uri} cannot be used: 127.0.0.1:{silent_server} took the "
-                                    "connection but gave no database answer within 5 s (connection timeout expired): "
+                                    "connection but gave no database answer within 3 s (connection timeout expired): "
                                     "is that a postgresql server, and is it up?")
 
 

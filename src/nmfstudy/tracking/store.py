@@ -193,7 +193,7 @@ def open_store(store: Store) -> MlflowClient:
 
 
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # the servers' default ports
-PROBE_TIMEOUT_S = 5
+PROBE_TIMEOUT_S = 3  # with Python's start and the data, a dead server is one line within 10 s of the command
 
 
 def _shown(uri: str) -> str:
