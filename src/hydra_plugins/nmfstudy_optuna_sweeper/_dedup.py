@@ -291,3 +291,44 @@ class Replicates:
                 seeds.setdefault(attrs[POINT_ATTR], set()).add(attrs[FIT_SEED_ATTR])
         return sum(len(found) == self.seeds for found in seeds.values()) >= self.size
 
+
+
+def summary(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """For the study's report: trials that fitted (a job ran to the end) and trials that took a finished fit's result.
+
+    Parameters
+    ----------
+    trials : sequence of FrozenTrial
+        The study's trials.
+
+    Returns
+    -------
+    dict
+        ``{"fits": n, "repeated": m}``.
+    """
+    finished = [t for t in trials if t.state in FINISHED]
+    repeated = sum(t.user_attrs.get(DUPLICATE_ATTR) is not None for t in finished)
+    return {"fits": len(finished) - repeated, "repeated": repeated}
+
+
+def best_seeds(best: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
+    """For the study's report: the best trial's seeds, their mean and spread (when it has several).
+
+    Parameters
+    ----------
+    best : FrozenTrial
+        The best trial.
+    names : sequence of str
+        The objective's metric names.
+
+    Returns
+    -------
+    dict
+        ``{"best_seeds": {"n_seeds": 3, "mean": {name: ...}, "std": {name: ...}}}``, or {} for one seed.
+    """
+    attrs = best.user_attrs
+    if not attrs.get(N_SEEDS_ATTR) or attrs[N_SEEDS_ATTR] < 2:
+        return {}
+    spread = attrs.get(STD_ATTR) or [None] * len(names)
+    return {"best_seeds": {"n_seeds": attrs[N_SEEDS_ATTR], "mean": dict(zip(names, attrs[MEAN_ATTR], strict=False)),
+                           "std": dict(zip(names, spread, strict=False))}}

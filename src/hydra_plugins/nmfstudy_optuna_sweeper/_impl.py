@@ -149,6 +149,9 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     study : optuna.Study
         The study.
 
+    Optuna's best is the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0); when
+    no trial is feasible, the best of them all.
+
     Returns
     -------
     optuna.trial.FrozenTrial or None
@@ -158,12 +161,12 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         if len(study.directions) == 1:
             return study.best_trial
         front = study.best_trials
-    except ValueError:  # no completed trial
-        return None
-    if not front:
-        return None
+    except ValueError:  # no completed trial, or no feasible one
+        front = []
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
-    return min(front, key=lambda t: sign * t.values[0])
+    if not front:
+        front = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(front, key=lambda t: sign * t.values[0], default=None)
 
 
 @dataclass
@@ -936,9 +939,11 @@ class OptunaSweeperImpl(Sweeper):
         best = best_trial(study)
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "n_trials": len(trials),
                                    "states": counts}
+        results.update(_dedup.summary(trials))
         if best is not None:
             results.update({"best_trial": best.number, "best_params": best.params,
-                            "best_values": dict(zip(names, best.values, strict=False))})
+                            "best_values": dict(zip(names, best.values, strict=False)),
+                            **_dedup.best_seeds(best, names)})
             if len(study.directions) > 1:
                 results["pareto_front"] = [{"number": t.number, "params": t.params, "values": t.values}
                                            for t in study.best_trials]
@@ -948,5 +953,9 @@ class OptunaSweeperImpl(Sweeper):
 
         best_line = (f"; best trial {best.number}: {short(zip(names, best.values, strict=False))} "
                      f"with {short(best.params.items())}" if best else "")
-        log.info("study %r: %d trials (%s)%s", study.study_name, len(trials),
-                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), best_line)
+        if "best_seeds" in results:
+            seeds = results["best_seeds"]
+            best_line += f" (mean of {seeds['n_seeds']} seeds, std {short(seeds['std'].items())})"
+        repeats = f", {results['repeated']} repeating a finished fit" if results.get("repeated") else ""
+        log.info("study %r: %d trials (%s%s)%s", study.study_name, len(trials),
+                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), repeats, best_line)
