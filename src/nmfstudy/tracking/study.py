@@ -253,25 +253,17 @@ class StudyRun:
         if state == "FAIL":
             self._safely("ending a trial's run", kill_run, self.client, run_id, error or "trial failed", status)
 
-    def annotate_trial(self, run_id: str, tags: Mapping[str, str], metrics: Mapping[str, float],
-                       end: bool = False) -> None:
-        """Add what the sweeper knows and the job does not to a trial's run; end it when no job ran.
+    def annotate_trial(self, run_id: str, tags: Mapping[str, str], metrics: Mapping[str, float], end=False) -> None:
+        """Add what the sweeper knows (`duplicate_of`, the seeds' mean and spread) to a trial's run.
 
         Parameters
         ----------
-        run_id : str
-            The trial's run.
-        tags : mapping
-            E.g. ``duplicate_of`` (the trial whose fit it repeats) and ``duplicate_of_run``.
-        metrics : mapping
-            E.g. the mean and spread of the objective over the point's seeds, ``n_seeds``.
-        end : bool, default False
-            End the run FINISHED (a trial that took another's result: no job continued its run).
+        run_id, tags, metrics, end
+            The run, tags and metrics to add, and whether to end it FINISHED (no job ran).
         """
-        now = get_current_time_millis()
-        self._safely("annotating a trial's run", self.client.log_batch, run_id,
-                     metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
-                     tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        now, added = get_current_time_millis(), [RunTag(key, str(value)) for key, value in tags.items()]
+        self._safely("annotating a trial's run", self.client.log_batch, run_id, tags=added,
+                     metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
         if end:
             self._safely("ending a trial's run", self.client.set_terminated, run_id, "FINISHED")
 
