@@ -857,11 +857,12 @@ class OptunaSweeperImpl(Sweeper):
         # A running trial that has not said which point it is after this long is not a trial of
         # this sweeper (an older version's): stop waiting for it.
         patience_s = 10.0
-        log.info("trial %d waits for a trial with the same params and seed running now", item.number)
         while True:
             plan = self._plan(s, item, patient=time.monotonic() - started < patience_s)
             if plan.action != _dedup.WAIT:
                 return plan
+            if pause == 0.2:
+                log.info("trial %d waits for a running trial of the same point (params and settings)", item.number)
             time.sleep(pause)
             pause = min(2 * pause, 2.0)
             self._clean_up_dead_trials(s)
