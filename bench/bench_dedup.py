@@ -28,6 +28,12 @@ STUDIES = {
     "kmeans_k-digits": ["hparams_search=kmeans_k", "dataset=digits", "hydra.sweeper.n_trials=100"],
     "nmfr-mnist_5k-k10": ["hparams_search=nmfr", "dataset=mnist_5k", "hydra.sweeper.n_trials=30"],
 }
+# The issue's own run, after only (--issue): 400 trials of kmeans_k on digits, on one seed and on three.
+ISSUE = [
+    ("kmeans_k-digits", ["hparams_search=kmeans_k", "dataset=digits", "hydra.sweeper.n_trials=400"]),
+    ("kmeans_k-digits", ["hparams_search=kmeans_k", "dataset=digits", "hydra.sweeper.n_trials=400",
+                         "hydra.sweeper.seeds=3"]),
+]
 
 
 def load() -> str:
@@ -71,8 +77,14 @@ runs = client.search_runs([e.experiment_id for e in client.search_experiments()]
 fits = sum("fit_time_s" in r.data.metrics for r in runs if "optuna.trial_number" in r.data.tags)
 complete = [t for t in trials if t.state.name == "COMPLETE"]
 best = max((t.value for t in complete), default=None)
-print(json.dumps({"trials": len(trials), "points": len(points), "fits": fits,
-                  "repeats": sum(t.user_attrs.get("duplicate_of") is not None for t in trials), "best": best}))
+fitted = [json.dumps(t.params, sort_keys=True) for t in trials
+          if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("duplicate_of") is None]
+most = max((fitted.count(p) for p in set(fitted)), default=0)
+top = max(complete, key=lambda t: t.value, default=None)
+print(json.dumps({"trials": len(trials), "points": len(points), "fits": fits, "most_fits_per_point": most,
+                  "repeats": sum(t.user_attrs.get("duplicate_of") is not None for t in trials), "best": best,
+                  "best_seeds": top.user_attrs.get("n_seeds", 1) if top else None,
+                  "best_std": (top.user_attrs.get("seeds_std") or [None])[0] if top else None}))
 """
 
 
@@ -82,6 +94,7 @@ def main() -> None:
     parser.add_argument("--after", type=Path, default=ROOT, help="the checkout after (default: this one)")
     parser.add_argument("--studies", default=",".join(STUDIES), help="comma-separated: " + ",".join(STUDIES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "dedup_results.md")
+    parser.add_argument("--issue", action="store_true", help="instead: the issue's 400-trial runs, after only")
     args = parser.parse_args()
     commits = {label: subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
                                      text=True).stdout.strip() for label, path in (("before", args.before),
@@ -90,23 +103,28 @@ def main() -> None:
     from machine import machine_summary
 
     results = []
+    studies = ISSUE if args.issue else [(name, STUDIES[name]) for name in args.studies.split(",")]
+    versions = (("after", args.after),) if args.issue else (("before", args.before), ("after", args.after))
     with tempfile.TemporaryDirectory(prefix="bench_dedup_") as tmp:
-        for name in args.studies.split(","):
-            for label, checkout in (("before", args.before), ("after", args.after)):
-                row = run_study(checkout.resolve(), name, STUDIES[name], Path(tmp) / f"{label}-{name}")
-                row.update({"study": name, "version": f"{label} ({commits[label]})"})
+        for i, (name, overrides) in enumerate(studies):
+            for label, checkout in versions:
+                row = run_study(checkout.resolve(), name, overrides, Path(tmp) / f"{label}-{i}")
+                row.update({"study": " ".join(o for o in overrides if not o.startswith("hparams")),
+                            "version": f"{label} ({commits[label]})"})
                 print(json.dumps(row), flush=True)
                 results.append(row)
-    lines = ["# Studies before and after issue 27 (`python bench/bench_dedup.py --before CHECKOUT`)", "",
-             machine_summary(), "",
-             "| study | version | wall s | trials | distinct points | fits | repeats (no fit) | best | ended by itself "
-             "| load before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    title = "The issue's 400-trial runs" if args.issue else "Studies before and after issue 27"
+    lines = [f"# {title} (`python bench/bench_dedup.py {'--issue ' if args.issue else ''}--before CHECKOUT`)",
+             "", machine_summary(), "",
+             "| study | version | wall s | trials | distinct points | fits | most fits of a point | repeats (no fit) "
+             "| best | best's seeds (std) | ended by itself | load before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         best = f"{r['best']:.4f}" if r["best"] is not None else "-"
+        spread = f" ({r['best_std']:.4f})" if r.get("best_std") is not None else ""
         lines.append(f"| {r['study']} | {r['version']} | {r['wall_s']:.0f} | {r['trials']} | {r['points']} | "
-                     f"{r['fits']} | {r['repeats']} | {best} | {'yes' if r['ended_by_itself'] else 'no'} | "
-                     f"{r['load_before']} / {r['load_after']} |")
+                     f"{r['fits']} | {r['most_fits_per_point']} | {r['repeats']} | {best} | {r['best_seeds']}{spread} "
+                     f"| {'yes' if r['ended_by_itself'] else 'no'} | {r['load_before']} / {r['load_after']} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 

@@ -144,13 +144,13 @@ def _rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The study's best trial; for several objectives, the Pareto-optimal trial best in the first one.
 
+    Optuna's best is the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0); when
+    no trial is feasible, the best of them all.
+
     Parameters
     ----------
     study : optuna.Study
         The study.
-
-    Optuna's best is the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0); when
-    no trial is feasible, the best of them all.
 
     Returns
     -------
