@@ -839,7 +839,9 @@ class OptunaSweeperImpl(Sweeper):
     def _space_complete(self, s: _Session, done: int) -> bool:
         """Whether every point of a finite space has all its seeds; one line says so."""
         trials = retrying("listing trials", lambda: s.study.get_trials(deepcopy=False))
-        if s.replicates is None or not s.replicates.complete(trials):
+        # a queued trial (a dead worker's retry, an enqueued point) still runs: it may be a repeat
+        if s.replicates is None or any(t.state == TrialState.WAITING for t in trials) \
+                or not s.replicates.complete(trials):
             return False
         log.info("study %r: every point of the search space (%d) has its %d seed(s): nothing new to fit, stopping "
                  "after %d new trial(s)", s.study.study_name, s.replicates.size, s.replicates.seeds, done)
