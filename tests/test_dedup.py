@@ -17,6 +17,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
 
 from hydra_plugins.nmfstudy_optuna_sweeper import _dedup  # noqa: E402
+from hydra_plugins.nmfstudy_optuna_sweeper._impl import best_trial  # noqa: E402
 from hydra_plugins.nmfstudy_optuna_sweeper._space import parse_search_space  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,18 +113,26 @@ def test_seeds_are_claimed_in_turn_and_the_value_is_their_mean(tmp_path):
         seeds.append(plan.seed)
     assert seeds == [0, 1, 2]
     assert replicates.plan(study.get_trials(), trials[3].number, point).action == _dedup.WAIT
-    values = [0.5, 0.7, 0.6]
+    values = [0.9, 0.5, 0.4]  # a lucky first seed
     for trial, seed, value in zip(trials[:3], seeds, values, strict=True):
         outcome = replicates.fitted(study.get_trials(), trial.number, point, seed, [value])
         trial.set_user_attr(_dedup.FIT_VALUES_ATTR, [value])
+        for key, attr in outcome.attrs().items():
+            trial.set_user_attr(key, attr)
         study.tell(trial, outcome.values[0])
-    assert study.trials[2].value == pytest.approx(statistics.fmean(values))
+    assert [t.value for t in study.trials[:3]] == [0.9, pytest.approx(0.7), pytest.approx(0.6)]
     plan = replicates.plan(study.get_trials(), trials[3].number, point)
     assert plan.action == _dedup.COPY and len(plan.sources) == 3
     outcome = replicates.copied(plan.sources)
     assert outcome.values == [pytest.approx(0.6)] and outcome.spread == [pytest.approx(statistics.stdev(values))]
     assert outcome.n_seeds == 3 and outcome.duplicate_of.number == 2
     assert not replicates.complete(study.get_trials())  # k=15 has no seed yet
+    # the best is judged on a point's mean over its seeds, not on its first seed's value
+    other = _asked(study, replicates, 15)
+    other.set_user_attr(_dedup.FIT_SEED_ATTR, 0)
+    study.tell(other, 0.65)
+    assert study.best_trial.number == 0  # Optuna's: the first seed's 0.9
+    assert best_trial(study).number == other.number
 
 
 # --- the real command line -------------------------------------------------------------------------

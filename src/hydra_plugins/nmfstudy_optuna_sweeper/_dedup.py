@@ -332,3 +332,34 @@ def best_seeds(best: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
     spread = attrs.get(STD_ATTR) or [None] * len(names)
     return {"best_seeds": {"n_seeds": attrs[N_SEEDS_ATTR], "mean": dict(zip(names, attrs[MEAN_ATTR], strict=False)),
                            "std": dict(zip(names, spread, strict=False))}}
+
+
+def latest_per_point(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Each point's trial with the most seeds (a fit rather than a repeat of it); trials of no point as they are.
+
+    With several seeds, a point's first trial is told its first seed's value and keeps it: the
+    study's best is chosen among these, so that a lucky first seed does not outrank its own mean.
+
+    Parameters
+    ----------
+    trials : sequence of FrozenTrial
+        Finished trials.
+
+    Returns
+    -------
+    list of FrozenTrial
+    """
+    kept: dict[str, FrozenTrial] = {}
+    others = []
+    for trial in trials:
+        point = trial.user_attrs.get(POINT_ATTR)
+        if point is None:
+            others.append(trial)
+            continue
+
+        def rank(t: FrozenTrial) -> tuple:
+            return t.user_attrs.get(N_SEEDS_ATTR) or 1, t.user_attrs.get(DUPLICATE_ATTR) is None, t.number
+
+        if point not in kept or rank(trial) > rank(kept[point]):
+            kept[point] = trial
+    return [*others, *kept.values()]

@@ -144,8 +144,9 @@ def _rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The study's best trial; for several objectives, the Pareto-optimal trial best in the first one.
 
-    Optuna's best is the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0); when
-    no trial is feasible, the best of them all.
+    As Optuna's, the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0), or when
+    no trial is feasible the best of them all; with several seeds, among each point's trials the
+    one with the most seeds only (`_dedup.latest_per_point`).
 
     Parameters
     ----------
@@ -157,16 +158,13 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     optuna.trial.FrozenTrial or None
         None when no trial has completed.
     """
-    try:
-        if len(study.directions) == 1:
-            return study.best_trial
-        front = study.best_trials
-    except ValueError:  # no completed trial, or no feasible one
-        front = []
+    candidates = _dedup.latest_per_point(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    chosen = {t.number for t in candidates}
+    feasible = [t for t in candidates if all(v <= 0 for v in t.constraints.values())] or candidates
+    if len(study.directions) > 1:
+        feasible = [t for t in study.best_trials if t.number in chosen] or feasible
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
-    if not front:
-        front = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(front, key=lambda t: sign * t.values[0], default=None)
+    return min(feasible, key=lambda t: sign * t.values[0], default=None)
 
 
 @dataclass
