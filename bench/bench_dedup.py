@@ -81,10 +81,17 @@ fitted = [json.dumps(t.params, sort_keys=True) for t in trials
           if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("duplicate_of") is None]
 most = max((fitted.count(p) for p in set(fitted)), default=0)
 top = max(complete, key=lambda t: t.value, default=None)
+cycles = {True: [], False: []}  # from the previous trial's end to this one's: a repeat's, a fit's
+for a, b in zip(trials, trials[1:]):
+    if a.datetime_complete and b.datetime_complete:
+        cycles[b.user_attrs.get("duplicate_of") is not None].append((b.datetime_complete - a.datetime_complete)
+                                                                    .total_seconds())
+median = {k: sorted(v)[len(v) // 2] if v else None for k, v in cycles.items()}
 print(json.dumps({"trials": len(trials), "points": len(points), "fits": fits, "most_fits_per_point": most,
                   "repeats": sum(t.user_attrs.get("duplicate_of") is not None for t in trials), "best": best,
                   "best_seeds": top.user_attrs.get("n_seeds", 1) if top else None,
-                  "best_std": (top.user_attrs.get("seeds_std") or [None])[0] if top else None}))
+                  "best_std": (top.user_attrs.get("seeds_std") or [None])[0] if top else None,
+                  "repeat_cycle_s": median[True], "fit_cycle_s": median[False]}))
 """
 
 
