@@ -124,14 +124,16 @@ def main() -> None:
     lines = [f"# {title} (`python bench/bench_dedup.py {'--issue ' if args.issue else ''}--before CHECKOUT`)",
              "", machine_summary(), "",
              "| study | version | wall s | trials | distinct points | fits | most fits of a point | repeats (no fit) "
-             "| best | best's seeds (std) | ended by itself | load before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| best | best's seeds (std) | median cycle s, repeat / fit | ended by itself | load before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         best = f"{r['best']:.4f}" if r["best"] is not None else "-"
         spread = f" ({r['best_std']:.4f})" if r.get("best_std") is not None else ""
+        cycle = " / ".join(f"{r[key]:.2f}" if r.get(key) is not None else "-" for key in ("repeat_cycle_s",
+                                                                                          "fit_cycle_s"))
         lines.append(f"| {r['study']} | {r['version']} | {r['wall_s']:.0f} | {r['trials']} | {r['points']} | "
                      f"{r['fits']} | {r['most_fits_per_point']} | {r['repeats']} | {best} | {r['best_seeds']}{spread} "
-                     f"| {'yes' if r['ended_by_itself'] else 'no'} | {r['load_before']} / {r['load_after']} |")
+                     f"| {cycle} | {'yes' if r['ended_by_itself'] else 'no'} | {r['load_before']} / {r['load_after']} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 
