@@ -133,7 +133,8 @@ def main() -> None:
                                                                                           "fit_cycle_s"))
         lines.append(f"| {r['study']} | {r['version']} | {r['wall_s']:.0f} | {r['trials']} | {r['points']} | "
                      f"{r['fits']} | {r['most_fits_per_point']} | {r['repeats']} | {best} | {r['best_seeds']}{spread} "
-                     f"| {cycle} | {'yes' if r['ended_by_itself'] else 'no'} | {r['load_before']} / {r['load_after']} |")
+                     f"| {cycle} | {'yes' if r['ended_by_itself'] else 'no'} "
+                     f"| {r['load_before']} / {r['load_after']} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 
