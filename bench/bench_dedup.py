@@ -67,6 +67,7 @@ def run_study(checkout: Path, name: str, overrides: list[str], tmp: Path) -> dic
 COUNT = r"""
 import json, sys
 import optuna
+import yaml
 from mlflow.tracking import MlflowClient
 tmp, name = sys.argv[1], sys.argv[2]
 study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/optuna.db")
@@ -75,12 +76,13 @@ points = {json.dumps(t.params, sort_keys=True) for t in trials}
 client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
 runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
 fits = sum("fit_time_s" in r.data.metrics for r in runs if "optuna.trial_number" in r.data.tags)
-complete = [t for t in trials if t.state.name == "COMPLETE"]
-best = max((t.value for t in complete), default=None)
+# the study's best as its sweeper reports it (after: among each point's trials with the most seeds)
+report = yaml.safe_load(open(f"{tmp}/multirun/optimization_results.yaml"))
+best = next(iter(report["best_values"].values())) if "best_values" in report else None
+seeds = report.get("best_seeds") or {}
 fitted = [json.dumps(t.params, sort_keys=True) for t in trials
           if t.state.name in ("COMPLETE", "PRUNED") and t.user_attrs.get("duplicate_of") is None]
 most = max((fitted.count(p) for p in set(fitted)), default=0)
-top = max(complete, key=lambda t: t.value, default=None)
 cycles = {True: [], False: []}  # from the previous trial's end to this one's: a repeat's, a fit's
 for a, b in zip(trials, trials[1:]):
     if a.datetime_complete and b.datetime_complete:
@@ -89,8 +91,8 @@ for a, b in zip(trials, trials[1:]):
 median = {k: sorted(v)[len(v) // 2] if v else None for k, v in cycles.items()}
 print(json.dumps({"trials": len(trials), "points": len(points), "fits": fits, "most_fits_per_point": most,
                   "repeats": sum(t.user_attrs.get("duplicate_of") is not None for t in trials), "best": best,
-                  "best_seeds": top.user_attrs.get("n_seeds", 1) if top else None,
-                  "best_std": (top.user_attrs.get("seeds_std") or [None])[0] if top else None,
+                  "best_seeds": seeds.get("n_seeds", 1), "best_std": next(iter((seeds.get("std") or {None: None})
+                                                                              .values())),
                   "repeat_cycle_s": median[True], "fit_cycle_s": median[False]}))
 """
 
