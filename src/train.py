@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nmfstudy import config as settings
-from nmfstudy import products, tracking
+from nmfstudy import constraints, products, tracking
 from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, project_root, run_label
 from nmfstudy.methods import ClusteringEstimator
@@ -225,6 +225,8 @@ def main(cfg: DictConfig) -> float | list[float]:
             # Stopped early by the pruner: the run stays FINISHED with what it had, tagged PRUNED.
             tracking.set_tags(reporter.tags())
         scores = evaluate(model, data.X_train, data.y_train, data.X_test, data.y_test, seed=run_cfg["seed"])
+        # a degenerate fit is a constraint violation for the sampler, not only a low score
+        constraints.record(hook, constraints.degenerate_fit(scores, model.k))
         if not data.has_labels:
             log.info("%s not scored: the images of dataset.dir=%s have no labels (fewer than two label sub-folders)",
                      ", ".join(LABEL_METRICS), run_cfg["dataset"]["dir"])

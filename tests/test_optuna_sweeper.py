@@ -325,7 +325,8 @@ def _client(tmp: Path):
 def study(tmp_path_factory):
     """nmf_k on digits over k in {0, 3, 8, 12}, each once (brute force): k=0 fails the config check;
     a threshold pruner stops the fits whose loss exceeds 60 at iteration 5 (k=3); then the same
-    command again, with k fixed at 8, adds 2 trials, run in parallel by the joblib launcher."""
+    command again, with k fixed at 8 on two seeds, adds 2 trials (one point, its two seeds: no fit
+    repeated), run in parallel by the joblib launcher."""
     tmp = tmp_path_factory.mktemp("optuna")
     common = ["method.tol=0", "method.max_iter=30", "init=nndsvda", "hydra.sweeper.report_every=5",
               "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:-60.0}"]
@@ -333,7 +334,7 @@ def study(tmp_path_factory):
                    *common)
     after_first = _trials(tmp)
     first_parent = _study_run_id(tmp)
-    second = _sweep(tmp, "k=8", "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
+    second = _sweep(tmp, "k=8", "hydra.sweeper.n_trials=2", "hydra.sweeper.seeds=2", "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *common)
     return {"tmp": tmp, "first": first, "second": second, "after_first": after_first,
             "first_parent": first_parent, "second_parent": _study_run_id(tmp)}

@@ -247,9 +247,11 @@ def test_which_running_runs_are_dead(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_parallel_study_leaves_nothing_running(tmp_path, signum):
-    """A study with two joblib jobs: SIGTERM (a scheduler) queues the trials again, Ctrl-C does not."""
+    """A study with two joblib jobs: SIGTERM (a scheduler) queues the trials again, Ctrl-C does not.
+    (Two seeds: the sampler proposes one init twice, which would otherwise be one fit and a repeat.)"""
     process = _start(tmp_path, *_study(tmp_path, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
                                        "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "k=10",
+                                       "hydra.sweeper.seeds=2",
                                        "dataset.n_samples=600", "method.max_iter=1000000"), multirun=True)
     out = _interrupt_while_two_fit(tmp_path, process, signum)
     assert process.returncode != 0 and "Traceback" not in out, out[-3000:]

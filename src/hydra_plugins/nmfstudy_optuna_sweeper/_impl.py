@@ -61,7 +61,7 @@ from nmfstudy.study_names import (
     short_value,
 )
 
-from . import _identity
+from . import _dedup, _identity
 from ._space import Dimension, parse_search_space, render
 from ._storage import Heartbeats, retrying, safe_url
 from ._tracker import TrackedStudy
@@ -136,6 +136,10 @@ def _rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The study's best trial; for several objectives, the Pareto-optimal trial best in the first one.
 
+    As Optuna's, the best feasible trial (its constraints, e.g. a degenerate fit's, <= 0), or when
+    no trial is feasible the best of them all; with several seeds, among each point's trials the
+    one with the most seeds only (`_dedup.latest_per_point`).
+
     Parameters
     ----------
     study : optuna.Study
@@ -146,16 +150,13 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     optuna.trial.FrozenTrial or None
         None when no trial has completed.
     """
-    try:
-        if len(study.directions) == 1:
-            return study.best_trial
-        front = study.best_trials
-    except ValueError:  # no completed trial
-        return None
-    if not front:
-        return None
+    candidates = _dedup.latest_per_point(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    chosen = {t.number for t in candidates}
+    feasible = [t for t in candidates if all(v <= 0 for v in t.constraints.values())] or candidates
+    if len(study.directions) > 1:
+        feasible = [t for t in study.best_trials if t.number in chosen] or feasible
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
-    return min(front, key=lambda t: sign * t.values[0])
+    return min(feasible, key=lambda t: sign * t.values[0], default=None)
 
 
 @dataclass
@@ -166,6 +167,7 @@ class _Trial:
     trial_id: int
     run_id: str | None
     retry_of: int | None = None
+    fit_seed: int | None = None  # the seed its job fits on, once planned
 
     @property
     def number(self) -> int:
@@ -186,6 +188,7 @@ class _Session:
     heartbeats: Heartbeats | None
     told: set[int] = field(default_factory=set)  # trial numbers told by this worker
     exhausted: bool = False  # the sampler has covered the search space
+    replicates: _dedup.Replicates | None = None  # what each trial fits (None: every trial fits)
 
 
 class OptunaSweeperImpl(Sweeper):
@@ -194,7 +197,8 @@ class OptunaSweeperImpl(Sweeper):
     Parameters
     ----------
     sampler, pruner, direction, study_name, storage, n_trials, n_jobs, max_failure_rate, report_every, params,
-    max_trials, heartbeat_interval, grace_period, max_retry, check, root, open_storage, tracker
+    max_trials, heartbeat_interval, grace_period, max_retry, check, root, open_storage, tracker, seeds, seed_key,
+    fit_ignores
         The keys of `hydra.sweeper` (config.OptunaSweeperConf documents each).
     """
 
@@ -202,7 +206,8 @@ class OptunaSweeperImpl(Sweeper):
                  n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
                  max_trials: int | None = None, heartbeat_interval: int = 60, grace_period: int | None = None,
                  max_retry: int = 3, check: str | None = None, root: str | None = None,
-                 open_storage: str | None = None, tracker: Any = None) -> None:
+                 open_storage: str | None = None, tracker: Any = None, seeds: int = 1, seed_key: str = "seed",
+                 fit_ignores: Any = None) -> None:
         self.sampler_spec = _container(sampler) or {"_target_": "optuna.samplers.TPESampler", "seed": 0}
         self.pruner_spec = _container(pruner) or None
         direction = _container(direction)
@@ -212,8 +217,12 @@ class OptunaSweeperImpl(Sweeper):
         try:
             self._check_settings(direction, n_trials, n_jobs, report_every, max_failure_rate, max_trials,
                                  heartbeat_interval, grace_period, max_retry)
+            if seeds < 1:
+                raise SweeperError(f"hydra.sweeper.seeds must be >= 1; got {seeds}")
         except SweeperError as err:
             self.settings_error = err
+        self.seeds, self.seed_key = int(seeds), str(seed_key)
+        self.fit_ignores = [str(key) for key in (_container(fit_ignores) or [])]
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.report_every = report_every
@@ -459,7 +468,8 @@ class OptunaSweeperImpl(Sweeper):
                  _describe(self.sampler_spec), _describe(self.pruner_spec), self.host, self.pid)
 
         heartbeats = Heartbeats(storage, self.heartbeat_interval) if url else None
-        session = _Session(study, storage, space, fixed, url, names, tracked, heartbeats)
+        session = _Session(study, storage, space, fixed, url, names, tracked, heartbeats,
+                           replicates=self._replicates(job, space))
         status = RUN_FAILED
         try:
             self._run_trials(session)
@@ -496,6 +506,8 @@ class OptunaSweeperImpl(Sweeper):
             done = 0
             while not s.exhausted:
                 if done < self.n_trials:
+                    if self._space_complete(s, done):
+                        break
                     wanted = self.n_trials - done
                 else:  # then the queued retries (its own killed jobs', or another worker's), so that a
                     wanted = self._waiting(s.study) if done else 0  # study ends with none WAITING for nobody
@@ -534,38 +546,40 @@ class OptunaSweeperImpl(Sweeper):
             time.sleep(min(self.heartbeat_interval, 2))
 
     def _run_batch(self, s: _Session, batch: list[_Trial]) -> None:
-        """Launch a batch of started trials and tell each its outcome; stop past max_failure_rate."""
-        jobs, failed = [], 0
+        """Launch a batch of started trials and tell each its outcome; stop past max_failure_rate.
+
+        A trial that repeats a finished fit takes its result; one that waits for a fit running
+        elsewhere (or in this batch) is settled once the batch's own fits are done.
+        """
+        jobs, waiting, failed = [], [], 0
         for item in batch:
             if self._over_cap(s.study, item.number):
                 self._finish(s, item, TrialState.FAIL,
                              note=f"not run: the study reached max_trials={self.max_trials} meanwhile")
                 continue
-            overrides = self._overrides(s, item)
-            try:  # a value the config cannot take fails this trial, not the study
-                self.validate_batch_is_legal([overrides])
-            except Exception as err:
-                self._finish(s, item, TrialState.FAIL, error=err)
-                failed += 1
+            plan = self._plan(s, item)
+            if plan.action == _dedup.WAIT:
+                waiting.append(item)
                 continue
-            jobs.append((item, overrides))
-        for run in _consecutive(jobs):
-            for item, state, values, error in self._launch(run, s):
-                # Killed, cancelled, preempted or timed out: the trial is retried; a job's own error is not.
-                retry = isinstance(error, (_ProcessDied, JobInterrupted, Terminated))
-                self._finish(s, item, state, values, error, retry=retry)
-                failed += state == TrialState.FAIL and not retry  # a cluster's kill is not the trial's failure
+            failed += self._settle(s, item, plan, jobs)
+        failed += self._launch_and_tell(s, jobs)
+        for item in waiting:
+            jobs = []
+            failed += self._settle(s, item, self._await_plan(s, item), jobs)
+            failed += self._launch_and_tell(s, jobs)
         if batch and failed / len(batch) > self.max_failure_rate:
             raise SweeperError(f"{failed} of {len(batch)} trials failed, more than "
                                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}; see the warnings above")
 
     def _overrides(self, s: _Session, item: _Trial) -> list[str]:
-        """The trial's job: its params, the fixed overrides and its hook."""
+        """The trial's job: its params, the fixed overrides (its seed) and its hook."""
         hook = TrialHook(study_name=s.study.study_name, number=item.number, storage=s.url, trial_id=item.trial_id,
                          run_id=item.run_id, report_every=self.report_every, pruner=self.pruner_spec)
         key = TRIAL_KEY if TRIAL_KEY in self.config else f"+{TRIAL_KEY}"
-        return [*(dim.override(item.trial.params[name]) for name, dim in s.space.items()), *s.fixed,
-                f"{key}={render(hook.to_config())}"]
+        fixed = [*(dim.override(item.trial.params[name]) for name, dim in s.space.items()), *s.fixed]
+        if s.replicates is not None:
+            fixed = s.replicates.seed_override(fixed, item.fit_seed, self.seed_key in self.config)
+        return [*fixed, f"{key}={render(hook.to_config())}"]
 
     def _fail_untold(self, s: _Session, batch: list[_Trial], err: BaseException) -> None:
         """Never leave a trial RUNNING: what was asked and not told is a failure.
@@ -709,6 +723,7 @@ class OptunaSweeperImpl(Sweeper):
             trial.set_user_attr(key, value)
         if retry_of is not None:
             log.info("trial %d retries trial %d", trial.number, retry_of)
+        self._declare_point(s, trial, retry_of)
         return _Trial(trial, trial_id, run_id, retry_of)
 
     def _launch(self, run: list[tuple[_Trial, Sequence[str]]],
@@ -796,12 +811,135 @@ class OptunaSweeperImpl(Sweeper):
             # allows inside study.optimize; the trial is stored all the same.
             if "Study.stop" not in str(err):
                 raise
-            s.exhausted = True
+            # The sampler knows points, not seeds: with several, the study ends when each has them all.
+            s.exhausted = s.replicates is None or s.replicates.seeds == 1
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d was failed by another worker (no heartbeat within grace_period); its result "
                         "is dropped and its retry runs it again", item.number)
             return TrialState.FAIL
         return state
+
+    # --- fits: no fit twice, seeds as replicates, a space that ends (see _dedup) ------------
+
+    def _replicates(self, job: dict, space: dict[str, Dimension]) -> _dedup.Replicates:
+        """The command's fits: its settings without `fit_ignores` (and the trial hook), its seeds."""
+        seed = job.get(self.seed_key)
+        if self.seeds > 1 and self.seed_key in space:
+            raise SweeperError(f"hydra.sweeper.seeds={self.seeds} draws the seeds itself: do not search "
+                               f"{self.seed_key} (hydra.sweeper.seed_key), or set hydra.sweeper.seeds=1")
+        if self.seeds > 1 and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise SweeperError(f"hydra.sweeper.seeds={self.seeds} needs an integer config key "
+                               f"{self.seed_key} (hydra.sweeper.seed_key); got {seed!r}")
+        return _dedup.Replicates(job, space, self.seeds, self.seed_key, [*self.fit_ignores, TRIAL_KEY])
+
+    @staticmethod
+    def _declare_point(s: _Session, trial: optuna.Trial, retry_of: int | None) -> None:
+        """Say which point the trial is, at once: a trial of the same point asked later waits for its plan."""
+        if s.replicates is None:
+            return
+        trial.set_user_attr(_dedup.POINT_ATTR, s.replicates.point(trial.params))
+        if retry_of is not None:  # Optuna's retry copies the failed trial's attrs: its claim is not this one's
+            trial.set_user_attr(_dedup.FIT_SEED_ATTR, None)
+
+    def _space_complete(self, s: _Session, done: int) -> bool:
+        """Whether every point of a finite space has all its seeds; one line says so."""
+        trials = retrying("listing trials", lambda: s.study.get_trials(deepcopy=False))
+        # a queued trial (a dead worker's retry, an enqueued point) still runs: it may be a repeat
+        if s.replicates is None or any(t.state == TrialState.WAITING for t in trials) \
+                or not s.replicates.complete(trials):
+            return False
+        log.info("study %r: every point of the search space (%d) has its %d seed(s): nothing new to fit, stopping "
+                 "after %d new trial(s)", s.study.study_name, s.replicates.size, s.replicates.seeds, done)
+        return True
+
+    def _plan(self, s: _Session, item: _Trial, patient: bool = True) -> _dedup.Plan:
+        if s.replicates is None:
+            return _dedup.Plan(_dedup.FIT)
+        trials = retrying("listing trials", lambda: s.study.get_trials(deepcopy=False))
+        return s.replicates.plan(trials, item.number, s.replicates.point(item.trial.params), patient)
+
+    def _await_plan(self, s: _Session, item: _Trial) -> _dedup.Plan:
+        """Plan again until the trials this one waits for are settled (a dead worker's are failed meanwhile)."""
+        started, pause = time.monotonic(), 0.2
+        # A running trial that has not said which point it is after this long is not a trial of
+        # this sweeper (an older version's): stop waiting for it.
+        patience_s = 10.0
+        while True:
+            plan = self._plan(s, item, patient=time.monotonic() - started < patience_s)
+            if plan.action != _dedup.WAIT:
+                return plan
+            if pause == 0.2:
+                log.info("trial %d waits for a running trial of the same point (params and settings)", item.number)
+            time.sleep(pause)
+            pause = min(2 * pause, 2.0)
+            self._clean_up_dead_trials(s)
+
+    def _settle(self, s: _Session, item: _Trial, plan: _dedup.Plan, jobs: list) -> int:
+        """Copy a repeated fit's result, or claim the fit's seed and add its job; 1 when the trial failed."""
+        if plan.action == _dedup.COPY:
+            self._finish_copy(s, item, plan)
+            return 0
+        if s.replicates is not None:
+            item.fit_seed = plan.seed
+            item.trial.set_user_attr(_dedup.FIT_SEED_ATTR, plan.seed)
+        overrides = self._overrides(s, item)
+        try:  # a value the config cannot take fails this trial, not the study
+            self.validate_batch_is_legal([overrides])
+        except Exception as err:
+            self._finish(s, item, TrialState.FAIL, error=err)
+            return 1
+        jobs.append((item, overrides))
+        return 0
+
+    def _launch_and_tell(self, s: _Session, jobs: list) -> int:
+        """Launch the jobs (runs of consecutive numbers) and tell their trials; how many failed."""
+        failed = 0
+        for run in _consecutive(jobs):
+            for item, state, values, error in self._launch(run, s):
+                if state == TrialState.COMPLETE and s.replicates is not None:
+                    self._tell_fit(s, item, values)
+                    continue
+                # Killed, cancelled, preempted or timed out: the trial is retried; a job's own error is not.
+                retry = isinstance(error, (_ProcessDied, JobInterrupted, Terminated))
+                self._finish(s, item, state, values, error, retry=retry)
+                failed += state == TrialState.FAIL and not retry  # a cluster's kill is not the trial's failure
+        return failed
+
+    def _tell_fit(self, s: _Session, item: _Trial, values: list[float]) -> None:
+        """A fit's values kept as its own; the trial told the mean over its point's seeds so far."""
+        item.trial.set_user_attr(_dedup.FIT_VALUES_ATTR, values)
+        outcome = s.replicates.fitted(s.study.get_trials(deepcopy=False), item.number,
+                                      s.replicates.point(item.trial.params), item.fit_seed, values)
+        for key, value in outcome.attrs().items():
+            item.trial.set_user_attr(key, value)
+        self._finish(s, item, outcome.state, outcome.values)
+        self._annotate(s, item, outcome, end=False)
+
+    def _finish_copy(self, s: _Session, item: _Trial, plan: _dedup.Plan) -> None:
+        """No job: the trial takes the result of the finished fits of its point (values, constraints)."""
+        outcome = s.replicates.copied(plan.sources)
+        for key, value in outcome.attrs().items():
+            item.trial.set_user_attr(key, value)
+        constraints: dict[str, float] = {}
+        for source in plan.sources:  # the worst over the seeds: a degenerate seed makes the point infeasible
+            for key, value in source.constraints.items():
+                constraints[key] = max(value, constraints.get(key, value))
+        for key, value in constraints.items():
+            item.trial.set_constraint(key, value)
+        log.info("trial %d repeats trial %d (same params, settings and seed%s): its result, no fit", item.number,
+                 outcome.duplicate_of.number, "s" if len(plan.sources) > 1 else "")
+        self._finish(s, item, outcome.state, outcome.values)
+        self._annotate(s, item, outcome, end=True)
+
+    @staticmethod
+    def _annotate(s: _Session, item: _Trial, outcome: _dedup.Outcome, end: bool) -> None:
+        """What the trial's run does not know: which fit it repeats, its seeds' mean and spread."""
+        annotate = getattr(s.tracked, "annotate_trial", None)
+        if annotate is None or not item.run_id:
+            return
+        tags, metrics = outcome.run_records(s.names, RUN_ID_ATTR)
+        if tags or metrics or end:
+            annotate(item.run_id, tags, metrics, end=end)
 
     def _report(self, study: optuna.Study, names: list[str], sweep_dir: Path) -> None:
         """optimization_results.yaml in the sweep folder (as the official plugin writes it) and one log line."""
@@ -811,9 +949,11 @@ class OptunaSweeperImpl(Sweeper):
         best = best_trial(study)
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "n_trials": len(trials),
                                    "states": counts}
+        results.update(_dedup.summary(trials))
         if best is not None:
             results.update({"best_trial": best.number, "best_params": best.params,
-                            "best_values": dict(zip(names, best.values, strict=False))})
+                            "best_values": dict(zip(names, best.values, strict=False)),
+                            **_dedup.best_seeds(best, names)})
             if len(study.directions) > 1:
                 results["pareto_front"] = [{"number": t.number, "params": t.params, "values": t.values}
                                            for t in study.best_trials]
@@ -823,5 +963,9 @@ class OptunaSweeperImpl(Sweeper):
 
         best_line = (f"; best trial {best.number}: {short(zip(names, best.values, strict=False))} "
                      f"with {short(best.params.items())}" if best else "")
-        log.info("study %r: %d trials (%s)%s", study.study_name, len(trials),
-                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), best_line)
+        if "best_seeds" in results:
+            seeds = results["best_seeds"]
+            best_line += f" (mean of {seeds['n_seeds']} seeds, std {short(seeds['std'].items())})"
+        repeats = f", {results['repeated']} repeating a finished fit" if results.get("repeated") else ""
+        log.info("study %r: %d trials (%s%s)%s", study.study_name, len(trials),
+                 ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), repeats, best_line)

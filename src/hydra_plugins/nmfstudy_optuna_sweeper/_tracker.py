@@ -63,6 +63,26 @@ class TrackedStudy(Protocol):
             How a failed trial's record ends: FAILED, or KILLED for a dead or stopped worker.
         """
 
+    def annotate_trial(self, run_id: str, tags: Mapping[str, str], metrics: Mapping[str, float],
+                       end: bool = False) -> None:
+        """Optional: add tags and metrics to a trial's record, and end it when no job ran.
+
+        The sweeper calls it, when the tracker has it, for a trial that took the result of a
+        finished fit (tags `duplicate_of`, `duplicate_of_run`; `end`) and for the mean and spread
+        over a point's seeds.
+
+        Parameters
+        ----------
+        run_id : str
+            The trial's record.
+        tags : mapping
+            Tag name -> text.
+        metrics : mapping
+            Metric name -> value.
+        end : bool
+            Whether to end the record (finished).
+        """
+
     def recovered(self, run_id: str, names: Sequence[str]) -> tuple[Any, list[float] | None] | None:
         """A trial's result read back from its record, when the launcher lost the job's return.
 

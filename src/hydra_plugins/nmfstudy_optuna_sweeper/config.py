@@ -71,6 +71,15 @@ class OptunaSweeperConf:
     # raises ValueError with one line: run once on the fixed settings before any trial is asked,
     # so that a mistake outside the search space (objective=foo) stops the study, not every trial
     check: Optional[str] = None
+    # seeds each point of the space is fitted on (seed key + 0, 1, ...): a trial fits the point's
+    # next seed and is told the mean over its seeds so far; a point with all its seeds is not
+    # fitted again (a trial proposing it takes its values, user attr `duplicate_of`)
+    seeds: int = 1
+    # the config key of a fit's seed (seed i of a point sets it to its value + i)
+    seed_key: str = "seed"
+    # config keys (dotted) that do not change a fit's result: left out when telling whether a
+    # trial repeats a finished fit (params, the command's other settings and the seed)
+    fit_ignores: List[str] = field(default_factory=list)
     # `_target_`-instantiable object whose open(study, storage=, settings=, root=) records the study
     # and its trials elsewhere (nmfstudy: an MLflow run per study), see _tracker.py; null: none
     tracker: Any = None

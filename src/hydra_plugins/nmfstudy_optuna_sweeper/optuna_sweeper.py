@@ -16,7 +16,8 @@ class OptunaSweeper(Sweeper):
     Parameters
     ----------
     sampler, pruner, direction, study_name, storage, n_trials, n_jobs, max_failure_rate, report_every, params,
-    max_trials, heartbeat_interval, grace_period, max_retry, check, root, open_storage, tracker
+    max_trials, heartbeat_interval, grace_period, max_retry, check, root, open_storage, tracker, seeds, seed_key,
+    fit_ignores
         The keys of `hydra.sweeper` (config.OptunaSweeperConf documents each).
     """
 
@@ -24,7 +25,8 @@ class OptunaSweeper(Sweeper):
                  n_trials: int, n_jobs: int, max_failure_rate: float, report_every: int, params: Any,
                  max_trials: Optional[int] = None, heartbeat_interval: int = 60, grace_period: Optional[int] = None,
                  max_retry: int = 3, check: Optional[str] = None, root: Optional[str] = None,
-                 open_storage: Optional[str] = None, tracker: Any = None) -> None:
+                 open_storage: Optional[str] = None, tracker: Any = None, seeds: int = 1, seed_key: str = "seed",
+                 fit_ignores: Any = None) -> None:
         from ._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
@@ -32,6 +34,7 @@ class OptunaSweeper(Sweeper):
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, report_every=report_every,
             params=params, max_trials=max_trials, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
             max_retry=max_retry, check=check, root=root, open_storage=open_storage, tracker=tracker,
+            seeds=seeds, seed_key=seed_key, fit_ignores=fit_ignores,
         )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:

@@ -253,6 +253,20 @@ class StudyRun:
         if state == "FAIL":
             self._safely("ending a trial's run", kill_run, self.client, run_id, error or "trial failed", status)
 
+    def annotate_trial(self, run_id: str, tags: Mapping[str, str], metrics: Mapping[str, float], end=False) -> None:
+        """Add what the sweeper knows (`duplicate_of`, the seeds' mean and spread) to a trial's run.
+
+        Parameters
+        ----------
+        run_id, tags, metrics, end
+            The run, tags and metrics to add, and whether to end it FINISHED (no job ran).
+        """
+        now, added = get_current_time_millis(), [RunTag(key, str(value)) for key, value in tags.items()]
+        self._safely("annotating a trial's run", self.client.log_batch, run_id, tags=added,
+                     metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+        if end:
+            self._safely("ending a trial's run", self.client.set_terminated, run_id, "FINISHED")
+
     def recovered(self, run_id: str, names: Sequence[str]) -> tuple[Any, list[float] | None] | None:
         """A trial's result read back from its finished run, when its job's return was lost.
 
