@@ -123,9 +123,11 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
     objective = run_cfg["objective"]
     if reporter is None or not isinstance(objective, str) or objective not in scores or not reporter.hook.storage:
         return  # only a single-objective study has one best model
-    maximize = study_maximizes(reporter.hook)
-    if maximize is None:
-        return
+    if reporter.maximize is None:  # the study not read yet (tracking.model=all): read it once
+        reporter.beats_finished_trials(scores[objective])
+    if reporter.maximize is None or len(reporter.maximize) != 1:
+        return  # the study cannot be read, or it has several objectives: no one best model
+    maximize = reporter.maximize[0]
     try:
         version = registry.register_best(client, reporter.hook.study_name, info, value=scores[objective],
                                                maximize=maximize, trial_number=reporter.number)
@@ -135,24 +137,6 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
         return
     log.info("registered as version %s of model %r (the study's best: models:/%s@%s)", version,
              reporter.hook.study_name, reporter.hook.study_name, registry.BEST_ALIAS)
-
-
-def study_maximizes(hook) -> bool | None:
-    """Whether the trial's study maximizes its one objective; None for several objectives or an unreadable study."""
-    import optuna
-
-    from nmfstudy.pruning import job_storage
-
-    try:
-        study = optuna.load_study(study_name=hook.study_name, storage=job_storage(hook.storage),
-                                  sampler=optuna.samplers.RandomSampler())
-    except Exception as err:  # the registry is a convenience: a lost storage must not fail a finished fit
-        log.warning("trial %d: cannot read the study in %s, its model is not registered: %s", hook.number,
-                    hook.storage, err)
-        return None
-    if len(study.directions) > 1:
-        return None
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def data_source(run_cfg: dict) -> str:

@@ -129,6 +129,8 @@ class TrialReporter:
         self.pruner_spec = dict(hook.pruner) if hook.pruner else None
         self.pruned = False
         self.pruned_at: int | None = None
+        # whether the study maximizes each objective, once `beats_finished_trials` has read it
+        self.maximize: list[bool] | None = None
         self._trial = None
         self._sign = 1.0
         self._off = not hook.storage or self.report_every <= 0  # nothing to report to
@@ -237,6 +239,7 @@ class TrialReporter:
             log.warning("trial %d: cannot read the study in %s, drawing its figures: %s", self.number,
                         self.hook.storage, err)
             return True
+        self.maximize = maximize
         mine = _oriented([values] if isinstance(values, (int, float)) else list(values), maximize)
         for trial in finished:
             theirs = _oriented(trial.values, maximize)
