@@ -81,28 +81,38 @@ def run(
     """
     heartbeat = Heartbeat(client, store, heartbeat_s)
     tags = {**(tags or {}), **process_tags(), **heartbeat.tags()}
-    if run_id is not None:
-        active = mlflow.start_run(run_id=run_id)
-        mlflow.set_tags({**tags, **({RUN_NAME_TAG: run_name} if run_name else {})})
-    else:
-        exp_id = experiment_id(client, store, experiment)
-        active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
-    heartbeat.add(active.info.run_id)
     status = RunStatus.to_string(RunStatus.FAILED)
+    # The run is started inside the try: a SIGTERM that lands while its tags are set must still end it
+    # KILLED here. Left active, MLflow's exit handler would end it FINISHED, over the sweeper's KILLED.
     try:
+        if run_id is not None:
+            active = mlflow.start_run(run_id=run_id)
+            mlflow.set_tags({**tags, **({RUN_NAME_TAG: run_name} if run_name else {})})
+        else:
+            exp_id = experiment_id(client, store, experiment)
+            active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, parent_run_id=parent_run_id,
+                                      tags=tags)
+        heartbeat.add(active.info.run_id)
         yield active
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt as err:
         status = RunStatus.to_string(RunStatus.KILLED)
-        reason = getattr(err, "reason", None)  # why a scheduler stopped the job (study_names.Terminated)
-        mlflow.set_tag(ERROR_TAG, f"interrupted: {reason}" if reason else "interrupted")
+        reason = getattr(err, "reason", None)  # why a scheduler stopped the job (processes.Terminated)
+        _tag_active(ERROR_TAG, f"interrupted: {reason}" if reason else "interrupted")
         raise
     except BaseException as err:
-        mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+        _tag_active(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
         raise
     finally:
         heartbeat.stop()
-        mlflow.end_run(status)
+        if mlflow.active_run() is not None:  # none when the store refused to start it
+            mlflow.end_run(status)
+
+
+def _tag_active(key: str, value: str) -> None:
+    """Tag the active run, if one was started (mlflow.set_tag alone would start one)."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value)
 
 
 def log_params(params: dict[str, Any]) -> None:
