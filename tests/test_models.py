@@ -76,6 +76,38 @@ def test_a_run_records_its_data_and_its_code(logged):
         assert run.data.tags["nmfstudy.git_dirty"] in ("true", "false")
 
 
+def test_runs_logging_one_data_set_at_once_all_record_it(tmp_path):
+    """The first trials of a parallel sweep log the same data set together: MLflow's store looks it up, then
+    inserts it, so all but one insert break its unique key; each run must still record its input."""
+    import threading
+
+    from nmfstudy.tracking.models import log_dataset
+
+    mlflow.set_tracking_uri(_uri(tmp_path))
+    experiment = mlflow.set_experiment("race")
+    X, y = np.random.default_rng(0).random((50, 4), dtype=np.float32), np.arange(50) % 3
+    barrier, errors = threading.Barrier(8), []
+
+    def run():
+        with mlflow.start_run():  # MLflow's active run is per thread
+            for name in ("one", "two", "three"):  # three races: one alone is sometimes won by every thread
+                barrier.wait()
+                try:
+                    log_dataset(X, y, name=name, digest="digest-of-the-same-data", source=str(tmp_path))
+                except MlflowException as error:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    runs = MlflowClient().search_runs([experiment.experiment_id])
+    assert len(runs) == 8
+    assert [sorted(d.dataset.name for d in r.inputs.dataset_inputs) for r in runs] == [["one", "three", "two"]] * 8
+
+
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((2, 10), np.float32), "Shape of input (2, 10) does not match expected shape (-1, 784)"),
     (np.zeros((2, 784), np.float64), "dtype of input float64 does not match expected dtype float32"),

@@ -111,6 +111,7 @@ def log_dataset(X: np.ndarray, y: np.ndarray | None, *, name: str, digest: str, 
     """
     import mlflow.data
     from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.exceptions import MlflowException
 
     if source.startswith(("http://", "https://")):
         kind = "http"
@@ -120,4 +121,18 @@ def log_dataset(X: np.ndarray, y: np.ndarray | None, *, name: str, digest: str, 
     where = get_dataset_source_from_json(json.dumps({"uri": source, "url": source}), kind)
     # the digest is given: MLflow would otherwise hash the pixels again
     dataset = mlflow.data.from_numpy(X, source=where, targets=y, name=name, digest=digest[-36:])
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException as error:
+        if not _lost_insert_race(error):
+            raise
+        # MLflow's store looks the data set up, then inserts it; two runs of one experiment logging the
+        # same data at once (a parallel sweep's first trials) both miss it, and the second insert breaks
+        # the (experiment, name, digest) key. Logged again, the store finds the row the other run wrote.
+        mlflow.log_input(dataset, context="training")
+
+
+def _lost_insert_race(error: Exception) -> bool:
+    """Whether `error` is a unique-key violation (SQLite's or PostgreSQL's, direct or through a server)."""
+    text = str(error)
+    return "UNIQUE constraint failed" in text or "violates unique constraint" in text
