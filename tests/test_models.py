@@ -79,11 +79,19 @@ def test_a_run_records_its_data_and_its_code(logged):
 def test_runs_logging_one_data_set_at_once_all_record_it(tmp_path):
     """The first trials of a parallel sweep log the same data set together: MLflow's store looks it up, then
     inserts it, so all but one insert break its unique key; each run must still record its input."""
+    before = mlflow.get_tracking_uri()  # the module's runs are read through it
+    mlflow.set_tracking_uri(_uri(tmp_path))
+    try:
+        _log_one_data_set_from_eight_runs_at_once(tmp_path)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def _log_one_data_set_from_eight_runs_at_once(tmp_path):
     import threading
 
     from nmfstudy.tracking.models import log_dataset
 
-    mlflow.set_tracking_uri(_uri(tmp_path))
     experiment = mlflow.set_experiment("race")
     X, y = np.random.default_rng(0).random((50, 4), dtype=np.float32), np.arange(50) % 3
     barrier, errors = threading.Barrier(8), []
