@@ -12,7 +12,7 @@ TINY = ["dataset.n_samples=200", "method.max_iter=20"]
 
 
 @pytest.mark.slow
-def test_parallel_jobs_on_a_fresh_store_then_twenty_more(tmp_path):
+def test_parallel_jobs_on_a_fresh_store_then_eight_more(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
     result = run_train(tmp_path, "k=2,3,4,5,6,7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
                        multirun=True, fresh_store=True)
@@ -22,18 +22,18 @@ def test_parallel_jobs_on_a_fresh_store_then_twenty_more(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
     (tmp_path / "multirun").rename(tmp_path / "first")
-    ks = ",".join(str(k) for k in range(2, 22))
-    # what this asserts is the store under 20 parallel writers: the figures' drawing only adds time
+    ks = ",".join(str(k) for k in range(2, 10))
+    # what this asserts is the store under two writers at a time, run after run: figures and models only add time
     result = run_train(tmp_path, f"k={ks}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=digits", *TINY,
-                       "tracking.figures=none", multirun=True, timeout=900)
+                       "tracking.figures=none", "tracking.model=none", multirun=True, timeout=900)
     assert result.returncode == 0, result.stderr
     runs = [r for r in mlflow_runs(tmp_path) if r.data.tags["nmfstudy.kind"] == "run"]
-    assert len(runs) == 26 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(runs) == 14 and all(r.info.status == "FINISHED" for r in runs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 2
     by_parent = {p: sorted(int(r.data.params["k"]) for r in runs if r.data.tags["mlflow.parentRunId"] == p)
                  for p in parents}
-    assert sorted(by_parent.values()) == [[2, 3, 4, 5, 6, 7], list(range(2, 22))]
+    assert sorted(by_parent.values()) == [list(range(2, 8)), list(range(2, 10))]
 
 
 def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
