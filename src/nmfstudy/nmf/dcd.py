@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import Callback, FitResult, Monitor
+from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation
 from .multilevel import Grouping, ratio_association_loss, search_grouping
 from .partition_search import membership, search_partition
 
@@ -45,7 +45,10 @@ def _dcd_loss(S, pairs: _Pairs, W, prior, size) -> tuple[float, np.ndarray]:
     """The DCD objective at W and the ratios S_ij / A_hat_ij on S's entries."""
     s = size @ W
     Ws = W / np.sqrt(np.maximum(s, _TINY))
-    a_hat = np.maximum(np.einsum("ij,ij->i", Ws[pairs.rows], Ws[pairs.cols]), _TINY)[pairs.spread]
+    # np.take and a row sum: a third of the time of fancy indexing and einsum at k=10 on full MNIST
+    rows = np.take(Ws, pairs.rows, axis=0)
+    rows *= np.take(Ws, pairs.cols, axis=0)
+    a_hat = np.maximum(rows.sum(axis=1), _TINY)[pairs.spread]
     loss = -float(np.dot(S.data, np.log(a_hat)))
     if prior != 1.0:
         loss -= (prior - 1.0) * float(size @ np.log(np.maximum(W, _TINY)).sum(axis=1))
@@ -61,10 +64,7 @@ def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float) -> 
         grad_neg = grad_neg + (prior - 1.0) / np.maximum(W, _TINY)
     a = (W / grad_pos).sum(axis=1, keepdims=True)
     b = (W * grad_neg / grad_pos).sum(axis=1, keepdims=True)
-    W = W * (grad_neg * a + 1.0) / (grad_pos * a + b)
-    np.maximum(W, _TINY, out=W)
-    W /= W.sum(axis=1, keepdims=True)
-    return W
+    return _rows_summing_to_1(W * (grad_neg * a + 1.0) / (grad_pos * a + b))
 
 
 def dcd_objective(S, W, prior: float = 1.0, size: np.ndarray | None = None) -> float:
@@ -95,6 +95,7 @@ def dcd_objective(S, W, prior: float = 1.0, size: np.ndarray | None = None) -> f
 
 
 def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, size: np.ndarray | None = None,
+        max_exponent: float = 1.0, label_tol: float = 0.0, label_window: int = 10,
         callback: Callback | None = None) -> FitResult:
     """Low-rank doubly stochastic decomposition (DCD, Yang & Oja, ICML 2012), from a start W.
 
@@ -108,7 +109,10 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
         a_i = sum_l W_il / grad+_il,  b_i = sum_l W_il grad-_il / grad+_il,
 
     grad- = 2 (Z W)_ik / s_k + (prior - 1) / W_ik, grad+ = (W^T Z W)_kk / s_k^2, Z = S / A_hat on
-    S's entries only. One iteration costs two passes over S's entries (nnz x k).
+    S's entries only. One iteration costs two passes over S's entries (nnz x k). With
+    `max_exponent` > 1 the step is over-relaxed (:class:`~nmfstudy.nmf._common.Relaxation`: W
+    times the update's ratio raised to a growing power, rows rescaled; a step that does not
+    lower the objective is taken again plainly), still monotone.
 
     Parameters
     ----------
@@ -122,6 +126,11 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
         Iteration cap; stop when the relative decrease of the objective falls below `tol`.
     size : ndarray of shape (n,) or None
         Node weights for a coarse graph (see :func:`dcd_objective`); None: all 1.
+    max_exponent : float, default 1.0
+        Largest exponent of the over-relaxed step (1: the plain update).
+    label_tol, label_window : float, int
+        Stop also when fewer than label_tol * n nodes changed cluster (argmax of W) over the
+        last label_window iterations (:class:`~nmfstudy.nmf._common.LabelStability`; 0: never).
     callback : callable or None
         ``callback(iteration, loss, elapsed_s)``; True stops.
 
@@ -145,13 +154,27 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
     start_loss = loss
     mon = Monitor(tol, max_iter, callback)
     mon.start(loss)
+    relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
+    labels.settled(W, loss)
     for _ in range(max_iter):
         Z = sp.csr_matrix((ratio, S.indices, S.indptr), shape=S.shape)
-        W = _dcd_step(W, Z @ W, size, prior)
-        loss, ratio = _dcd_loss(S, pairs, W, prior, size)
-        if mon.step(loss):
+        W_plain = _dcd_step(W, Z @ W, size, prior)
+        W_new = W_plain if relax.exponent == 1.0 else _rows_summing_to_1(relax.step(W, W_plain / W))
+        loss_new, ratio_new = _dcd_loss(S, pairs, W_new, prior, size)
+        if not relax.accept(loss_new <= loss):
+            W_new = W_plain  # the plain, monotone step
+            loss_new, ratio_new = _dcd_loss(S, pairs, W_new, prior, size)
+        W, loss, ratio = W_new, loss_new, ratio_new
+        if mon.step(loss) or labels.settled(W, loss):
             break
     return FitResult(W=W, start_loss=start_loss, **mon.history())
+
+
+def _rows_summing_to_1(W: np.ndarray) -> np.ndarray:
+    """W (positive, in place) with each row scaled to sum to 1."""
+    np.maximum(W, _TINY, out=W)
+    W /= W.sum(axis=1, keepdims=True)
+    return W
 
 
 class DCDGrouping(Grouping):

@@ -82,8 +82,8 @@ def spectral_embedding(Q, n_vectors: int, seed: int = 0) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0) -> np.ndarray:
-    """K-means (3 starts, seeded) of the embedding's rows into `n_sub` sub-clusters, numbered 0..n_sub-1.
+def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0, n_init: int = 3, rows: int | None = None) -> np.ndarray:
+    """K-means (seeded) of the embedding's rows into `n_sub` sub-clusters, numbered 0..n_sub-1.
 
     Parameters
     ----------
@@ -92,6 +92,10 @@ def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0) -> np.ndarray:
     n_sub : int
         The number of sub-clusters.
     seed : int
+    n_init : int, default 3
+        K-means starts.
+    rows : int or None, default None
+        Fit k-means on this many seeded rows (then every row takes its nearest centre); None: all.
 
     Returns
     -------
@@ -99,7 +103,12 @@ def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0) -> np.ndarray:
     """
     from sklearn.cluster import KMeans
 
-    labels = KMeans(n_clusters=n_sub, n_init=3, random_state=seed).fit_predict(U.astype(np.float32))
+    U = U.astype(np.float32)
+    km = KMeans(n_clusters=n_sub, n_init=n_init, random_state=seed)
+    if rows is None or rows >= len(U):
+        labels = km.fit_predict(U)
+    else:
+        labels = km.fit(U[np.sort(np.random.default_rng(seed).choice(len(U), max(rows, n_sub), replace=False))]).predict(U)
     return np.unique(labels, return_inverse=True)[1]  # an empty sub-cluster leaves no gap
 
 
@@ -178,7 +187,8 @@ def lift(g: np.ndarray, sub: np.ndarray, k: int, floor: float = 0.05) -> np.ndar
 
 
 def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, oversplit: int, n_vectors: int,
-                   seed: int, callback: Callback | None = None) -> FitResult:
+                   seed: int, embedding: str = "arpack", kmeans_n_init: int = 3, kmeans_rows: int | None = None,
+                   callback: Callback | None = None) -> FitResult:
     """The multilevel search of NMFR and DCD: over-cluster, start from the best grouping, refine; `n_init` times.
 
     Parameters
@@ -204,6 +214,11 @@ def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, over
         Eigenvectors in the spectral embedding that is over-clustered (at least k are used).
     seed : int
         Seeds the embedding, the over-clusterings and the starts.
+    embedding : {"arpack", "smooth"}, default "arpack"
+        The embedding: the leading eigenvectors by ARPACK (:func:`spectral_embedding`), or the
+        subspace iteration of SymNMF's start (:func:`smooth_embedding`, a few times cheaper).
+    kmeans_n_init, kmeans_rows : int, int or None
+        The over-clustering's k-means starts and the rows it is fitted on (:func:`over_cluster`).
     callback : callable, optional
         ``callback(iteration, loss, elapsed_s)`` after every iteration of every refinement, the
         iterations numbered on across them (:func:`~nmfstudy.nmf.graph_nmf.numbered_on`), so that a
@@ -216,10 +231,13 @@ def multilevel_fit(S, k: int, start: Start, refine: Refine, *, n_init: int, over
     """
     callback = numbered_on(callback)
     Q = normalize_graph(S).astype(np.float64)
-    U = spectral_embedding(Q, max(n_vectors, k), seed)
+    if embedding == "smooth":
+        U = smooth_embedding(Q, max(n_vectors, k), seed=seed)
+    else:
+        U = spectral_embedding(Q, max(n_vectors, k), seed)
     best = None
     for run in range(n_init):
-        sub = over_cluster(U, min(oversplit * k, S.shape[0]), seed + run)
+        sub = over_cluster(U, min(oversplit * k, S.shape[0]), seed + run, kmeans_n_init, kmeans_rows)
         n_sub = int(sub.max()) + 1
         W0 = start(S, Q, sub, n_sub, seed + run) if n_sub > k else lift(np.arange(n_sub), sub, k)
         result = refine(S, Q, W0, callback)
