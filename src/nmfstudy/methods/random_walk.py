@@ -20,7 +20,7 @@ in :mod:`nmfstudy.nmf`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -85,10 +85,6 @@ class _MultilevelGraphEstimator(GraphEstimator):
     oversplit: int = 5
     n_vectors: int = 30
     n_restarts: int = 50
-    n_neighbors: int = 10
-    weight: str = "binary"
-    pca: int | None = None
-    cache_dir: str | None = field(default=None, kw_only=True)
 
     def _start(self, S, Q, sub: np.ndarray, n_sub: int, seed: int) -> np.ndarray:
         raise NotImplementedError
