@@ -19,6 +19,7 @@ searches are nmfstudy.nmf.graph's exact search.
 
     python bench/bench_graph_choice.py purity --out bench/graph_choice_purity.jsonl
     python bench/bench_graph_choice.py fit --candidates raw+pca50/knn10 deskew+unit+pca50/knn10 ...
+    python bench/bench_graph_choice.py report --out bench/graph_choice_purity.jsonl   # markdown tables of the rows
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def main(argv=None) -> None:
     from machine import machine_summary
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("purity", "fit"))
+    p.add_argument("phase", choices=("purity", "fit", "report"))
     p.add_argument("--dataset", default="mnist", help="mnist (the 60,000 training images), mnist_5k, digits, lfw")
     p.add_argument("--candidates", nargs="*", default=None)
     p.add_argument("--methods", nargs="*", default=["nmfr", "dcd"])
@@ -179,6 +180,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="a .jsonl file the rows are appended to")
     args = p.parse_args(argv)
+    if args.phase == "report":
+        print(report([json.loads(line) for line in open(args.out)]))
+        return
 
     from nmfstudy.metrics import hungarian_accuracy
 
@@ -212,6 +216,27 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps({**row, "k": k, "seed": args.seed, "threads": os.environ.get("OMP_NUM_THREADS")}) + "\n")
+
+
+def report(rows: list[dict]) -> str:
+    """One markdown table per data set: each candidate's purity, and its accuracies where it was fitted."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        fitted = any("nmfr_hungarian" in r for r in mine)
+        out.append(f"\n#### {dataset} ({mine[0]['n']:,} training samples, k={mine[0]['k']}, seed {mine[0]['seed']})\n")
+        head = "| candidate | edges | purity | weighted purity | isolated |"
+        head += " NMFR Hungarian | NMFR fit s | DCD Hungarian | DCD fit s | load (1 min) |" if fitted else " load |"
+        out += [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in mine:
+            line = (f"| {r['candidate']} | {r['edges']:,} | {r['purity']:.4f} | {r['weighted_purity']:.4f} "
+                    f"| {r['isolated']} |")
+            if fitted:
+                line += " | ".join(f" {r[key]:.4f}" if isinstance(r.get(key), float) and "hungarian" in key
+                                   else f" {r.get(key, '')}" for key in
+                                   ("nmfr_hungarian", "nmfr_fit_s", "dcd_hungarian", "dcd_fit_s")) + " |"
+            out.append(line + f" {r['load']} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
