@@ -61,3 +61,28 @@ def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_d
     S = model.set_params(pca=100)._graph(X, 0)
     np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, normalize=True).toarray())
     assert model.neighbor_index_.projection is None and model.neighbor_index_.normalize
+
+
+def test_fuzzy_weights_are_umaps_memberships_joined_by_probabilistic_union():
+    # three samples on a line at 0, 1 and 3, two neighbours each: the nearest gets 1, the second
+    # log2(3) - 1 (sigma solves 1 + exp(-(d2 - d1) / sigma) = log2(3)); then A + A^T - A * A^T
+    S = knn_graph(np.array([[0.0], [1.0], [3.0]], dtype=np.float32), 2, weight="fuzzy").toarray()
+    second = np.log2(3) - 1
+    expected = np.array([[0, 1, 2 * second - second**2], [1, 0, 1], [2 * second - second**2, 1, 0]])
+    np.testing.assert_allclose(S, expected, rtol=1e-6)
+
+
+@pytest.mark.slow  # umap-learn (not a dependency; skipped without it) compiles its numba code first: 20-80 s
+def test_fuzzy_weights_match_umap_learns_fuzzy_simplicial_set():
+    umap = pytest.importorskip("umap.umap_")
+    from sklearn.datasets import load_digits
+
+    Z = load_digits().data[:400].astype(np.float32)
+    S = knn_graph(Z, 15, weight="fuzzy")
+    idx, d2 = knn._knn(Z, Z, 15, exclude_self=True)
+    own = np.arange(len(Z))[:, None]  # umap-learn counts each sample as its own nearest, at distance 0
+    G = umap.fuzzy_simplicial_set(np.zeros((len(Z), 1), np.float32), 16, 0, "euclidean",
+                                  knn_indices=np.hstack([own, idx]),
+                                  knn_dists=np.hstack([0 * own, np.sqrt(d2)]).astype(np.float32))[0]
+    assert ((S != 0) != (G != 0)).nnz == 0
+    assert abs(S - G).max() < 1e-4  # umap-learn stops its bisection at a tolerance of 1e-5

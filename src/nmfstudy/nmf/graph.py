@@ -37,7 +37,7 @@ from ..cache_files import write_atomically
 from ..params import Boolean, Interval, Options, check
 from ._common import threadpools
 
-WEIGHTS = ("binary", "heat")
+WEIGHTS = ("binary", "heat", "fuzzy")
 SEED = [Interval(Integral, 0, 2**32 - 1)]  # numpy's and scikit-learn's seeds
 # The graph's settings, as a graph-aware method takes them (their data-dependent bounds are
 # checked by the functions below, which know the data).
@@ -259,7 +259,7 @@ def knn_graph(X, n_neighbors: int = 10, weight: str = "binary", pca: int | None 
         The samples, n_samples >= 2, finite; used as float32.
     n_neighbors : int, default 10
         Neighbours per sample, in [1, n_samples - 1].
-    weight : {"binary", "heat"}, default "binary"
+    weight : {"binary", "heat", "fuzzy"}, default "binary"
         The edge weights:
 
         - "binary": 1 on every edge (the 0-1 weighting of Cai et al. 2011).
@@ -300,14 +300,60 @@ def knn_graph(X, n_neighbors: int = 10, weight: str = "binary", pca: int | None 
     idx, d2 = _knn(Z, Z, n_neighbors, exclude_self=True)
     if weight == "binary":
         w = np.ones(d2.shape, dtype=np.float32)
-    else:
+    elif weight == "heat":
         t = float(d2.mean()) or 1.0
         w = np.exp(-d2 / t).astype(np.float32)
+    else:
+        w = fuzzy_memberships(np.sqrt(d2)).astype(np.float32)
     A = sp.csr_matrix((w.ravel(), idx.ravel(), np.arange(0, n * n_neighbors + 1, n_neighbors)),
                       shape=(n, n))
-    S = A.maximum(A.T).tocsr()
+    # fuzzy: the probabilistic union A + A^T - A * A^T of UMAP; else the larger of the two directions
+    S = (A + A.T - A.multiply(A.T) if weight == "fuzzy" else A.maximum(A.T)).tocsr()
     S.sort_indices()
     return S.astype(np.float32)
+
+
+def fuzzy_memberships(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
+    """UMAP's membership of each sample's k nearest: exp(-(d - rho) / sigma), per sample.
+
+    McInnes, Healy, Melville, "UMAP: Uniform Manifold Approximation and Projection for Dimension
+    Reduction", 2018, section 3 (umap-learn's ``smooth_knn_dist``, local connectivity 1): rho is
+    the distance to the nearest neighbour not at distance 0 (which so gets 1), and sigma solves
+    sum_j exp(-max(0, d_j - rho) / sigma) = log2(k + 1) (umap-learn counts the sample itself among
+    its k + 1 neighbours), by bisection, all samples at once. As umap-learn's, sigma is at least
+    1e-3 times the mean of the k + 1 distances (the sample's own 0 included; where rho is 0, the
+    mean over all samples).
+
+    Parameters
+    ----------
+    dist : ndarray of shape (n_samples, k)
+        Each sample's distances to its k nearest others, nearest first.
+    n_iter : int, default 64
+        Bisection steps (umap-learn's; the bracket is then far below float32's resolution).
+
+    Returns
+    -------
+    ndarray of shape (n_samples, k), float64
+        The memberships, in (0, 1].
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    n, k = dist.shape
+    target = np.log2(k + 1)
+    positive = dist > 0
+    rho = np.where(positive.any(axis=1), dist[np.arange(n), positive.argmax(axis=1)], 0.0)[:, None]
+    excess = np.maximum(dist - rho, 0.0)
+    lo, hi, sigma = np.zeros(n), np.full(n, np.inf), np.ones(n)
+    for _ in range(n_iter):
+        total = np.exp(-excess / sigma[:, None]).sum(axis=1)
+        above = total > target  # too wide a kernel: shrink sigma
+        hi = np.where(above, sigma, hi)
+        lo = np.where(above, lo, sigma)
+        sigma = np.where(np.isinf(hi), sigma * 2, (lo + hi) / 2)
+    mean = dist.sum(axis=1) / (k + 1)
+    floor = np.where(rho[:, 0] > 0, mean, mean.mean())
+    sigma = np.maximum(sigma, 1e-3 * floor)
+    sigma[sigma == 0] = 1.0  # every distance 0: all memberships 1 whatever sigma
+    return np.exp(-excess / sigma[:, None])
 
 
 class NeighborIndex:
