@@ -45,9 +45,9 @@ def test_the_cache_keys_each_construction_apart(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [GNMF, SymNMF, NMFR, DCD])
-def test_every_graph_method_defaults_to_unit_norm_and_pca_50(cls):
+def test_every_graph_method_defaults_to_10_nn_on_pca_50(cls):
     params = cls().get_params()
-    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (10, "binary", True, 50)
+    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (10, "binary", False, 50)
 
 
 def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_datas_dimensions():
@@ -56,9 +56,9 @@ def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_d
     X = load_digits().data[:300].astype(np.float32) / 16  # 300 x 64
     model = NMFR(n_clusters=3, n_neighbors=5, n_init=1, n_restarts=2, max_iter=5, random_state=0)
     S = model._graph(X, 0)
-    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, normalize=True, pca=50, seed=0).toarray())
+    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, pca=50, seed=0).toarray())
     # pca 100 > 64 pixels: the search runs on the (unit-norm) pixels themselves
-    S = model.set_params(pca=100)._graph(X, 0)
+    S = model.set_params(pca=100, normalize=True)._graph(X, 0)
     np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, normalize=True).toarray())
     assert model.neighbor_index_.projection is None and model.neighbor_index_.normalize
 

@@ -266,10 +266,10 @@ class GraphEstimator(ClusteringEstimator):
     MNIST's and the image folders' are, else float32): see `neighbor_index_`.
 
     The graph's settings are keyword-only, declared once here for every graph method. Their
-    defaults are one construction for every data set: 10 nearest neighbours, binary edges, on
-    the samples scaled to unit norm and projected on 50 principal components (chosen on MNIST's
-    60,000 training images, confirmed on the 5,000-digit set, scikit-learn's digits and
-    scikit-image's faces: bench/graph_choice_results.md).
+    defaults are one construction for every data set: 10 nearest neighbours, binary edges, on the
+    samples projected on 50 principal components (chosen on MNIST's 60,000 training images,
+    confirmed on the 5,000-digit set, scikit-learn's digits and scikit-image's faces, where unit
+    norm and UMAP's fuzzy weights lowered some fits: bench/graph_choice_results.md).
 
     Parameters (of every subclass)
     ----------
@@ -283,7 +283,7 @@ class GraphEstimator(ClusteringEstimator):
 
     n_neighbors: int = field(default=10, kw_only=True)
     weight: str = field(default="binary", kw_only=True)
-    normalize: bool = field(default=True, kw_only=True)
+    normalize: bool = field(default=False, kw_only=True)
     pca: int | None = field(default=50, kw_only=True)
     cache_dir: str | None = field(default=None, kw_only=True)
 
