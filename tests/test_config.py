@@ -108,7 +108,7 @@ def test_graph_methods_compose_and_check(compose):
     symnmf_cfg = compose("method=symnmf")
     assert symnmf_cfg["init"]["name"] == "random"
     settings.check(symnmf_cfg)
-    with pytest.raises(settings.ConfigError, match="graph.weight must be one of binary, heat; got 'cosine'"):
+    with pytest.raises(settings.ConfigError, match="graph.weight must be one of binary, heat, fuzzy; got 'cosine'"):
         settings.check(compose("method=gnmf", "graph.weight=cosine"))
     with pytest.raises(settings.ConfigError, match="method.lam must be in"):
         settings.check(compose("method=gnmf", "method.lam=-1"))
