@@ -147,7 +147,8 @@ def prepare(run_cfg: dict, root: Path, optimized: bool = False) -> tuple[Dataset
             data = load_dataset(ds["name"], dir=ds.get("dir"), n_samples=ds.get("n_samples"),
                                 test_size=ds.get("test_size") or 0.2, seed=run_cfg["seed"],
                                 image_size=ds.get("image_size"),
-                                cache_dir=ds.get("cache_dir") or root / ".cache" / "images")
+                                cache_dir=ds.get("cache_dir") or root / ".cache" / "images",
+                                deskew=ds.get("deskew", False))
         estimator = settings.build_estimator(run_cfg, data.X_train)
         if "cache_dir" in estimator.get_params() and estimator.cache_dir is None:
             estimator.set_params(cache_dir=str(root / ".cache" / "graphs"))

@@ -32,8 +32,7 @@ AT_THE_DOOR = [
                         "sparsity_H (the metrics a run of method=nmf logs), or a list of them; got 'foo'"),
     (["dataset=digits", "k=65"], "error: k must be at most the number of pixels (64) with init=nndsvda, an SVD-based "
                                  "start; got 65 (init=random allows any k)"),
-    (["dataset=digits", "method=gnmf", "graph.pca=5000"],
-     "error: graph.pca must be at most the number of pixels (64); got 5000"),
+    (["dataset=digits", "method=gnmf", "graph.pca=0"], "error: graph.pca must be an integer >= 1, got 0"),
     (["seed=4294967296"], "error: seed must be an integer in [0, 4294967295], got 4294967296"),
     (["dataset.n_samples=5"], "error: dataset.n_samples must be at least the number of labels (10), so that the "
                               "subsample keeps every one; got 5"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import methods, metrics
 from .data import DATASETS, parse_image_size, scan_image_folder
-from .params import Interval, InvalidParameterError, Options
+from .params import Boolean, Interval, InvalidParameterError, Options
 from .params import check as check_value
 
 RUN_PARAMETERS = {
@@ -30,11 +30,15 @@ RUN_PARAMETERS = {
 FIGURES = ("all", "final", "none")
 # load_dataset's arguments -> their config keys
 DATASET_KEYS = {"name": "dataset", "dir": "dataset.dir", "n_samples": "dataset.n_samples",
-                "test_size": "dataset.test_size", "image_size": "dataset.image_size", "cache_dir": "dataset.cache_dir"}
+                "test_size": "dataset.test_size", "image_size": "dataset.image_size", "cache_dir": "dataset.cache_dir",
+                "deskew": "dataset.deskew"}
 DATASET_PARAMETERS = {
     "n_samples": [Interval(Integral, 2), None],
     "test_size": [Interval(Real, 0.01, 0.99), None],
+    "deskew": [Boolean()],
 }
+# what a dataset key means when a config (one of the user's own) leaves it out
+DATASET_DEFAULTS = {"deskew": False}
 
 
 class ConfigError(ValueError):
@@ -176,7 +180,7 @@ def check(cfg: dict, *, optimized: bool = True) -> None:
         raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset.get('name')!r}")
     with config_keys(DATASET_KEYS):
         for key, constraints in DATASET_PARAMETERS.items():
-            check_value(key, dataset.get(key), constraints)
+            check_value(key, dataset.get(key, DATASET_DEFAULTS.get(key)), constraints)
         unlabelled = None
         if dataset["name"] == "images":  # the folder's layout tells whether there are labels: no image is read
             parse_image_size(dataset.get("image_size"))

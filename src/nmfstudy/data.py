@@ -17,7 +17,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .cache_files import write_atomically
-from .params import InvalidParameterError
+from .params import Boolean, InvalidParameterError
+from .preprocess import deskew as deskew_images
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class DataError(InvalidParameterError):
     Parameters
     ----------
     param : str
-        The argument of :func:`load_dataset` at fault ("name", "dir", "n_samples", "test_size" or "image_size").
+        The argument of :func:`load_dataset` at fault ("name", "dir", "n_samples", "test_size", "image_size"
+        or "deskew").
     detail : str
         What is wrong, without the name.
     sep : str, default ": "
@@ -76,6 +78,9 @@ class Dataset:
     label_names : tuple of str, optional
         What each label stands for, by label (the sub-folders of ``images``); None when the
         labels are the digits themselves, or there are none.
+    preprocessing : tuple of str, default ()
+        The steps applied to every image after loading, in order (``("deskew",)``): part of the
+        fingerprint, so that caches of the raw and the preprocessed images never mix.
     """
 
     name: str
@@ -85,6 +90,7 @@ class Dataset:
     y_test: np.ndarray | None
     image_shape: tuple[int, int]
     label_names: tuple[str, ...] | None = None
+    preprocessing: tuple[str, ...] = ()
 
     @property
     def has_labels(self) -> bool:
@@ -93,7 +99,7 @@ class Dataset:
 
     @property
     def fingerprint(self) -> str:
-        """Shape plus a short hash of the training pixels and labels: the same data, the same tag.
+        """Shape plus a short hash of the training pixels, labels and preprocessing: the same data, the same tag.
 
         Keys caches that depend on the data (e.g. the kNN graphs of
         :func:`nmfstudy.nmf.graph.cached_knn_graph`).
@@ -106,6 +112,8 @@ class Dataset:
         digest = hashlib.sha256(self.X_train.tobytes())
         if self.y_train is not None:
             digest.update(self.y_train.tobytes())
+        if self.preprocessing:  # the pixels differ already; the steps' names say so outright
+            digest.update(json.dumps(list(self.preprocessing)).encode())
         return f"{self.name}-{self.X_train.shape[0]}x{self.X_train.shape[1]}-{digest.hexdigest()[:12]}"
 
 
@@ -622,6 +630,7 @@ def load_dataset(
     seed: int = 0,
     image_size=None,
     cache_dir: str | Path | None = None,
+    deskew: bool = False,
 ) -> Dataset:
     """Load a dataset, scaled to float32 in [0, 1].
 
@@ -652,6 +661,9 @@ def load_dataset(
     cache_dir : str or Path, optional
         For images: where their arrays are cached (see :func:`read_image_folder`); None: not
         cached. Ignored by the other datasets.
+    deskew : bool, default False
+        Deskew every image (train and test) by its moments (:func:`nmfstudy.preprocess.deskew`):
+        handwriting sheared upright and centred. The digit sets' configs turn it on.
 
     Returns
     -------
@@ -667,6 +679,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise DataError("name", f"must be one of {', '.join(DATASETS)}; got {name!r}", " ")
+    if not Boolean().accepts(deskew):
+        raise DataError("deskew", Boolean().describe(deskew), " ")
     X_tr, y_tr, X_te, y_te, shape, label_names = _load_split(name, dir, test_size, seed, image_size, cache_dir)
     if n_samples is not None:
         if n_samples < 1:
@@ -683,12 +697,17 @@ def load_dataset(
     def labels(a):
         return None if a is None else np.asarray(a, dtype=np.int64)
 
+    image_shape = tuple(int(n) for n in shape)
+    X_tr, X_te = scaled(X_tr), scaled(X_te)
+    if deskew:
+        X_tr, X_te = deskew_images(X_tr, image_shape), deskew_images(X_te, image_shape)
     return Dataset(
         name=name,
-        X_train=scaled(X_tr),
+        X_train=X_tr,
         y_train=labels(y_tr),
-        X_test=scaled(X_te),
+        X_test=X_te,
         y_test=labels(y_te),
-        image_shape=tuple(int(n) for n in shape),
+        image_shape=image_shape,
         label_names=label_names,
+        preprocessing=("deskew",) if deskew else (),
     )

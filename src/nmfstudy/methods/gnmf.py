@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Real
 from typing import ClassVar
 
@@ -59,10 +59,6 @@ class GNMF(GraphEstimator, BasisEstimator):
     max_iter: int = 500
     tol: float = 1e-4
     assign: str = "kmeans"
-    n_neighbors: int = 10
-    weight: str = "binary"
-    pca: int | None = None
-    cache_dir: str | None = field(default=None, kw_only=True)
 
     def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Build (or load) the kNN graph of X, factorize X under it and cluster the rows of W."""

@@ -20,7 +20,7 @@ in :mod:`nmfstudy.nmf`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -111,10 +111,6 @@ class _MultilevelGraphEstimator(GraphEstimator):
     max_exponent: float = 8.0
     label_tol: float = 2e-5
     label_window: int = 20
-    n_neighbors: int = 10
-    weight: str = "binary"
-    pca: int | None = None
-    cache_dir: str | None = field(default=None, kw_only=True)
 
     def _start(self, S, Q, sub: np.ndarray, n_sub: int, seed: int) -> np.ndarray:
         raise NotImplementedError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral
 from typing import ClassVar
 
@@ -100,10 +100,6 @@ class SymNMF(GraphEstimator):
     n_vectors: int = 30
     n_restarts: int = 50
     screen_iter: int | None = 50
-    n_neighbors: int = 10
-    weight: str = "binary"
-    pca: int | None = None
-    cache_dir: str | None = field(default=None, kw_only=True)
 
     def _fit(self, X: np.ndarray, seed: int, callback) -> float:
         """Build (or load) the kNN graph of X, factorize it and take each sample's largest factor entry."""

@@ -1,0 +1,88 @@
+"""The default graph's construction: unit-norm samples (graph.normalize), PCA 50, and its cache key."""
+import numpy as np
+import pytest
+
+from nmfstudy import DCD, GNMF, NMFR, SymNMF
+from nmfstudy.nmf import graph as knn
+from nmfstudy.nmf.graph import NeighborIndex, cached_knn_graph, knn_graph
+
+# Two directions, each drawn once faint and once bold: by distance the faint ones are nearest
+# each other, by direction (unit norm) each pairs with its own bold copy.
+X = np.array([[1.0, 0.0], [3.0, 0.1], [0.0, 1.0], [0.1, 2.0]], dtype=np.float32)
+
+
+def edges(S) -> set[tuple[int, int]]:
+    r, c = S.nonzero()
+    return {(int(a), int(b)) for a, b in zip(r, c, strict=True) if a < b}
+
+
+def test_normalize_joins_samples_by_direction_not_by_ink():
+    assert edges(knn_graph(X, 1)) == {(0, 1), (0, 2), (2, 3)}  # by distance 0 pairs with the other faint one, 2
+    S = knn_graph(X, 1, normalize=True)
+    assert edges(S) == {(0, 1), (2, 3)} and S.dtype == np.float32
+    # a sample scaled by any factor has the same graph; an all-zero sample stays where it was
+    np.testing.assert_array_equal(knn_graph(X * [[2], [0.5], [7], [1]], 1, normalize=True).toarray(), S.toarray())
+    with pytest.raises(ValueError, match="normalize must be true or false; got 1"):
+        knn_graph(X, 1, normalize=1)
+
+
+def test_the_neighbor_index_places_new_samples_as_the_graph_was_built():
+    new = np.array([[0.2, 0.01], [0.0, 5.0]], dtype=np.float32)  # faint along the first axis, bold along the second
+    assert NeighborIndex.fit(X).nearest(new, 1).ravel().tolist() == [0, 3]
+    assert NeighborIndex.fit(X, normalize=True).nearest(new, 1).ravel().tolist() == [1, 2]
+
+
+def test_the_cache_keys_each_construction_apart(tmp_path, monkeypatch):
+    plain = cached_knn_graph(X, "four", tmp_path, n_neighbors=1)
+    unit = cached_knn_graph(X, "four", tmp_path, n_neighbors=1, normalize=True)
+    assert edges(plain) != edges(unit) and edges(unit) == {(0, 1), (2, 3)}
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and sum("-unit-" in name for name in files) == 1
+    # another version of the construction never reads an older file
+    monkeypatch.setattr(knn, "_CACHE_VERSION", knn._CACHE_VERSION + 1)
+    cached_knn_graph(X, "four", tmp_path, n_neighbors=1, normalize=True)
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("cls", [GNMF, SymNMF, NMFR, DCD])
+def test_every_graph_method_defaults_to_10_nn_on_pca_50(cls):
+    params = cls().get_params()
+    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (10, "binary", False, 50)
+
+
+def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_datas_dimensions():
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:300].astype(np.float32) / 16  # 300 x 64
+    model = NMFR(n_clusters=3, n_neighbors=5, n_init=1, n_restarts=2, max_iter=5, random_state=0)
+    S = model._graph(X, 0)
+    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, pca=50, seed=0).toarray())
+    # pca 100 > 64 pixels: the search runs on the (unit-norm) pixels themselves
+    S = model.set_params(pca=100, normalize=True)._graph(X, 0)
+    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, normalize=True).toarray())
+    assert model.neighbor_index_.projection is None and model.neighbor_index_.normalize
+
+
+def test_fuzzy_weights_are_umaps_memberships_joined_by_probabilistic_union():
+    # three samples on a line at 0, 1 and 3, two neighbours each: the nearest gets 1, the second
+    # log2(3) - 1 (sigma solves 1 + exp(-(d2 - d1) / sigma) = log2(3)); then A + A^T - A * A^T
+    S = knn_graph(np.array([[0.0], [1.0], [3.0]], dtype=np.float32), 2, weight="fuzzy").toarray()
+    second = np.log2(3) - 1
+    expected = np.array([[0, 1, 2 * second - second**2], [1, 0, 1], [2 * second - second**2, 1, 0]])
+    np.testing.assert_allclose(S, expected, rtol=1e-6)
+
+
+@pytest.mark.slow  # umap-learn (not a dependency; skipped without it) compiles its numba code first: 20-80 s
+def test_fuzzy_weights_match_umap_learns_fuzzy_simplicial_set():
+    umap = pytest.importorskip("umap.umap_")
+    from sklearn.datasets import load_digits
+
+    Z = load_digits().data[:400].astype(np.float32)
+    S = knn_graph(Z, 15, weight="fuzzy")
+    idx, d2 = knn._knn(Z, Z, 15, exclude_self=True)
+    own = np.arange(len(Z))[:, None]  # umap-learn counts each sample as its own nearest, at distance 0
+    G = umap.fuzzy_simplicial_set(np.zeros((len(Z), 1), np.float32), 16, 0, "euclidean",
+                                  knn_indices=np.hstack([own, idx]),
+                                  knn_dists=np.hstack([0 * own, np.sqrt(d2)]).astype(np.float32))[0]
+    assert ((S != 0) != (G != 0)).nnz == 0
+    assert abs(S - G).max() < 1e-4  # umap-learn stops its bisection at a tolerance of 1e-5
