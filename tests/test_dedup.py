@@ -240,11 +240,6 @@ def test_a_degenerate_fit_is_a_constraint_violation_the_sampler_reads(tmp_path):
     assert dead.constraints["dead_components"] == 3.0 - dead.value > 0  # ... and violates
     assert max(live.constraints.values()) <= 0
     assert study.best_trial.number == live.number  # Optuna's constrained optimization: the best feasible trial
-    # so is the study's registered model, whichever trial finished first
-    from mlflow.tracking import MlflowClient
-
-    best = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version_by_alias("nmf_sparse-digits", "best")
-    assert best.run_id == live.user_attrs["mlflow_run_id"]
     (report,) = (tmp_path / "multirun").glob("optimization_results.yaml")
     assert f"best_trial: {live.number}" in report.read_text()
 

@@ -279,11 +279,6 @@ def test_a_trial_beats_the_finished_trials_only_when_none_is_better(tmp_path):
     assert reporter.beats_finished_trials([0.4, 5.0])  # better on the second: on the front so far
     assert not reporter.beats_finished_trials([0.4, 10.0])  # dominated
     assert TrialReporter(TrialHook("s", 0)).beats_finished_trials(0.0)  # in memory: cannot tell, draws
-    degenerate = study.ask()
-    degenerate.set_constraint("dead_components", 2.0)  # infeasible: no rival, as for Study.best_trial
-    study.tell(degenerate, 0.9)
-    reporter = TrialReporter(TrialHook("s", 4, storage=url))
-    assert [reporter.beats_finished_trials(value) for value in (0.4, 0.6)] == [False, True]
 
 
 # --- the real command line ------------------------------------------------------------------

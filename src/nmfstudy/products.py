@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nmfstudy import constraints, tracking
+from nmfstudy import tracking
 from nmfstudy.data import Dataset
 from nmfstudy.methods import ClusteringEstimator
 from nmfstudy.metrics import majority_mapping
@@ -73,18 +73,15 @@ class Keeper:
     the cost). The study is read at most once.
     """
 
-    def __init__(self, reporter: TrialReporter | None, scores: dict[str, float], objective: str | list[str],
-                 feasible: bool = True) -> None:
-        self.reporter, self.scores, self.feasible = reporter, scores, feasible
+    def __init__(self, reporter: TrialReporter | None, scores: dict[str, float], objective: str | list[str]) -> None:
+        self.reporter, self.scores = reporter, scores
         self.names = [objective] if isinstance(objective, str) else list(objective)
         self._leads: bool | None = None
 
     def leads(self) -> bool:
-        """Whether the trial beats every finished trial of its study (False when pruned, unscored or degenerate:
-        a degenerate fit violates the study's constraints and is never its best trial)."""
+        """Whether the trial beats every finished trial of its study (False when pruned or unscored)."""
         if self._leads is None:
-            scored = all(name in self.scores for name in self.names)
-            self._leads = (not self.reporter.pruned and self.feasible and scored
+            self._leads = (not self.reporter.pruned and all(name in self.scores for name in self.names)
                            and self.reporter.beats_finished_trials([self.scores[name] for name in self.names]))
         return self._leads
 
@@ -95,13 +92,13 @@ class Keeper:
         if self.leads():
             return True
         if not self.reporter.pruned:
-            why = "a finished trial of the study is better" if self.feasible else "the fit is degenerate"
-            log.info("%s not logged: %s (tracking.%s=final)", what, why, "figures" if what == "figures" else "model")
+            log.info("%s not logged: a finished trial of the study is better (tracking.%s=final)", what,
+                     "figures" if what == "figures" else "model")
         return False
 
 
 def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter: TrialReporter | None,
-              scores: dict[str, float], client, register: bool = True) -> None:
+              scores: dict[str, float], client) -> None:
     """Log the fitted estimator as the run's MLflow model; a study's leading trial registers it as the study's best.
 
     Parameters
@@ -119,16 +116,12 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
         The run's metrics (the objective's value for the registry).
     client : MlflowClient
         A client of the store.
-    register : bool
-        Whether a trial's model may become the study's best (False for a degenerate fit, which
-        violates the study's constraints).
     """
     labels = majority_mapping(data.y_train, model.labels_, model.k) if data.has_labels else None
     example = data.X_test[:2] if len(data.X_test) >= 2 else data.X_train[:2]
     info = tracked_models.log_model(model, example, labels, list(data.label_names) if data.label_names else None)
     objective = run_cfg["objective"]
-    if (not register or reporter is None or not isinstance(objective, str) or objective not in scores
-            or not reporter.hook.storage):
+    if reporter is None or not isinstance(objective, str) or objective not in scores or not reporter.hook.storage:
         return  # only a single-objective study has one best model
     if reporter.maximize is None:  # the study not read yet (tracking.model=all): read it once
         reporter.beats_finished_trials(scores[objective])
@@ -165,9 +158,8 @@ def data_source(run_cfg: dict) -> str:
 def keep(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter: TrialReporter | None,
                   scores: dict[str, float], client) -> None:
     """Draw the run's figures and log its model, each as its `tracking.figures`/`tracking.model` policy says."""
-    feasible = not any(value > 0 for value in constraints.degenerate_fit(scores, model.k).values())
-    keeper = Keeper(reporter, scores, run_cfg["objective"], feasible)
+    keeper = Keeper(reporter, scores, run_cfg["objective"])
     if keeper.keeps(run_cfg["tracking"].get("figures", "final"), "figures"):
         log_figures(model, data, run_cfg)
     if keeper.keeps(run_cfg["tracking"].get("model", "final"), "model"):
-        log_model(model, data, run_cfg, reporter, scores, client, register=feasible)
+        log_model(model, data, run_cfg, reporter, scores, client)

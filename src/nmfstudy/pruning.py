@@ -206,7 +206,7 @@ class TrialReporter:
         return True
 
     def beats_finished_trials(self, values: float | list[float]) -> bool:
-        """Whether the trial's objective value(s) beat every feasible trial of the study finished so far.
+        """Whether the trial's objective value(s) beat every trial of the study finished so far.
 
         With `tracking.figures=final` a trial draws its figures only then: the study's best trial
         always has them (it beat every trial before it), and the others skip the cost. With several
@@ -230,9 +230,7 @@ class TrialReporter:
 
             study = optuna.load_study(study_name=self.hook.study_name, storage=job_storage(self.hook.storage),
                                       sampler=optuna.samplers.RandomSampler())
-            # as Study.best_trial does, an infeasible trial (a degenerate fit: nmfstudy.constraints) is no rival
-            finished = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                        if all(value <= 0 for value in t.constraints.values())]
+            finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             maximize = [direction == optuna.study.StudyDirection.MAXIMIZE for direction in study.directions]
         except Exception as err:
             stop = interruption(err)
