@@ -23,6 +23,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -61,8 +63,7 @@ def report(rows: list[dict], command: str, machine: str) -> str:
         groups.setdefault((r["method"], r["label"], r["k"]), []).append(r)
 
     def med(values):
-        values = sorted(values)
-        return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        return float(np.median(values))
 
     for (method, label, k), mine in groups.items():
         h = [r["hungarian"] for r in mine]

@@ -119,7 +119,8 @@ def log_model(model: ClusteringEstimator, data: Dataset, run_cfg: dict, reporter
     """
     labels = majority_mapping(data.y_train, model.labels_, model.k) if data.has_labels else None
     example = data.X_test[:2] if len(data.X_test) >= 2 else data.X_train[:2]
-    info = tracked_models.log_model(model, example, labels, list(data.label_names) if data.label_names else None)
+    info = tracked_models.log_model(model, example, labels, list(data.label_names) if data.label_names else None,
+                                    data.preprocessing, data.image_shape)
     objective = run_cfg["objective"]
     if reporter is None or not isinstance(objective, str) or objective not in scores or not reporter.hook.storage:
         return  # only a single-objective study has one best model

@@ -108,7 +108,8 @@ def over_cluster(U: np.ndarray, n_sub: int, seed: int = 0, n_init: int = 3, rows
     if rows is None or rows >= len(U):
         labels = km.fit_predict(U)
     else:
-        labels = km.fit(U[np.sort(np.random.default_rng(seed).choice(len(U), max(rows, n_sub), replace=False))]).predict(U)
+        sample = np.sort(np.random.default_rng(seed).choice(len(U), max(rows, n_sub), replace=False))
+        labels = km.fit(U[sample]).predict(U)
     return np.unique(labels, return_inverse=True)[1]  # an empty sub-cluster leaves no gap
 
 

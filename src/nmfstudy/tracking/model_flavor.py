@@ -34,9 +34,11 @@ def _load_pyfunc(path: str, model_config: Any = None) -> CheckedClusters:
     """The pyfunc of a saved model (MLflow calls this with the model's folder)."""
     from mlflow.models import Model
 
-    pickled = Model.load(str(Path(path) / "MLmodel")).flavors[mlflow.sklearn.FLAVOR_NAME]["pickled_model"]
+    saved = Model.load(str(Path(path) / "MLmodel"))
+    pickled = saved.flavors[mlflow.sklearn.FLAVOR_NAME]["pickled_model"]
+    metadata = saved.metadata or {}
     with open(Path(path) / pickled, "rb") as f:
-        return CheckedClusters(pickle.load(f))
+        return CheckedClusters(pickle.load(f), metadata.get("preprocessing", ()), metadata.get("image_shape"))
 
 
 class CheckedClusters:
@@ -46,10 +48,17 @@ class CheckedClusters:
     ----------
     estimator : ClusteringEstimator
         The fitted estimator.
+    preprocessing : sequence of str, default ()
+        The steps its data set applied to every image before the fit (``"deskew"``): the pyfunc
+        applies them to the images it is given, so that it takes images as they come.
+    image_shape : (int, int) or None
+        (rows, columns) of an image, which the steps need.
     """
 
-    def __init__(self, estimator: Any) -> None:
+    def __init__(self, estimator: Any, preprocessing: Any = (), image_shape: Any = None) -> None:
         self.estimator = estimator
+        self.preprocessing = tuple(preprocessing)
+        self.image_shape = None if image_shape is None else tuple(image_shape)
 
     def get_raw_model(self) -> Any:
         """The estimator itself (``PyFuncModel.get_raw_model()``)."""
@@ -73,4 +82,8 @@ class CheckedClusters:
             raise MlflowException(f"{expected}; got NaN or infinite values", INVALID_PARAMETER_VALUE)
         if self.estimator.needs_nonnegative_data and X.size and X.min() < 0:
             raise MlflowException(f"{expected}; got a negative value ({X.min():g})", INVALID_PARAMETER_VALUE)
+        if "deskew" in self.preprocessing:
+            from nmfstudy.preprocess import deskew
+
+            X = deskew(X, self.image_shape)
         return self.estimator.predict(X)

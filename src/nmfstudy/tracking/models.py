@@ -45,7 +45,8 @@ def signature(n_features: int):
 
 
 def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | None = None,
-              label_names: list[str] | None = None) -> Any:
+              label_names: list[str] | None = None, preprocessing: tuple[str, ...] = (),
+              image_shape: tuple[int, int] | None = None) -> Any:
     """Log the fitted estimator as the active run's MLflow model (scikit-learn flavor, pyfunc predict -> clusters).
 
     The package's own code travels with the model (``code_paths``), so that a model loads where
@@ -61,6 +62,12 @@ def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | 
         The label each cluster stands for (the training majority vote); None without labels.
     label_names : list of str or None
         What each label means (an image folder's sub-folders); None for the digits.
+    preprocessing : tuple of str
+        The steps the data set applied to every image before the fit (``("deskew",)``), recorded in
+        the model's metadata with `image_shape`: the pyfunc applies them to the images it is given,
+        while ``mlflow.sklearn.load_model``'s estimator takes images as the steps left them.
+    image_shape : (int, int) or None
+        (rows, columns) of an image.
 
     Returns
     -------
@@ -75,6 +82,9 @@ def log_model(estimator: Any, example: np.ndarray, cluster_labels: np.ndarray | 
         metadata["cluster_labels"] = [int(label) for label in cluster_labels]
     if label_names is not None:
         metadata["label_names"] = list(label_names)
+    if preprocessing:
+        metadata["preprocessing"] = list(preprocessing)
+        metadata["image_shape"] = [int(n) for n in image_shape]
     package = Path(__file__).resolve().parents[1]
     # pickle, chosen: skops would need every class of the package declared trusted at load time; MLflow's
     # warning about it would repeat in every run's output
