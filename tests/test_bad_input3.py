@@ -32,17 +32,24 @@ def _same_images(folder, n_per_label=10):
 
 # --- a degenerate fit says so, in the same words and metrics for every method ----------------------
 
-def test_dcd_with_every_sample_in_one_cluster_says_its_fit_is_degenerate(tmp_path):
-    """20 digits, 19 neighbours: the graph is complete, DCD puts every sample in one cluster. Its
-    other clusters' images are W-weighted means, non-zero, yet the clusters are empty: dead."""
+def test_dcd_on_a_complete_graph_says_how_many_components_died(tmp_path):
+    """20 digits, 19 neighbours: the graph is complete, and DCD leaves one cluster or two (which one
+    depends on the CPU's BLAS kernels: one on an AMD EPYC, two on an Intel Xeon, both seed 0). Its other
+    clusters' images are W-weighted means, non-zero, yet the clusters are empty: dead, and the line says
+    so with the counts the run logs; a single cluster is a degenerate fit."""
     result = run_train(tmp_path, "method=dcd", "dataset=digits", "dataset.n_samples=20", "graph.n_neighbors=19",
                        env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _warnings(result) == ["9 of 10 components died (all-zero factors or an empty cluster; n_live_components=1); "
-                                 "every sample is in one cluster (n_clusters_used=1)" + DEGENERATE_END]
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["n_live_components"] == 1 and run.data.metrics["n_clusters_used"] == 1
+    live, used = int(run.data.metrics["n_live_components"]), int(run.data.metrics["n_clusters_used"])
+    assert live == used and used in (1, 2)
+    dead = f"{10 - live} of 10 components died (all-zero factors or an empty cluster; n_live_components={live})"
+    if used == 1:
+        expected = dead + "; every sample is in one cluster (n_clusters_used=1)" + DEGENERATE_END
+    else:
+        expected = dead + ": the scores are those of the 2 live ones"
+    assert _warnings(result) == [expected]
 
 
 @pytest.mark.parametrize("method", ["dcd", "symnmf", "kmeans", "nmf"])
