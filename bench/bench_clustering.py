@@ -1,8 +1,10 @@
 """Clustering full MNIST at k=10: every method at its default settings, several seeds, one fresh process per fit.
 
 Not a test. Each method is built exactly as `src/train.py` builds it (its config file, composed
-by Hydra, plus the overrides given here), fitted on all 63,000 images of the IDX folder (the 60,000
-training and the test images stacked; `--images train`: the training images only), and scored on
+by Hydra, plus the overrides given here; no setting of its own), on the data as the run loads them
+(the data set's own preprocessing, `dataset.deskew`, included), fitted on all 63,000 images of the
+IDX folder (the 60,000 training and the test images stacked; `--images train`: the training images
+only), and scored on
 them with the labels (Hungarian and majority-vote accuracy, NMI). Every fit runs
 in its own spawned process, so that its peak resident memory (ru_maxrss) is its own; graph
 methods read the kNN graph from the cache that the first stage builds (its time is reported
@@ -36,7 +38,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 DATA = ROOT.parent / "shared" / "data" / "mnist"
-GRAPH = ("graph.n_neighbors=10", "graph.weight=binary", "graph.pca=50")
 # a row shows the method's own settings, not the run's keys interpolated into it (k, seed, init, the cache)
 HIDDEN = ("name", "_target_", "n_clusters", "n_components", "random_state", "init", "cache_dir")
 GRAPH_METHODS = ("gnmf", "symnmf", "nmfr", "dcd")
@@ -71,29 +72,31 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     from nmfstudy.metrics import hungarian_accuracy, majority_accuracy
     from nmfstudy.nmf.graph import cached_knn_graph, data_key
 
-    data = load_dataset("mnist", dir=str(args["data"]))
+    cfg = compose(method or "nmfr", k := args["k"], seed, args["overrides"])
+    settings.check(cfg)
+    data = load_dataset("mnist", dir=str(args["data"]), deskew=cfg["dataset"]["deskew"])
     if args["images"] == "all":  # clustering has no held-out part: the issue's full MNIST is every image
         data = dataclasses.replace(data, X_train=np.concatenate([data.X_train, data.X_test]),
                                    y_train=np.concatenate([data.y_train, data.y_test]))
-    X, y, k = data.X_train, data.y_train, args["k"]
+    X, y = data.X_train, data.y_train
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    if method is None:
-        graph = {o.split("=")[0].split(".")[1]: o.split("=")[1] for o in GRAPH}
-        S = cached_knn_graph(X, data_key(X), args["cache"], n_neighbors=int(graph["n_neighbors"]),
-                             weight=graph["weight"], pca=int(graph["pca"]), seed=seed)
-        return {"method": "kNN graph", "seed": seed, "n": len(X), "settings": ", ".join(GRAPH) + f" (nnz {S.nnz:,})",
+    if method is None:  # the graph the graph methods read, built into the cache as they would build it
+        graph = {key: cfg["graph"][key] for key in ("n_neighbors", "weight", "normalize", "pca")}
+        S = cached_knn_graph(X, data_key(X), args["cache"], **graph, seed=seed)
+        shown = ", ".join(f"graph.{key}={value}" for key, value in graph.items())
+        return {"method": "kNN graph", "seed": seed, "n": len(X),
+                "settings": f"{shown}, dataset.deskew={cfg['dataset']['deskew']} (nnz {S.nnz:,})",
                 "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_gb": _peak_gb(),
                 "load": (load0 + os.getloadavg()[0]) / 2}
-    cfg = compose(method, k, seed, [*GRAPH, *args["overrides"]])
-    settings.check(cfg)
     model = settings.build_estimator(cfg, X).set_params(**({"cache_dir": str(args["cache"])} if method in GRAPH_METHODS
                                                              else {}))
     model.fit(X)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     shown = {key: value for key, value in cfg["method"].items() if key not in HIDDEN}
     return {"method": method, "seed": seed, "n": len(X),
-            "settings": ", ".join(f"{key}={value}" for key, value in shown.items()) + f", init={cfg['init']['name']}",
+            "settings": ", ".join(f"{key}={value}" for key, value in shown.items()) + f", init={cfg['init']['name']}"
+                        f", dataset.deskew={cfg['dataset']['deskew']}",
             "hungarian": hungarian_accuracy(y, model.labels_, k), "majority": majority_accuracy(y, model.labels_, k),
             "nmi": float(normalized_mutual_info_score(y, model.labels_)), "loss": float(model.loss_),
             "n_iter": int(model.n_iter_), "wall_s": wall, "cpu_s": cpu,
