@@ -98,7 +98,23 @@ def test_a_rejected_step_resets_the_exponent():
     assert relax.accept(True) and relax.accept(True) and relax.exponent == 8.0
     assert not relax.accept(False) and relax.exponent == 1.0 and relax.rejected == 1
     assert relax.accept(False)  # the plain step always stands
-    np.testing.assert_array_equal(Relaxation(4.0).step(np.ones(3), np.full(3, 2.0)), np.full(3, 2.0))
+
+
+def test_descend_keeps_a_relaxed_step_that_lowers_the_objective_else_takes_the_plain_one():
+    relax, seen = Relaxation(8.0), []
+
+    def evaluate(x):
+        seen.append(x)
+        return (x - 3.0) ** 2, "extra"
+
+    def step(e):  # the candidate 1 * 2^e: 2 (loss 1), 4 (loss 1), 16 (loss 169) for e = 1, 2, 4
+        return 2.0 ** e
+
+    assert relax.descend(step, evaluate, 9.0) == (2.0, (1.0, "extra")) and seen == [2.0]
+    assert relax.descend(step, evaluate, 9.0) == (4.0, (1.0, "extra")) and relax.exponent == 4.0
+    seen.clear()
+    assert relax.descend(step, evaluate, 1.0) == (2.0, (1.0, "extra")) and seen == [16.0, 2.0]
+    assert relax.exponent == 1.0 and relax.rejected == 1
 
 
 def test_the_over_clustering_on_a_sample_of_rows_gives_every_row_a_sub_cluster():

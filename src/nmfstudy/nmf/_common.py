@@ -599,9 +599,29 @@ class Relaxation:
         self.exponent = 1.0
         self.rejected = 0  # steps taken again with e = 1
 
-    def step(self, W: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """W * r^e, a new array."""
-        return W * (r if self.exponent == 1.0 else r ** self.exponent)
+    def descend(self, propose, evaluate, loss: float):
+        """One safeguarded step from an objective value `loss`: the over-relaxed candidate if it lowers
+        the objective, else the plain one (exponent 1), which the majorization keeps monotone.
+
+        Parameters
+        ----------
+        propose : callable
+            ``propose(exponent) -> candidate``, the step taken with that exponent (1: the plain update).
+        evaluate : callable
+            ``evaluate(candidate) -> (loss, *extra)``: the objective at the candidate, and whatever
+            else the caller computed on the way (a product it reuses).
+
+        Returns
+        -------
+        tuple
+            The candidate that stands, and its `evaluate` result.
+        """
+        candidate = propose(self.exponent)
+        result = evaluate(candidate)
+        if not self.accept(result[0] <= loss):
+            candidate = propose(1.0)
+            result = evaluate(candidate)
+        return candidate, result
 
     def accept(self, lower: bool) -> bool:
         """After a step: whether it stands (it lowered the objective, or it was the monotone one); updates e."""

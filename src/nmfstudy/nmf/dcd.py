@@ -159,12 +159,9 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
     for _ in range(max_iter):
         Z = sp.csr_matrix((ratio, S.indices, S.indptr), shape=S.shape)
         W_plain = _dcd_step(W, Z @ W, size, prior)
-        W_new = W_plain if relax.exponent == 1.0 else _rows_summing_to_1(relax.step(W, W_plain / W))
-        loss_new, ratio_new = _dcd_loss(S, pairs, W_new, prior, size)
-        if not relax.accept(loss_new <= loss):
-            W_new = W_plain  # the plain, monotone step
-            loss_new, ratio_new = _dcd_loss(S, pairs, W_new, prior, size)
-        W, loss, ratio = W_new, loss_new, ratio_new
+        W, (loss, ratio) = relax.descend(
+            lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _rows_summing_to_1(W * (W_plain / W) ** e),
+            lambda W_new: _dcd_loss(S, pairs, W_new, prior, size), loss)
         if mon.step(loss) or labels.settled(W, loss):
             break
     return FitResult(W=W, start_loss=start_loss, **mon.history())

@@ -55,11 +55,17 @@ class RandomWalk:
         self._last: np.ndarray | None = None
         self.n_products = 0  # sparse products spent so far
 
-    def __call__(self, B: np.ndarray) -> np.ndarray:
-        """A B for a dense B (n x r), float64."""
+    @property
+    def warm_start(self) -> np.ndarray | None:
+        """The last solution, where the next solve starts (None before the first)."""
+        return self._last
+
+    def __call__(self, B: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+        """A B for a dense B (n x r), float64, started from `start` (default: the last solution)."""
         B = np.asarray(B, dtype=np.float64)
         rhs = (1.0 - self.alpha) * B
-        X = self._last.copy() if self._last is not None and self._last.shape == B.shape else rhs.copy()
+        start = self._last if start is None else start
+        X = start.copy() if start is not None and start.shape == B.shape else rhs.copy()
         R = rhs - (X - self.alpha * (self.Q @ X))
         self.n_products += 1
         P = R.copy()
@@ -182,20 +188,17 @@ def nmfr(Q, W, *, alpha: float = 0.8, lam: float = 0.0, mu: float = 10.0, max_it
             den += (4.0 * lam) * np.einsum("ij,ij->i", W, W)[:, None] * W
         np.maximum(den, _TINY, out=den)
         ratio = np.sqrt(np.sqrt(num / den))
-        W_new = relax.step(W, ratio)
-        warm = walk._last
-        AW_new = walk(W_new)
-        loss_new = nmfr_objective(W_new, AW_new, lam, mu)
-        if not relax.accept(loss_new <= loss):
-            W_new = relax.step(W, ratio)  # the plain, monotone step
-            # warm-started from the last accepted solve, as without relaxation: the CG error (cg_tol
-            # relative, ~1e-4 of the objective) is then alike in both solves, and the objective
-            # compares; started from the rejected one, the plain step's objective came out above
-            # its predecessor's and stopped the run (a relative decrease below tol)
-            walk._last = warm
-            AW_new = walk(W_new)
-            loss_new = nmfr_objective(W_new, AW_new, lam, mu)
-        W, AW, loss = W_new, AW_new, loss_new
+        # Both candidates' solves start from the last accepted one: the CG error (cg_tol relative, ~1e-4 of
+        # the objective) is then alike in both, and the objectives compare; the plain step started from the
+        # rejected solve came out above its predecessor and stopped the run (a relative decrease below tol)
+        warm = walk.warm_start
+
+        def evaluate(W_new, warm=warm):
+            AW_new = walk(W_new, start=warm)
+            return nmfr_objective(W_new, AW_new, lam, mu), AW_new
+
+        W, (loss, AW) = relax.descend(lambda e, W=W, ratio=ratio: W * ratio ** e if e != 1.0 else W * ratio,
+                                      evaluate, loss)
         if mon.step(loss) or labels.settled(W, loss):
             break
     return FitResult(W=W, start_loss=start_loss, **mon.history())
