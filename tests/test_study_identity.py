@@ -11,8 +11,10 @@ from helpers import make_image_folder, mlflow_runs, run_train
 optuna = pytest.importorskip("optuna")
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# a study's identity is what these tests are about: its leading trial's figures and model (drawn, logged and
+# registered, tests/test_models.py) would only add time
 FAST = ["dataset=digits", "dataset.n_samples=200", "method.max_iter=10", "hydra.sweeper.n_trials=1",
-        "tracking.figures=none"]
+        "tracking.figures=none", "tracking.model=none"]
 NEW_NAME = "a study is one experiment: name a new one with hydra.sweeper.study_name=NAME"
 
 
@@ -62,7 +64,7 @@ def test_the_default_study_name_tells_image_folders_and_sizes_apart(tmp_path):
     cats = make_image_folder(tmp_path / "cats", shape=(8, 8), n_per_label=4)
     dogs = make_image_folder(tmp_path / "dogs", shape=(8, 8), n_per_label=4)
     common = ["hparams_search=kmeans_k", "dataset=images", "k=2", "hydra.sweeper.n_trials=1", "tracking.figures=none",
-              f"dataset.cache_dir={tmp_path / 'cache'}"]
+              "tracking.model=none", f"dataset.cache_dir={tmp_path / 'cache'}"]
     for overrides in ([f"dataset.dir={cats}"], [f"dataset.dir={dogs}"],
                       [f"dataset.dir={dogs}", "dataset.image_size=6"]):
         result = _study(tmp_path, *common, *overrides)
