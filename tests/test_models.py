@@ -32,7 +32,7 @@ def logged(tmp_path_factory):
     """The default run (NMF on mnist_5k), an NMFR run on digits, and a 4-trial nmf_k study on 300 digits."""
     tmp = tmp_path_factory.mktemp("models")
     plain = run_train(tmp, "tracking.experiment=plain")
-    nmfr = run_train(tmp, "tracking.experiment=nmfr", "method=nmfr", "dataset=digits", "method.n_init=1")
+    nmfr = run_train(tmp, "tracking.experiment=nmfr", "method=nmfr", "dataset=digits")
     study = run_train(tmp, "hparams_search=nmf_k", "dataset=digits", "dataset.n_samples=300", "method.max_iter=20",
                       "k=choice(2,9,3,10)", "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.n_trials=4",
                       f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db", multirun=True)
