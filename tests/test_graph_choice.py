@@ -86,3 +86,21 @@ def test_fuzzy_weights_match_umap_learns_fuzzy_simplicial_set():
                                   knn_dists=np.hstack([0 * own, np.sqrt(d2)]).astype(np.float32))[0]
     assert ((S != 0) != (G != 0)).nnz == 0
     assert abs(S - G).max() < 1e-4  # umap-learn stops its bisection at a tolerance of 1e-5
+
+
+@pytest.mark.parametrize("dataset, graph", [("mnist", "shapes"), ("mnist_5k", "knn"), ("digits", "knn"),
+                                            ("images", "knn")])
+def test_full_mnist_selects_the_shapes_graph_and_every_other_set_knn(compose, dataset, graph):
+    """conf/dataset/mnist.yaml overrides the graph group; the method reads the graph it selects."""
+    settings = {"shapes": dict(n_neighbors=15, weight="fuzzy", normalize=True, pca=50),
+                "knn": dict(n_neighbors=10, weight="binary", normalize=False, pca=50)}[graph]
+    cfg = compose(f"dataset={dataset}", "method=nmfr")
+    assert {key: cfg["graph"][key] for key in settings} == settings
+    assert {key: cfg["method"][key] for key in settings} == settings
+    assert cfg["dataset"]["name"] == dataset
+
+
+def test_graph_knn_and_single_keys_still_override_full_mnists_graph(compose):
+    assert compose("dataset=mnist", "method=dcd", "graph=knn")["method"]["weight"] == "binary"
+    cfg = compose("dataset=mnist", "method=dcd", "graph.n_neighbors=7", "dataset.deskew=false")
+    assert (cfg["method"]["n_neighbors"], cfg["method"]["weight"], cfg["dataset"]["deskew"]) == (7, "fuzzy", False)
