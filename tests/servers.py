@@ -306,14 +306,17 @@ class PostgresServer:
         with self.connect() as conn:
             return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")]
 
-    def connections(self, database: str | None = None) -> int:
-        """Client sessions open now (all, or to `database`), not counting this query's own."""
+    def connections(self, database: str | None = None, application_name: str | None = None) -> int:
+        """Client sessions open now (all, or to `database`, or of `application_name`), not counting this query's own."""
         query = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
                  "AND pid <> pg_backend_pid()")
+        args = []
+        for column, value in (("datname", database), ("application_name", application_name)):
+            if value is not None:
+                query += f" AND {column} = %s"
+                args.append(value)
         with self.connect() as conn:
-            if database is None:
-                return conn.execute(query).fetchone()[0]
-            return conn.execute(query + " AND datname = %s", (database,)).fetchone()[0]
+            return conn.execute(query, args).fetchone()[0]
 
     def __repr__(self) -> str:
         return f"PostgresServer(port={self.port}, data_dir={str(self.data_dir)!r}, running={self.running})"
