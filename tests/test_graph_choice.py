@@ -26,6 +26,17 @@ def test_normalize_joins_samples_by_direction_not_by_ink():
         knn_graph(X, 1, normalize=1)
 
 
+def test_unit_rows_are_the_float64_quotient_rounded_once_over_several_blocks():
+    rng = np.random.default_rng(0)
+    Z = rng.random((2500, 33)).astype(np.float32)  # more rows than one block of the division
+    Z[7] = 0.0
+    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
+    expected = (Z / np.maximum(norms, np.finfo(np.float32).tiny)[:, None]).astype(np.float32)
+    unit = knn._unit_rows(Z)
+    assert unit.dtype == np.float32 and unit.flags.c_contiguous and np.array_equal(unit, expected)
+    assert not unit[7].any()
+
+
 def test_the_neighbor_index_places_new_samples_as_the_graph_was_built():
     new = np.array([[0.2, 0.01], [0.0, 5.0]], dtype=np.float32)  # faint along the first axis, bold along the second
     assert NeighborIndex.fit(X).nearest(new, 1).ravel().tolist() == [0, 3]

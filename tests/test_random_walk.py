@@ -102,6 +102,20 @@ def test_dcd_objective_never_rises_and_keeps_rows_stochastic(small, prior):
     assert res.loss == pytest.approx(by_hand, rel=1e-10) and res.loss >= 0
 
 
+def test_dcd_objective_is_exact_over_several_blocks_of_pairs(digits):
+    from nmfstudy.nmf.dcd import _Pairs
+
+    X, _ = digits
+    S = knn_graph(X, n_neighbors=10).astype(np.float64)
+    assert S.nnz // 2 > 2 * _Pairs.BLOCK  # the pairs' products are computed a block at a time
+    W = np.random.default_rng(3).random((S.shape[0], 7))
+    W /= W.sum(axis=1, keepdims=True)
+    A_hat = (W / W.sum(axis=0)) @ W.T
+    rows, cols = S.nonzero()
+    by_hand = -np.sum(S.data * np.log(A_hat[rows, cols])) - 0.5 * np.log(W).sum()
+    assert dcd_objective(S, W, 1.5) == pytest.approx(by_hand, rel=1e-12)
+
+
 def test_the_coarse_dcd_objective_is_exact_for_rows_constant_on_sub_clusters(small):
     _, _, S, Q = small
     sub = over_cluster(spectral_embedding(Q, 10), 25)

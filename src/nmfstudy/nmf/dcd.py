@@ -29,8 +29,12 @@ class _Pairs:
     """The stored entries of a symmetric CSR matrix S, each unordered pair {i, j} once.
 
     A_hat is symmetric, so it is computed once per pair (about half of S's entries) and spread
-    back to all entries by `spread`.
+    back to all entries by `spread`; `weight` is the pair's total of S (S_ij + S_ji, or S_ii).
     """
+
+    # pairs per block of `products`: a block's two (block x k) gathers stay in the CPU's cache; on
+    # full MNIST (704,000 pairs, k=10) 13 ms a pass against 58 ms for whole-array gathers
+    BLOCK = 4096
 
     def __init__(self, S: sp.csr_matrix) -> None:
         n = S.shape[0]
@@ -39,32 +43,44 @@ class _Pairs:
         keys = np.minimum(rows, cols) * n + np.maximum(rows, cols)
         unique, self.spread = np.unique(keys, return_inverse=True)
         self.rows, self.cols = unique // n, unique % n
+        self.weight = np.bincount(self.spread, weights=S.data, minlength=len(unique))
+
+    def products(self, V: np.ndarray) -> np.ndarray:
+        """sum_k V_ik V_jk for each pair {i, j}."""
+        out = np.empty(len(self.rows))
+        ones = np.ones(V.shape[1])
+        for start in range(0, len(out), self.BLOCK):
+            end = start + self.BLOCK
+            block = np.take(V, self.rows[start:end], axis=0)
+            block *= np.take(V, self.cols[start:end], axis=0)
+            np.dot(block, ones, out=out[start:end])
+        return out
 
 
 def _dcd_loss(S, pairs: _Pairs, W, prior, size) -> tuple[float, np.ndarray]:
     """The DCD objective at W and the ratios S_ij / A_hat_ij on S's entries."""
     s = size @ W
-    Ws = W / np.sqrt(np.maximum(s, _TINY))
-    # np.take and a row sum: a third of the time of fancy indexing and einsum at k=10 on full MNIST
-    rows = np.take(Ws, pairs.rows, axis=0)
-    rows *= np.take(Ws, pairs.cols, axis=0)
-    a_hat = np.maximum(rows.sum(axis=1), _TINY)[pairs.spread]
-    loss = -float(np.dot(S.data, np.log(a_hat)))
+    a_hat = np.maximum(pairs.products(W / np.sqrt(np.maximum(s, _TINY))), _TINY)
+    loss = -float(np.dot(pairs.weight, np.log(a_hat)))
     if prior != 1.0:
         loss -= (prior - 1.0) * float(size @ np.log(np.maximum(W, _TINY)).sum(axis=1))
-    return loss, S.data / a_hat
+    return loss, S.data / a_hat[pairs.spread]
 
 
 def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float) -> np.ndarray:
     """One multiplicative update of Yang & Oja (2012) from the product Z W, Z = S / A_hat."""
     s = size @ W
-    grad_neg = (2.0 / s) * ZW / size[:, None]  # per sample (a node of weight size_a counts size_a times)
-    grad_pos = np.broadcast_to(np.einsum("ik,ik->k", W, ZW) / (s * s), W.shape)
+    grad_neg = ZW * (2.0 / s)
+    grad_neg /= size[:, None]  # per sample (a node of weight size_a counts size_a times)
+    grad_pos = np.einsum("ik,ik->k", W, ZW) / (s * s)  # the same for every sample
     if prior != 1.0:
-        grad_neg = grad_neg + (prior - 1.0) / np.maximum(W, _TINY)
-    a = (W / grad_pos).sum(axis=1, keepdims=True)
-    b = (W * grad_neg / grad_pos).sum(axis=1, keepdims=True)
-    return _rows_summing_to_1(W * (grad_neg * a + 1.0) / (grad_pos * a + b))
+        grad_neg += (prior - 1.0) / np.maximum(W, _TINY)
+    # row sums as products with a vector: a sum over a short last axis is several times slower
+    a = W @ (1.0 / grad_pos)
+    b = (W * grad_neg) @ (1.0 / grad_pos)
+    grad_neg *= a[:, None]
+    grad_neg += 1.0
+    return _rows_summing_to_1(W * grad_neg / (np.outer(a, grad_pos) + b[:, None]))
 
 
 def dcd_objective(S, W, prior: float = 1.0, size: np.ndarray | None = None) -> float:
@@ -170,7 +186,7 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
 def _rows_summing_to_1(W: np.ndarray) -> np.ndarray:
     """W (positive, in place) with each row scaled to sum to 1."""
     np.maximum(W, _TINY, out=W)
-    W /= W.sum(axis=1, keepdims=True)
+    W /= (W @ np.ones(W.shape[1]))[:, None]
     return W
 
 
