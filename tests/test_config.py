@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nmfstudy import GNMF, KMeansClustering, MiniBatchKMeansClustering, NMFClustering
+from nmfstudy import DCD, GNMF, KMeansClustering, MiniBatchKMeansClustering, NMFClustering
 from nmfstudy import config as settings
 
 X20 = np.ones((20, 16), dtype=np.float32)
@@ -126,8 +126,10 @@ def test_graph_methods_compose_and_check(compose):
         (["objective=[accuracy,foo]"], "got 'foo' (in ['accuracy', 'foo'])"),
         (["objective=[]"], "or a list of them; got []"),
         (["method=kmeans", "objective=sparsity_H"], "silhouette (the metrics a run of method=kmeans logs)"),
-        (["method=symnmf", "objective=sparsity_W"], "(the metrics a run of method=symnmf logs), or a list of them; "
-                                                    "got 'sparsity_W'"),
+        (["method=symnmf", "objective=sparsity_W"], "silhouette, modularity (the metrics a run of method=symnmf logs), "
+                                                    "or a list of them; got 'sparsity_W'"),
+        (["objective=modularity"], "sparsity_H (the metrics a run of method=nmf logs), or a list of them; "
+                                   "got 'modularity'"),  # only a method on a kNN graph scores its clusters on it
         (["seed=4294967296"], "seed must be an integer in [0, 4294967295], got 4294967296"),
         (["progress_every_s=abc"], "progress_every_s must be a number, got 'abc'"),
     ],
@@ -140,7 +142,7 @@ def test_settings_a_run_would_trip_on_after_its_fit_are_refused_at_the_door(comp
 
 @pytest.mark.parametrize("overrides", [
     ["objective=n_live_components"], ["objective=[accuracy,fit_time_s]"], ["method=gnmf", "objective=sparsity_H"],
-    ["method=kmeans", "objective=j_clust"], ["seed=4294967295"],
+    ["method=kmeans", "objective=j_clust"], ["seed=4294967295"], ["method=dcd", "objective=modularity"],
 ])
 def test_every_metric_a_run_logs_can_be_the_objective(compose, overrides):
     settings.check(compose(*overrides))
@@ -151,11 +153,13 @@ def test_objective_names_are_the_metrics_evaluate_returns():
     from nmfstudy.metrics import evaluate, metric_names
 
     data = load_dataset("digits", n_samples=200)
-    for method, has_basis in ((NMFClustering(4, max_iter=5), True),
-                              (KMeansClustering(4, n_init=1, max_iter=5), False)):
+    for method, has_basis, has_graph in ((NMFClustering(4, max_iter=5), True, False),
+                                         (KMeansClustering(4, n_init=1, max_iter=5), False, False),
+                                         (GNMF(4, max_iter=5), True, True), (DCD(4, random_state=0), False, True)):
         method.fit(data.X_train)
         scores = evaluate(method, data.X_train, data.y_train, data.X_test, data.y_test)
-        assert sorted(scores) == sorted(metric_names(has_basis=has_basis))
+        assert sorted(scores) == sorted(metric_names(has_basis=has_basis, has_graph=has_graph))
+        assert ("modularity" in scores) == has_graph
 
 
 DIGITS = np.ones((1437, 64), dtype=np.float32)  # the shape of digits' training part

@@ -1,10 +1,15 @@
-"""The default graph's construction: unit-norm samples (graph.normalize), PCA 50, and its cache key."""
+"""The default graph's construction: unit-norm samples (graph.normalize), PCA 50, its cache key, and the clusters'
+modularity on it (a score without labels)."""
+import pickle
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
+from sklearn.datasets import load_digits
 
 from nmfstudy import DCD, GNMF, NMFR, SymNMF
 from nmfstudy.nmf import graph as knn
-from nmfstudy.nmf.graph import NeighborIndex, cached_knn_graph, knn_graph
+from nmfstudy.nmf.graph import NeighborIndex, cached_knn_graph, knn_graph, modularity
 
 # Two directions, each drawn once faint and once bold: by distance the faint ones are nearest
 # each other, by direction (unit norm) each pairs with its own bold copy.
@@ -115,3 +120,24 @@ def test_graph_knn_and_single_keys_still_override_full_mnists_graph(compose):
     assert compose("dataset=mnist", "method=dcd", "graph=knn")["method"]["weight"] == "binary"
     cfg = compose("dataset=mnist", "method=dcd", "graph.n_neighbors=7", "dataset.deskew=false")
     assert (cfg["method"]["n_neighbors"], cfg["method"]["weight"], cfg["dataset"]["deskew"]) == (7, "fuzzy", False)
+
+
+def test_modularity_is_newmans_q_and_needs_no_labels():
+    # two triangles joined by one edge: 7 edges, m = 14 ends; each triangle holds 6 of them and degree 7
+    A = np.zeros((6, 6))
+    for a, b in [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (2, 3)]:
+        A[a, b] = A[b, a] = 1.0
+    S = sp.csr_matrix(A)
+    assert modularity(S, [0, 0, 0, 1, 1, 1]) == pytest.approx(12 / 14 - 2 * (7 / 14) ** 2)
+    assert modularity(S, [0, 0, 0, 0, 0, 0]) == pytest.approx(0.0)
+    assert modularity(S, [0, 1, 0, 1, 0, 1]) < 0  # a partition against the graph scores below chance
+    assert np.isnan(modularity(sp.csr_matrix((3, 3)), [0, 1, 2]))
+
+
+@pytest.mark.parametrize("cls", [NMFR, DCD, SymNMF, GNMF])
+def test_every_graph_method_scores_its_clusters_on_its_own_graph(cls, tmp_path):
+    X = (load_digits().data[:300] / 16).astype(np.float32)
+    model = cls(4, random_state=0, n_neighbors=7, cache_dir=str(tmp_path)).fit(X)
+    S = cached_knn_graph(X, knn.data_key(X), tmp_path, n_neighbors=7, weight="binary", normalize=False, pca=50)
+    assert model.modularity_ == pytest.approx(modularity(S, model.labels_)) and 0.3 < model.modularity_ < 1
+    assert not hasattr(model, "_graph_of_fit") and b"_graph_of_fit" not in pickle.dumps(model)

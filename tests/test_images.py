@@ -185,3 +185,27 @@ def test_a_study_on_unlabelled_images_needs_an_objective_without_labels(compose,
     settings.check(compose("dataset=images", f"dataset.dir={labelled}", "k=2"))
     with pytest.raises(settings.ConfigError, match=r"^dataset.image_size must be null .* got \[4, 4, 4\]$"):
         settings.check(compose("dataset=images", f"dataset.dir={labelled}", "dataset.image_size=[4,4,4]"))
+
+
+def test_a_study_without_labels_tunes_the_graph_by_its_clusters_modularity(tmp_path):
+    """The dcd preset on unlabelled images, objective=modularity: each trial's value is the modularity its
+    run logged, and the trials search the graph's weights and unit norm as well as DCD's settings."""
+    optuna = pytest.importorskip("optuna")
+    folder = make_image_folder(tmp_path / "loose", shape=(12, 12), labels=None)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_train(tmp_path, "hparams_search=dcd", "dataset=images", f"dataset.dir={folder}", "k=2",
+                       "objective=modularity", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
+                       "graph.n_neighbors=choice(3,5)", "method.exact_restarts=2",
+                       "tracking.figures=none", multirun=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all({"graph.n_neighbors", "graph.weight", "graph.normalize", "method.prior"} <= set(t.params)
+               for t in trials)
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in mlflow_runs(tmp_path)
+            if "optuna.trial_number" in r.data.tags}
+    for trial in trials:
+        metrics = runs[trial.number].data.metrics
+        assert trial.value == pytest.approx(metrics["modularity"]) and 0 < trial.value < 1
+        assert not set(LABEL_METRICS) & set(metrics)

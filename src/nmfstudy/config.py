@@ -207,7 +207,7 @@ def _without_labels(found) -> str | None:
 
 def _check_objective(objective: Any, cls: type[methods.ClusteringEstimator], unlabelled: str | None = None) -> None:
     """`objective` names a metric (or a list of them) that a run of the method logs (on `unlabelled` data)."""
-    allowed = metrics.metric_names(has_basis=cls.has_basis, has_labels=unlabelled is None)
+    allowed = metrics.metric_names(has_basis=cls.has_basis, has_labels=unlabelled is None, has_graph=cls.has_graph)
     several = isinstance(objective, (list, tuple))
     for name in (objective or [None]) if several else [objective]:
         if not isinstance(name, str) or name not in allowed:

@@ -15,12 +15,13 @@ LABEL_METRICS = ("accuracy", "hungarian_accuracy", "nmi", "ari", "test_accuracy"
 SMALLER_IS_BETTER = frozenset({"loss", "j_clust", "fit_time_s", "n_iter"})
 RUN_METRICS = ("loss", "j_clust", "fit_time_s", "n_iter", "n_clusters_used", "n_live_components", "silhouette")
 BASIS_METRICS = ("sparsity_W", "sparsity_H")  # only factorizations with basis images (W and H)
+GRAPH_METRICS = ("modularity",)  # only the methods on a kNN graph: the clusters' modularity on it
 # A component whose contribution ||w_j|| ||h_j|| is below this share of ||X||_F counts as dead:
 # multiplicative updates shrink a dying component towards zero without ever reaching it.
 DEAD_RTOL = 1e-6
 
 
-def metric_names(has_basis: bool, has_labels: bool = True) -> tuple[str, ...]:
+def metric_names(has_basis: bool, has_labels: bool = True, has_graph: bool = False) -> tuple[str, ...]:
     """The names of the metrics `evaluate` returns for a method with (or without) basis images.
 
     Parameters
@@ -29,13 +30,16 @@ def metric_names(has_basis: bool, has_labels: bool = True) -> tuple[str, ...]:
         Whether the method has basis images (W and H), which adds ``BASIS_METRICS``.
     has_labels : bool, default True
         Whether true labels are known, which adds ``LABEL_METRICS``.
+    has_graph : bool, default False
+        Whether the method is fitted on a kNN graph, which adds ``GRAPH_METRICS``.
 
     Returns
     -------
     tuple of str
-        The metric names, label metrics first, then ``RUN_METRICS``, then the basis metrics.
+        The metric names, label metrics first, then ``RUN_METRICS``, then the basis and graph metrics.
     """
-    return ((LABEL_METRICS if has_labels else ()) + RUN_METRICS + (BASIS_METRICS if has_basis else ()))
+    return ((LABEL_METRICS if has_labels else ()) + RUN_METRICS + (BASIS_METRICS if has_basis else ())
+            + (GRAPH_METRICS if has_graph else ()))
 
 
 def live_components(model, X: np.ndarray | None = None, rtol: float = DEAD_RTOL) -> np.ndarray:
@@ -370,7 +374,8 @@ def evaluate(
         clusters mapped by the training majority labels), the run's "loss", "fit_time_s",
         "n_iter", "n_clusters_used", "n_live_components", "silhouette", "j_clust" (the mean
         residual norm against W H or the cluster centres) and, with basis images, the mean
-        Hoyer sparseness of the columns of W ("sparsity_W") and rows of H ("sparsity_H").
+        Hoyer sparseness of the columns of W ("sparsity_W") and rows of H ("sparsity_H"); with a
+        kNN graph, the clusters' modularity on it ("modularity", the model's `modularity_`).
     """
     k = model.k
     clusters = model.labels_
@@ -382,6 +387,8 @@ def evaluate(
         "n_clusters_used": float(len(np.unique(clusters))),
     })
     scores["silhouette"] = silhouette(X_train, clusters, silhouette_size, seed)
+    if model.has_graph:
+        scores["modularity"] = float(model.modularity_)
     live = live_components(model, X_train)
     scores["n_live_components"] = float(live.sum())
     # ptp: one pass over X without a copy of it

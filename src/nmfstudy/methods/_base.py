@@ -47,6 +47,7 @@ class ClusteringEstimator(ClusterMixin, BaseEstimator):
     name: ClassVar[str] = ""  # the method's name in a run's config (method=<name>) and in messages
     size_parameter: ClassVar[str] = "n_clusters"
     has_basis: ClassVar[bool] = False
+    has_graph: ClassVar[bool] = False  # fitted on the kNN graph of the samples (GraphEstimator)
     inits: ClassVar[tuple[str, ...]] = ()
     parameters: ClassVar[Declaration] = {}
     # sparsity variant -> its settings (the sparsity.* keys); methods without sparsity take "none" only
@@ -279,7 +280,15 @@ class GraphEstimator(ClusteringEstimator):
         (min(n_samples, n_features) <= pca) are searched as they are, which keeps every distance.
     cache_dir : str or None
         A folder where the graph is cached, keyed by the samples' values and the settings; None: no cache.
+
+    Attributes (besides the base class's)
+    ----------
+    modularity_ : float
+        The clusters' modularity on the graph they were fitted on (:func:`nmfstudy.nmf.graph.modularity`):
+        a score without labels, which a study can maximize to choose the graph's settings.
     """
+
+    has_graph: ClassVar[bool] = True
 
     n_neighbors: int = field(default=10, kw_only=True)
     weight: str = field(default="binary", kw_only=True)
@@ -316,7 +325,17 @@ class GraphEstimator(ClusteringEstimator):
             S = knn.knn_graph(X, **settings)
         self.graph_time_s_ = time.perf_counter() - start
         self.neighbor_index_ = knn.NeighborIndex.fit(X, pca=self._pca(X), seed=seed, normalize=self.normalize)
+        self._graph_of_fit = S
         return S
+
+    def fit(self, X, y=None, *, callback: IterationCallback | None = None):
+        """As :meth:`ClusteringEstimator.fit`; also scores the clusters on their own graph (`modularity_`)."""
+        try:
+            super().fit(X, y, callback=callback)
+            self.modularity_ = knn.modularity(self._graph_of_fit, self.labels_)
+        finally:
+            self.__dict__.pop("_graph_of_fit", None)  # the graph is the cache's, not the model's: kept out of pickles
+        return self
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         """The majority cluster of each new sample's nearest training samples."""

@@ -504,6 +504,38 @@ def neighbor_vote(train_clusters, neighbors: np.ndarray, n_clusters: int) -> np.
     return labels[rows[:, 0], first]
 
 
+def modularity(S, clusters) -> float:
+    """Newman's modularity of a partition of the graph S: the share of S's weight within clusters, less the
+    share a random graph of the same degrees would put there (Newman, PNAS 103(23), 2006).
+
+    Q = sum_c [ e_c / m - (d_c / m)^2 ], m the total weight of S (each edge counted from both ends), e_c the
+    weight of the entries within cluster c, d_c its nodes' total degree. Uses no labels: across the graph
+    settings of a study on mnist_5k, digits and scikit-image's faces, the partition of highest modularity
+    on its own graph was never worse than the default graph's, and the best in 3 of 6 (bench/RESULTS.md).
+
+    Parameters
+    ----------
+    S : sparse matrix of shape (n, n)
+        The symmetric non-negative graph.
+    clusters : array_like of shape (n,), int
+        The cluster of each node, >= 0.
+
+    Returns
+    -------
+    float
+        Q, in [-1/2, 1); 0 for one cluster, NaN for a graph without edges.
+    """
+    S = sp.csr_matrix(S, dtype=np.float64)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    total = float(S.sum())
+    if total <= 0:
+        return float("nan")
+    rows = np.repeat(clusters, np.diff(S.indptr))
+    within = float(S.data[rows == clusters[S.indices]].sum())
+    degrees = np.bincount(clusters, weights=np.asarray(S.sum(axis=1)).ravel())
+    return within / total - float(((degrees / total) ** 2).sum())
+
+
 def data_key(X: np.ndarray) -> str:
     """A short tag of the samples' values and shape: what keys a graph in `cached_knn_graph` when no name is given.
 
