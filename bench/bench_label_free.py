@@ -17,7 +17,11 @@ pick has, against the best setting and the default.
     OMP_NUM_THREADS=1 python bench/bench_label_free.py --dataset {digits,lfw,mnist_5k} --out bench/label_free_fits.jsonl
     python bench/bench_label_free.py --report bench/label_free_fits.jsonl   # the table of bench/label_free_results.md
 
-lfw is scikit-image's bundled 200 faces (pip install scikit-image; not a dependency of nmfstudy).
+lfw is scikit-image's bundled 200 faces (pip install scikit-image; not a dependency of nmfstudy). On all
+63,000 MNIST images (deskewed, as conf/dataset/mnist.yaml), five settings, the graph cached as bench_clustering's:
+
+    python bench/bench_label_free.py --dataset mnist --out bench/label_free_fits.jsonl \
+        --settings 10,binary,raw 10,binary,unit 15,fuzzy,raw 15,fuzzy,unit 5,fuzzy,unit
 """
 from __future__ import annotations
 
@@ -34,12 +38,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 GRID = {"n_neighbors": (5, 10, 15, 20), "weight": ("binary", "fuzzy"), "normalize": (False, True)}
-DESKEW = {"mnist_5k": True, "digits": False, "lfw": False}  # each set's own config (conf/dataset/)
+DESKEW = {"mnist": True, "mnist_5k": True, "digits": False, "lfw": False}  # each set's own config (conf/dataset/)
 K = {"lfw": 2}
+CACHE = HERE.parent / ".cache" / "graphs"  # bench_clustering.py's and the runs' graph cache
 SCORES = ("silhouette", "silhouette_pca", "modularity_knn", "modularity")
 
 
 def load(dataset: str):
+    if dataset == "mnist":  # all 63,000 images, as bench_clustering.py fits them
+        from bench_clustering import DATA
+
+        from nmfstudy.data import load_dataset
+
+        data = load_dataset("mnist", dir=str(DATA), deskew=True)
+        return np.concatenate([data.X_train, data.X_test]), np.concatenate([data.y_train, data.y_test])
     if dataset == "lfw":
         from bench_graph_choice import load as load_lfw
 
@@ -51,7 +63,7 @@ def load(dataset: str):
     return data.X_train, data.y_train
 
 
-def score(dataset: str, method: str, out: Path, seed: int = 0) -> None:
+def score(dataset: str, method: str, out: Path, seed: int = 0, settings: list[str] | None = None) -> None:
     from sklearn.decomposition import PCA
 
     from nmfstudy import DCD, NMFR
@@ -63,9 +75,12 @@ def score(dataset: str, method: str, out: Path, seed: int = 0) -> None:
 
     reference = knn_graph(X, 10, pca=50 if min(X.shape) > 50 else None)
     cls = NMFR if method == "nmfr" else DCD
-    for n_neighbors, weight, normalize in itertools.product(*GRID.values()):
+    grid = itertools.product(*GRID.values())
+    if settings:  # "15,fuzzy,unit": n_neighbors, weight, raw or unit
+        grid = [(int(n), w, norm == "unit") for n, w, norm in (s.split(",") for s in settings)]
+    for n_neighbors, weight, normalize in grid:
         est = cls(n_clusters=K.get(dataset, 10), random_state=seed, n_neighbors=n_neighbors, weight=weight,
-                  normalize=normalize, cache_dir="/tmp/label_free_graphs")
+                  normalize=normalize, cache_dir=str(CACHE))
         t = time.perf_counter()
         labels = est.fit(X).labels_
         row = dict(dataset=dataset, method=method, seed=seed, n_neighbors=n_neighbors, weight=weight,
@@ -81,7 +96,7 @@ def score(dataset: str, method: str, out: Path, seed: int = 0) -> None:
 def report(rows: list[dict]) -> str:
     from scipy.stats import spearmanr
 
-    lines = ["| data set | method | seed | settings | default (10, binary, raw) | best | picked by silhouette | "
+    lines = ["| data set | method | seed | settings | `knn` graph (10, binary, raw) | best | picked by silhouette | "
              "picked by silhouette_pca | picked by modularity_knn | picked by modularity | Spearman: "
              "silhouette / silhouette_pca / modularity_knn / modularity |", "|---" * 11 + "|"]
     groups: dict[tuple, list[dict]] = {}
@@ -110,6 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", choices=sorted(DESKEW))
     p.add_argument("--methods", nargs="*", default=["nmfr", "dcd"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", nargs="*", help="graph settings to fit instead of the whole grid: N,WEIGHT,raw|unit")
     p.add_argument("--out", type=Path, help="a .jsonl file the rows are appended to")
     p.add_argument("--report", type=Path, help="print the markdown table of a .jsonl file's rows")
     args = p.parse_args(argv)
@@ -117,7 +133,7 @@ def main(argv=None) -> None:
         print(report([json.loads(line) for line in args.report.read_text().splitlines()]))
         return
     for method in args.methods:
-        score(args.dataset, method, args.out, args.seed)
+        score(args.dataset, method, args.out, args.seed, args.settings)
 
 
 if __name__ == "__main__":

@@ -511,7 +511,8 @@ def modularity(S, clusters) -> float:
     Q = sum_c [ e_c / m - (d_c / m)^2 ], m the total weight of S (each edge counted from both ends), e_c the
     weight of the entries within cluster c, d_c its nodes' total degree. Uses no labels: across the graph
     settings of a study on mnist_5k, digits and scikit-image's faces, the partition of highest modularity
-    on its own graph was never worse than the default graph's, and the best in 3 of 6 (bench/RESULTS.md).
+    on its own graph was never less accurate than the `knn` graph's, and the best in 3 of 6
+    (bench/label_free_results.md).
 
     Parameters
     ----------
