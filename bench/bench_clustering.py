@@ -72,7 +72,8 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     from nmfstudy.metrics import hungarian_accuracy, majority_accuracy
     from nmfstudy.nmf.graph import cached_knn_graph, data_key
 
-    cfg = compose(method or "nmfr", k := args["k"], seed, args["overrides"])
+    # the graph stage composes the run's first method, so that its overrides (method.*) apply
+    cfg = compose(method or args.get("methods", ["nmfr"])[0], k := args["k"], seed, args["overrides"])
     settings.check(cfg)
     data = load_dataset("mnist", dir=str(args["data"]), deskew=cfg["dataset"]["deskew"])
     if args["images"] == "all":  # clustering has no held-out part: the full MNIST is every image
@@ -170,7 +171,7 @@ def main(argv=None) -> None:
     from machine import machine_summary
 
     args = {"data": a.data, "images": a.images, "k": a.k, "threads": a.threads, "cache": a.cache,
-            "overrides": a.override}
+            "overrides": a.override, "methods": a.methods.split(",")}
     log = a.log or (a.out.with_suffix(".jsonl") if a.out else None)
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log and a.append and log.exists() else []
     machine = machine_summary()
