@@ -165,18 +165,17 @@ def test_launcher_slurm_time_limit_warning_and_sigkill_retry_the_trial(
 @pytest.mark.slow
 def test_launcher_slurm_real_time_limit_ends_the_run_killed(
         tmp_path, slurm_cluster, study_servers, unique_name):
-    """A job that runs into its real time limit (2 minutes; USR2 60 s before it, from slurmctld's own
-    time-limit check, which runs every 30 s): run KILLED with the reason, trial FAIL. (Its retry is
-    the USR2 test's: a retry would meet the same limit and double this test's minutes.) slurmctld
-    sends the warning at the check before it is due, so up to 30 s early: here 30 to 60 s into the job
-    (the whole test took 56 s). A warning that comes before the job's Python has its handler kills the
-    job outright (SLURM's default for USR2), and the reason is lost: with a 1-minute limit and the
-    warning due 30 s in (so 0 to 30 s in), that happened in CI on 2026-12-07, under load."""
+    """A job that runs into its real time limit (2 minutes; USR2 30 s before it): run KILLED with the
+    reason, trial FAIL. (Its retry is the USR2 test's: a retry would meet the same limit and double this
+    test's minutes.) sbatch's manual: "the signal may be sent up to 60 seconds earlier than specified",
+    so the warning due 90 s into the job comes 30 to 90 s in. A warning that comes before the job's
+    Python has its handler kills the job outright (SLURM's default for USR2) and loses the reason: with
+    a 1-minute limit and the warning due 30 s in, that happened in CI on 2026-12-07, under load."""
     servers, study = study_servers, unique_name
     args = [arg for arg in _study_args(servers, study, study, tmp_path / "multirun") if "max_iter" not in arg]
     argv = [sys.executable, "src/train.py", "-m", *args, "method.max_iter=10000000", "hydra/launcher=slurm",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=2",
-            "hydra.launcher.signal_delay_s=60", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_retry=0"]
+            "hydra.launcher.signal_delay_s=30", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_retry=0"]
     out = subprocess.run(argv, cwd=ROOT, env=_env(slurm_cluster), capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     trials, runs = _check_study(servers, study, study)
