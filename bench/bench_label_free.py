@@ -68,11 +68,10 @@ def score(dataset: str, method: str, out: Path, seed: int = 0, settings: list[st
 
     from nmfstudy import DCD, NMFR
     from nmfstudy.metrics import hungarian_accuracy, silhouette
+    from nmfstudy.nmf.graph import knn_graph, modularity
 
     X, y = load(dataset)
     Z = PCA(50, random_state=0).fit_transform(X) if min(X.shape) > 50 else X
-    from nmfstudy.nmf.graph import knn_graph, modularity
-
     reference = knn_graph(X, 10, pca=50 if min(X.shape) > 50 else None)
     cls = NMFR if method == "nmfr" else DCD
     grid = itertools.product(*GRID.values())

@@ -76,8 +76,9 @@ def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float) -> 
     if prior != 1.0:
         grad_neg += (prior - 1.0) / np.maximum(W, _TINY)
     # row sums as products with a vector: a sum over a short last axis is several times slower
-    a = W @ (1.0 / grad_pos)
-    b = (W * grad_neg) @ (1.0 / grad_pos)
+    inverse = 1.0 / grad_pos
+    a = W @ inverse
+    b = (W * grad_neg) @ inverse
     grad_neg *= a[:, None]
     grad_neg += 1.0
     return _rows_summing_to_1(W * grad_neg / (np.outer(a, grad_pos) + b[:, None]))

@@ -36,6 +36,7 @@ from sklearn.decomposition import PCA
 from ..cache_files import write_atomically
 from ..params import Boolean, Interval, Options, check
 from ._common import threadpools
+from .partition_search import membership
 
 WEIGHTS = ("binary", "heat", "fuzzy")
 SEED = [Interval(Integral, 0, 2**32 - 1)]  # numpy's and scikit-learn's seeds
@@ -526,15 +527,13 @@ def modularity(S, clusters) -> float:
     float
         Q, in [-1/2, 1); 0 for one cluster, NaN for a graph without edges.
     """
-    S = sp.csr_matrix(S, dtype=np.float64)
     clusters = np.asarray(clusters, dtype=np.int64)
-    total = float(S.sum())
+    P = membership(clusters, int(clusters.max()) + 1)
+    C = (P.T @ sp.csr_matrix(S, dtype=np.float64) @ P).toarray()  # the clusters' coarse graph
+    total = float(C.sum())
     if total <= 0:
         return float("nan")
-    rows = np.repeat(clusters, np.diff(S.indptr))
-    within = float(S.data[rows == clusters[S.indices]].sum())
-    degrees = np.bincount(clusters, weights=np.asarray(S.sum(axis=1)).ravel())
-    return within / total - float(((degrees / total) ** 2).sum())
+    return float(np.trace(C)) / total - float(((C.sum(axis=1) / total) ** 2).sum())
 
 
 def data_key(X: np.ndarray) -> str:
