@@ -70,7 +70,7 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     from nmfstudy import config as settings
     from nmfstudy.data import load_dataset
     from nmfstudy.metrics import hungarian_accuracy, majority_accuracy
-    from nmfstudy.nmf.graph import cached_knn_graph, data_key
+    from nmfstudy.nmf.graph import cached_graph_and_index, data_key
 
     # the graph stage composes the run's first method, so that its overrides (method.*) apply
     cfg = compose(method or args.get("methods", ["nmfr"])[0], k := args["k"], seed, args["overrides"])
@@ -84,7 +84,8 @@ def stage(args: dict, method: str | None, seed: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     if method is None:  # the graph the graph methods read, built into the cache as they would build it
         graph = {key: cfg["graph"][key] for key in ("n_neighbors", "weight", "normalize", "pca")}
-        S = cached_knn_graph(X, data_key(X), args["cache"], **graph, seed=seed)
+        # and the neighbour index that the fits keep (its PCA is the graph's), as the graph methods cache them
+        S, _ = cached_graph_and_index(X, data_key(X), args["cache"], **graph, seed=seed)
         shown = ", ".join(f"graph.{key}={value}" for key, value in graph.items())
         return {"method": "kNN graph", "seed": seed, "n": len(X),
                 "settings": f"{shown}, dataset.deskew={cfg['dataset']['deskew']} (nnz {S.nnz:,})",

@@ -463,6 +463,52 @@ def test_a_damaged_cache_file_is_rebuilt_with_a_warning(digits, tmp_path, caplog
     assert not caplog.records
 
 
+def test_graph_and_index_share_one_projection_and_match_their_separate_builds(digits):
+    settings = dict(n_neighbors=5, weight="fuzzy", pca=20, seed=3, normalize=True)
+    S, index = graph.graph_and_index(digits, **settings)
+    alone = graph.NeighborIndex.fit(digits, pca=20, seed=3, normalize=True)
+    assert (S != knn_graph(digits, **settings)).nnz == 0
+    assert np.array_equal(index.train, alone.train) and index.normalize
+    assert np.array_equal(index.projection.components_, alone.projection.components_)
+    new = digits[:40] + 0.01
+    assert np.array_equal(index.nearest(new, 5), alone.nearest(new, 5))
+    # without a projection the index is the samples themselves, as NeighborIndex.fit keeps them
+    _, raw = graph.graph_and_index(digits, n_neighbors=5)
+    assert raw.projection is None and np.array_equal(raw.train, graph.NeighborIndex.fit(digits).train)
+
+
+def test_the_cached_index_is_read_back_without_a_pca_and_a_damaged_one_is_rebuilt(digits, tmp_path, monkeypatch,
+                                                                                  caplog):
+    import logging
+
+    S, index = graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1)
+    graph_file, = tmp_path.glob("*.npz")
+    index_file, = tmp_path.glob("*.index.pkl")
+    assert index_file.name == graph_file.stem + ".index.pkl"
+    # the graph alone, as cached_knn_graph caches it, is the same file
+    assert (cached_knn_graph(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1) != S).nnz == 0
+
+    def no_pca(*args, **kwargs):
+        raise AssertionError("a PCA was fitted although the index is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(graph, "_fit_projection", no_pca)
+        S2, index2 = graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1)
+    assert (S2 != S).nnz == 0 and np.array_equal(index2.train, index.train)
+    assert np.array_equal(index2.nearest(digits[:30], 5), index.nearest(digits[:30], 5))
+
+    index_file.write_bytes(b"not a pickle")
+    with caplog.at_level(logging.WARNING, logger="nmfstudy"):
+        _, rebuilt = graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1)
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"neighbour index cache {index_file} is damaged (")
+    assert np.array_equal(rebuilt.train, index.train)
+    assert sorted(tmp_path.iterdir()) == sorted([graph_file, index_file])  # replaced in place, nothing left over
+    # another seed's graph and index are other files
+    graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=2)
+    assert len(list(tmp_path.glob("*.index.pkl"))) == 2
+
+
 def test_a_cache_that_cannot_be_written_is_a_warning(digits, tmp_path, caplog):
     import logging
 

@@ -12,6 +12,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from nmfstudy import config as settings
 from nmfstudy.methods.random_walk import DCD, NMFR
+from nmfstudy.nmf._common import RowBlocks
 from nmfstudy.nmf.dcd import DCDGrouping, dcd, dcd_objective
 from nmfstudy.nmf.graph import knn_graph
 from nmfstudy.nmf.graph_nmf import normalize_graph
@@ -71,6 +72,22 @@ def test_the_random_walk_product_from_cg_matches_the_dense_inverse(small, alpha)
     # warm-started from the last solution: a nearby right-hand side costs fewer products, same answer
     np.testing.assert_allclose(walk(B * 1.01), expected * 1.01, rtol=1e-7, atol=1e-9)
     assert walk.n_products - first < first
+
+
+def test_row_blocks_multiply_on_several_threads_to_the_last_bit_of_one(small):
+    _, _, S, Q = small
+    rng = np.random.default_rng(2)
+    uneven = sp.random(700, 300, density=0.03, format="csr", random_state=3)
+    uneven = sp.vstack([uneven[:100] * 0, uneven]).tocsr()  # empty rows first: blocks cut by non-zeros, not rows
+    for A in (Q, S.astype(np.float32), uneven):
+        blocks = RowBlocks(A, n_threads=3, min_nnz=1)
+        assert len(blocks.blocks) == 3 and [b[0] for b in blocks.blocks][0] == 0
+        assert blocks.blocks[-1][1] == A.shape[0]
+        for B in (rng.random((A.shape[1], 7)), rng.random(A.shape[1]), rng.random((A.shape[1], 2)).astype(np.float32)):
+            product = blocks @ B
+            assert product.dtype == (A @ B).dtype and np.array_equal(product, A @ B)
+    # too few non-zeros for a second block: the matrix stays whole
+    assert len(RowBlocks(Q, n_threads=4).blocks) == 1
 
 
 def test_nmfr_objective_never_rises_and_is_what_it_says(small):

@@ -315,16 +315,16 @@ class GraphEstimator(ClusteringEstimator):
         return self.pca if self.pca is not None and self.pca < min(X.shape) else None
 
     def _graph(self, X: np.ndarray, seed: int):
-        """The kNN graph of X (from the cache when `cache_dir` is set), and the index that places new samples."""
+        """The kNN graph of X and the index that places new samples, on one projection (both from the cache
+        when `cache_dir` is set); `graph_time_s_` is the time they took."""
         settings = dict(n_neighbors=self.n_neighbors, weight=self.weight, normalize=self.normalize,
                         pca=self._pca(X), seed=seed)
         start = time.perf_counter()
         if self.cache_dir:
-            S = knn.cached_knn_graph(X, knn.data_key(X), self.cache_dir, **settings)
+            S, self.neighbor_index_ = knn.cached_graph_and_index(X, knn.data_key(X), self.cache_dir, **settings)
         else:
-            S = knn.knn_graph(X, **settings)
+            S, self.neighbor_index_ = knn.graph_and_index(X, **settings)
         self.graph_time_s_ = time.perf_counter() - start
-        self.neighbor_index_ = knn.NeighborIndex.fit(X, pca=self._pca(X), seed=seed, normalize=self.normalize)
         self._graph_of_fit = S
         return S
 

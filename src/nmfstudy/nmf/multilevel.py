@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from ._common import Callback, FitResult
+from ._common import Callback, FitResult, RowBlocks
 from .graph_nmf import normalize_graph, numbered_on, partition_start
 from .partition_search import membership, search_partition
 
@@ -280,7 +280,7 @@ def smooth_embedding(A, n_vectors: int, n_steps: int = 40, seed: int = 0) -> np.
     ndarray of shape (n, n_vectors), float64
         Rows of unit length (a zero row stays zero).
     """
-    A = sp.csr_matrix(A, dtype=np.float32)
+    A = RowBlocks(sp.csr_matrix(A, dtype=np.float32))
     n = A.shape[0]
     V = np.random.default_rng(seed).standard_normal((n, min(n_vectors, n))).astype(np.float32)
     for step in range(n_steps):

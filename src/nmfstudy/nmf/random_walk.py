@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation
+from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks
 from .multilevel import lift
 from .partition_search import membership, search_partition
 
@@ -50,7 +50,7 @@ class RandomWalk:
     """
 
     def __init__(self, Q, alpha: float, tol: float = 1e-4, max_iter: int = 500) -> None:
-        self.Q = sp.csr_matrix(Q, dtype=np.float64)
+        self.Q = RowBlocks(sp.csr_matrix(Q, dtype=np.float64))  # the solves' time is in its products
         self.alpha, self.tol, self.max_iter = float(alpha), float(tol), int(max_iter)
         self._last: np.ndarray | None = None
         self.n_products = 0  # sparse products spent so far
@@ -74,7 +74,9 @@ class RandomWalk:
         for _ in range(self.max_iter):
             if np.all(rr <= goal):
                 break
-            AP = P - self.alpha * (self.Q @ P)
+            AP = self.Q @ P  # P - alpha Q P, in place: the same operations, one temporary less
+            AP *= self.alpha
+            np.subtract(P, AP, out=AP)
             self.n_products += 1
             step = rr / np.maximum(np.einsum("ij,ij->j", P, AP), _TINY)
             X += step * P
