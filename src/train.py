@@ -35,7 +35,7 @@ from nmfstudy.data import Dataset, load_dataset
 from nmfstudy.hydra_callbacks import MlflowParentRun, command_line, project_root, run_label
 from nmfstudy.methods import ClusteringEstimator
 from nmfstudy.metrics import LABEL_METRICS, evaluate
-from nmfstudy.processes import raise_terminated
+from nmfstudy.processes import keep_unraisable_interrupts, raise_terminated
 from nmfstudy.pruning import TrialReporter
 from nmfstudy.study_names import DATASET_FINGERPRINT_TAG, KIND_RUN, KIND_TAG, TRIAL_KEY, TrialHook
 from nmfstudy.tracking import models as tracked_models
@@ -260,6 +260,8 @@ def main(cfg: DictConfig) -> float | list[float]:
 if __name__ == "__main__":
     # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C does: the MLflow run is marked KILLED.
     signal.signal(signal.SIGTERM, raise_terminated)
+    # A Ctrl-C that lands in a finalizer prints no traceback and is raised at the next check instead of being lost.
+    keep_unraisable_interrupts()
     try:
         main()
         if single_run_ended:

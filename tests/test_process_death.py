@@ -112,6 +112,55 @@ def _interrupt_while_two_fit(tmp: Path, process: subprocess.Popen, signum: int) 
             os.killpg(process.pid, signal.SIGKILL)
 
 
+# The child: Ctrl-C (a real SIGINT, Python's own handler) inside a weakref callback, where Python
+# cannot raise it, then an ordinary error in another callback, then the check a loop makes between steps.
+UNRAISABLE_CTRL_C = r"""
+import signal, sys, weakref
+from nmfstudy.processes import keep_unraisable_interrupts, raise_if_terminated
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background pytest may pass SIGINT on ignored
+keep_unraisable_interrupts()
+keep_unraisable_interrupts()  # twice, as train.py and the sweeper both install it: one hook
+
+class Thing:
+    pass
+
+def interrupted(ref):
+    signal.raise_signal(signal.SIGINT)  # its KeyboardInterrupt is raised here, in the callback
+    print("the callback went on", flush=True)
+
+def failing(ref):
+    raise ValueError("an ordinary error in a callback")
+
+thing = Thing()
+watch = weakref.ref(thing, interrupted)
+del thing  # the callback runs now
+print("spent", flush=True)
+other = Thing()
+watch_other = weakref.ref(other, failing)
+del other
+try:
+    raise_if_terminated()
+except KeyboardInterrupt as err:
+    print("raised", type(err).__name__, flush=True)
+    sys.exit(130)
+print("lost", flush=True)
+"""
+
+
+def test_a_ctrl_c_python_cannot_raise_is_raised_at_the_next_check():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", UNRAISABLE_CTRL_C], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    # the interrupt was spent in the callback and printed nothing; the check raised it, as Ctrl-C (not Terminated)
+    assert out.stdout.splitlines() == ["spent", "raised KeyboardInterrupt"], out.stdout + out.stderr
+    assert out.returncode == 130, out.stderr
+    assert "KeyboardInterrupt" not in out.stderr
+    # an ordinary unraisable error reaches Python's own hook, printed as before
+    assert out.stderr.count("Exception ignored in") == 1, out.stderr
+    assert "ValueError: an ordinary error in a callback" in out.stderr and "Traceback" in out.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_joblib_sweep_leaves_no_job_running(tmp_path, signum):
     process = _start(tmp_path, "k=3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *LONG_FIT, multirun=True)

@@ -1,4 +1,5 @@
-"""This host's processes: the owner of a run or a trial (id and start time, Linux /proc), and how SIGTERM ends one.
+"""This host's processes: the owner of a run or a trial (id and start time, Linux /proc), and how SIGTERM or Ctrl-C
+ends one.
 
 Plain Python (standard library only), so that the sweeper plugin and the tracking can both import
 it without importing the application or MLflow.
@@ -6,7 +7,10 @@ it without importing the application or MLflow.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from .study_names import HOST_TAG, PID_START_TAG, PID_TAG
@@ -91,10 +95,11 @@ class Terminated(KeyboardInterrupt):
     reason: str | None = None
 
 
-# Signals received by `raise_terminated` in this process. A signal handler raises where the main
-# thread happens to be; inside a database driver the library's clean-up may then raise an error of
-# its own that hides the interrupt (SQLAlchemy's "can't change 'autocommit' now", wrapped by Optuna
-# in StorageInternalError), so code that catches storage errors asks `interruption` first.
+# Signals received by `raise_terminated` in this process, and SIGINT for a Ctrl-C that Python could
+# not raise (see `keep_unraisable_interrupts`), in the order they came. A signal handler raises where
+# the main thread happens to be; inside a database driver the library's clean-up may then raise an
+# error of its own that hides the interrupt (SQLAlchemy's "can't change 'autocommit' now", wrapped by
+# Optuna in StorageInternalError), so code that catches storage errors asks `interruption` first.
 _terminations: list[int] = []
 # Why a signal ends a run, by signal number, where the process knows more than "signal 15" (a SLURM job).
 TERMINATION_REASONS: dict[int, str] = {}
@@ -130,28 +135,76 @@ def raise_terminated(signum: int, frame: Any = None) -> None:
     raise err
 
 
-def raise_if_terminated() -> None:
-    """Raise `Terminated` when this process received SIGTERM that did not end it.
+class _UnraisableInterrupts:
+    """`sys.unraisablehook` that keeps an interrupt Python cannot raise; other exceptions go to the previous hook."""
 
-    A signal whose handler ran inside a finalizer or a weakref callback ("Exception ignored in ...")
-    or inside a library's clean-up was spent without stopping anything; long loops call this
-    between steps, so that the process still stops.
+    def __init__(self, previous: Callable[[Any], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if unraisable.exc_type is None or not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.previous(unraisable)
+        elif not issubclass(unraisable.exc_type, Terminated):  # `raise_terminated` recorded its SIGTERM itself
+            # The signal, not the exception: its traceback would keep the interrupted frames alive.
+            _terminations.append(signal.SIGINT)
+
+
+def keep_unraisable_interrupts() -> Callable[[Any], Any]:
+    """Let no Ctrl-C be lost where Python cannot raise it: `raise_if_terminated` raises it at the next check.
+
+    SIGINT's handler raises KeyboardInterrupt (`Terminated` for SIGTERM) where the main thread happens
+    to be. Inside a weakref callback, a finalizer or `__del__` Python cannot raise it: it prints
+    "Exception ignored in ..." with a traceback and goes on as if the key had not been pressed. This
+    hook prints nothing for such an interrupt and records a Ctrl-C (`raise_terminated` records its
+    SIGTERM itself); every other unraisable exception goes to the previous hook unchanged. SIGINT's
+    handler stays Python's own. Installing it twice keeps one.
+
+    Returns
+    -------
+    callable
+        The hook it replaced, to restore with ``sys.unraisablehook = previous`` (it is this one's
+        own hook when that was installed already).
+    """
+    previous = sys.unraisablehook
+    if not isinstance(previous, _UnraisableInterrupts):
+        sys.unraisablehook = _UnraisableInterrupts(previous)
+    return previous
+
+
+def _spent_signal(during: str | None = None) -> KeyboardInterrupt:
+    """The interrupt for the last signal in `_terminations`: KeyboardInterrupt for Ctrl-C, else `Terminated`."""
+    signum, note = _terminations[-1], f"received during: {during}" if during else ""
+    if signum == signal.SIGINT:  # Ctrl-C ends as it always does: not `Terminated`, so its trials are not retried
+        return KeyboardInterrupt(note) if note else KeyboardInterrupt()
+    return Terminated(f"signal {signum} ({note})" if note else f"signal {signum}")
+
+
+def raise_if_terminated() -> None:
+    """Raise the SIGTERM or Ctrl-C that this process received and that did not end it.
+
+    A signal whose handler ran inside a finalizer or a weakref callback (where Python can only
+    print "Exception ignored in ...", or, with `keep_unraisable_interrupts`, keep it) or inside a
+    library's clean-up was spent without stopping anything; long loops call this between steps,
+    so that the process still stops.
 
     Raises
     ------
     Terminated
-        When `raise_terminated` ran in this process.
+        When `raise_terminated` ran in this process (and no Ctrl-C was kept after it).
+    KeyboardInterrupt
+        When `keep_unraisable_interrupts` kept a Ctrl-C, the last signal received.
     """
     if _terminations:
-        raise Terminated(f"signal {_terminations[-1]}")
+        raise _spent_signal()
 
 
 def interruption(err: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that `err` hides, if any: the one to raise instead of handling `err`.
 
     Looks through the error's causes and contexts for a KeyboardInterrupt (a `Terminated`), and
-    answers a new `Terminated` when none is there but this process received SIGTERM through
-    `raise_terminated`: a terminated process must stop, whatever error the signal turned into.
+    answers a new one when none is there but this process received SIGTERM through
+    `raise_terminated` (a `Terminated`) or a Ctrl-C that `keep_unraisable_interrupts` kept (a
+    KeyboardInterrupt): a terminated process must stop, whatever error the signal turned into.
 
     Parameters
     ----------
@@ -174,5 +227,5 @@ def interruption(err: BaseException) -> KeyboardInterrupt | None:
         seen.add(id(cause))
         todo += [cause.__cause__, cause.__context__]
     if _terminations:
-        return Terminated(f"signal {_terminations[-1]} (received during: {type(err).__name__})")
+        return _spent_signal(type(err).__name__)
     return None

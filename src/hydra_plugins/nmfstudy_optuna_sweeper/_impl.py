@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,16 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nmfstudy.processes import JobInterrupted, Terminated, interruption, process_alive, process_start, raise_terminated
+from nmfstudy.processes import (
+    JobInterrupted,
+    Terminated,
+    interruption,
+    keep_unraisable_interrupts,
+    process_alive,
+    process_start,
+    raise_if_terminated,
+    raise_terminated,
+)
 from nmfstudy.study_names import (
     RUN_FAILED,
     RUN_FINISHED,
@@ -502,9 +512,11 @@ class OptunaSweeperImpl(Sweeper):
             previous = signal.signal(signal.SIGTERM, raise_terminated)
         except ValueError:  # not the main thread
             previous = None
+        previous_hook = keep_unraisable_interrupts()  # a Ctrl-C spent in a finalizer is raised below, not lost
         try:
             done = 0
             while not s.exhausted:
+                raise_if_terminated()  # a signal spent where it could not raise (a weakref callback) still stops
                 if done < self.n_trials:
                     if self._space_complete(s, done):
                         break
@@ -518,6 +530,7 @@ class OptunaSweeperImpl(Sweeper):
                 # A retry redoes a trial an earlier command asked for: it adds nothing to n_trials.
                 done += sum(item.retry_of is None for item in batch)
                 self._run_batch(s, batch)
+            raise_if_terminated()
             if s.exhausted:
                 log.info("the sampler has covered the whole search space: stopping after %d trial(s)", done)
         except BaseException as err:
@@ -528,6 +541,7 @@ class OptunaSweeperImpl(Sweeper):
                 raise stop from err
             raise
         finally:
+            sys.unraisablehook = previous_hook
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
@@ -895,6 +909,7 @@ class OptunaSweeperImpl(Sweeper):
         """Launch the jobs (runs of consecutive numbers) and tell their trials; how many failed."""
         failed = 0
         for run in _consecutive(jobs):
+            raise_if_terminated()  # no new jobs once a signal was spent without stopping this process
             for item, state, values, error in self._launch(run, s):
                 if state == TrialState.COMPLETE and s.replicates is not None:
                     self._tell_fit(s, item, values)
