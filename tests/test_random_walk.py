@@ -133,6 +133,28 @@ def test_dcd_objective_is_exact_over_several_blocks_of_pairs(digits):
     assert dcd_objective(S, W, 1.5) == pytest.approx(by_hand, rel=1e-12)
 
 
+def test_dcds_pair_products_ratios_and_products_are_the_same_on_any_number_of_threads(digits, monkeypatch):
+    from nmfstudy.nmf import _common
+    from nmfstudy.nmf.dcd import _dcd_loss, _Pairs
+
+    X, _ = digits
+    S = knn_graph(X, n_neighbors=10).astype(np.float64)
+    S.sort_indices()
+    W = np.random.default_rng(4).random((S.shape[0], 6))
+    W /= W.sum(axis=1, keepdims=True)
+    monkeypatch.setattr(_Pairs, "BLOCK", 128)  # enough blocks for several threads on 1,797 digits
+    size = np.ones(S.shape[0])
+    monkeypatch.setattr(_common, "blas_threads", lambda: 1)
+    loss, ratio = _dcd_loss(S, _Pairs(S), W, 1.5, size)
+    monkeypatch.setattr(_common, "blas_threads", lambda: 3)
+    threaded_loss, threaded_ratio = _dcd_loss(S, _Pairs(S), W, 1.5, size)
+    assert threaded_loss == loss and np.array_equal(threaded_ratio, ratio)
+    assert loss == pytest.approx(dcd_objective(S, W, 1.5), rel=1e-12)
+    Z = sp.csr_matrix((ratio, S.indices, S.indptr), shape=S.shape)
+    blocks = RowBlocks(S, n_threads=3, min_nnz=1)
+    assert len(blocks.blocks) == 3 and np.array_equal(blocks.reweighted(ratio) @ W, Z @ W)
+
+
 def test_the_coarse_dcd_objective_is_exact_for_rows_constant_on_sub_clusters(small):
     _, _, S, Q = small
     sub = over_cluster(spectral_embedding(Q, 10), 25)

@@ -32,6 +32,22 @@ def blas_threads() -> int:
     return max([p["num_threads"] for p in threadpools.info() if p["user_api"] == "blas"] or [1])
 
 
+def in_threads(n: int, work: Callable[[int, int], object], min_size: int) -> None:
+    """`work(start, end)` over [0, n), one contiguous part per thread (:func:`blas_threads`, parts of at least
+    `min_size`), BLAS on one thread meanwhile (numpy releases the GIL in the parts' work).
+
+    For loops over fixed blocks (n counts blocks) whose steps each write their own part of an output:
+    their values then do not depend on how many threads ran them.
+    """
+    n_parts = max(1, min(blas_threads(), n // max(min_size, 1)))
+    if n_parts == 1:
+        work(0, n)
+        return
+    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64).tolist()
+    with threadpools.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n_parts) as pool:
+        list(pool.map(lambda part: work(*part), itertools.pairwise(bounds)))
+
+
 class RowBlocks:
     """A sparse matrix whose products with dense blocks run on several threads, one block of its rows each.
 
@@ -57,9 +73,20 @@ class RowBlocks:
         n_blocks = max(1, min(blas_threads() if n_threads is None else n_threads, A.nnz // min_nnz))
         cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, n_blocks + 1)[1:-1]).tolist()
         bounds = sorted({0, *cuts, A.shape[0]})
-        self.shape, self.dtype = A.shape, A.dtype
+        self.shape, self.dtype, self._A = A.shape, A.dtype, A
         self.blocks = [(lo, hi, A[lo:hi]) for lo, hi in itertools.pairwise(bounds)] if n_blocks > 1 else \
             [(0, A.shape[0], A)]
+
+    def reweighted(self, data: np.ndarray) -> RowBlocks:
+        """The matrix with A's non-zero pattern and the values `data` (in A's order), cut as this one is;
+        its blocks share A's indices (no copy of the pattern, as ``csr_matrix((data, A.indices, A.indptr))``)."""
+        A = self._A
+        new = object.__new__(RowBlocks)
+        new.shape, new.dtype, new._A = A.shape, data.dtype, sp.csr_matrix((data, A.indices, A.indptr), shape=A.shape)
+        new.blocks = [(lo, hi, sp.csr_matrix((data[A.indptr[lo]:A.indptr[hi]], A.indices[A.indptr[lo]:A.indptr[hi]],
+                                              A.indptr[lo:hi + 1] - A.indptr[lo]), shape=(hi - lo, A.shape[1])))
+                      for lo, hi, _ in self.blocks]
+        return new
 
     def __matmul__(self, B: np.ndarray) -> np.ndarray:
         if len(self.blocks) == 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation
+from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks, in_threads
 from .multilevel import Grouping, ratio_association_loss, search_grouping
 from .partition_search import membership, search_partition
 
@@ -46,25 +46,41 @@ class _Pairs:
         self.weight = np.bincount(self.spread, weights=S.data, minlength=len(unique))
 
     def products(self, V: np.ndarray) -> np.ndarray:
-        """sum_k V_ik V_jk for each pair {i, j}."""
-        out = np.empty(len(self.rows))
+        """max(sum_k V_ik V_jk, tiny) for each pair {i, j}, and its logarithm."""
+        out, logs = np.empty(len(self.rows)), np.empty(len(self.rows))
         ones = np.ones(V.shape[1])
-        for start in range(0, len(out), self.BLOCK):
-            end = start + self.BLOCK
-            block = np.take(V, self.rows[start:end], axis=0)
-            block *= np.take(V, self.cols[start:end], axis=0)
-            np.dot(block, ones, out=out[start:end])
+
+        def blocks(first, last):  # the same blocks on any number of threads: the same values
+            for start in range(first * self.BLOCK, min(last * self.BLOCK, len(out)), self.BLOCK):
+                end = start + self.BLOCK
+                block = np.take(V, self.rows[start:end], axis=0)
+                block *= np.take(V, self.cols[start:end], axis=0)
+                np.dot(block, ones, out=out[start:end])
+                np.maximum(out[start:end], _TINY, out=out[start:end])
+                np.log(out[start:end], out=logs[start:end])
+
+        in_threads(-(-len(out) // self.BLOCK), blocks, min_size=16)
+        return out, logs
+
+    def ratios(self, S: sp.csr_matrix, a_hat: np.ndarray) -> np.ndarray:
+        """S_ij / A_hat_ij on S's entries, from A_hat per pair."""
+        out = np.empty(len(S.data))
+
+        def part(first, last):  # element by element: any cut gives the same values
+            np.divide(S.data[first:last], a_hat[self.spread[first:last]], out=out[first:last])
+
+        in_threads(len(out), part, min_size=2**16)
         return out
 
 
 def _dcd_loss(S, pairs: _Pairs, W, prior, size) -> tuple[float, np.ndarray]:
     """The DCD objective at W and the ratios S_ij / A_hat_ij on S's entries."""
     s = size @ W
-    a_hat = np.maximum(pairs.products(W / np.sqrt(np.maximum(s, _TINY))), _TINY)
-    loss = -float(np.dot(pairs.weight, np.log(a_hat)))
+    a_hat, log_a_hat = pairs.products(W / np.sqrt(np.maximum(s, _TINY)))
+    loss = -float(np.dot(pairs.weight, log_a_hat))
     if prior != 1.0:
         loss -= (prior - 1.0) * float(size @ np.log(np.maximum(W, _TINY)).sum(axis=1))
-    return loss, S.data / a_hat[pairs.spread]
+    return loss, pairs.ratios(S, a_hat)
 
 
 def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float) -> np.ndarray:
@@ -173,9 +189,9 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
     mon.start(loss)
     relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
     labels.settled(W, loss)
+    graph = RowBlocks(S)  # Z = S / A_hat has S's pattern: its products run on threads, cut as S is
     for _ in range(max_iter):
-        Z = sp.csr_matrix((ratio, S.indices, S.indptr), shape=S.shape)
-        W_plain = _dcd_step(W, Z @ W, size, prior)
+        W_plain = _dcd_step(W, graph.reweighted(ratio) @ W, size, prior)
         W, (loss, ratio) = relax.descend(
             lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _rows_summing_to_1(W * (W_plain / W) ** e),
             lambda W_new: _dcd_loss(S, pairs, W_new, prior, size), loss)
