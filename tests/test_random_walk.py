@@ -144,10 +144,9 @@ def test_dcds_pair_products_ratios_and_products_are_the_same_on_any_number_of_th
     W /= W.sum(axis=1, keepdims=True)
     monkeypatch.setattr(_Pairs, "BLOCK", 128)  # enough blocks for several threads on 1,797 digits
     size = np.ones(S.shape[0])
-    monkeypatch.setattr(_common, "blas_threads", lambda: 1)
-    loss, ratio = _dcd_loss(S, _Pairs(S), W, 1.5, size)
-    monkeypatch.setattr(_common, "blas_threads", lambda: 3)
-    threaded_loss, threaded_ratio = _dcd_loss(S, _Pairs(S), W, 1.5, size)
+    with _common.own_threads():  # BLAS on one thread, as in dcd(): its dot product's sum depends on its threads
+        loss, ratio = _dcd_loss(S, _Pairs(S), W, 1.5, size)
+        threaded_loss, threaded_ratio = _dcd_loss(S, _Pairs(S, n_threads=3), W, 1.5, size)
     assert threaded_loss == loss and np.array_equal(threaded_ratio, ratio)
     assert loss == pytest.approx(dcd_objective(S, W, 1.5), rel=1e-12)
     Z = sp.csr_matrix((ratio, S.indices, S.indptr), shape=S.shape)

@@ -9,9 +9,12 @@ exports.
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -32,20 +35,67 @@ def blas_threads() -> int:
     return max([p["num_threads"] for p in threadpools.info() if p["user_api"] == "blas"] or [1])
 
 
-def in_threads(n: int, work: Callable[[int, int], object], min_size: int) -> None:
-    """`work(start, end)` over [0, n), one contiguous part per thread (:func:`blas_threads`, parts of at least
-    `min_size`), BLAS on one thread meanwhile (numpy releases the GIL in the parts' work).
+class _Workers:
+    """The package's worker threads, made once: a thread started per call costs milliseconds on a machine
+    whose cores BLAS's own threads keep busy (2.3 ms a start on 2 cores, more than a sparse product gains).
+    A forked child starts without them (threads do not survive a fork) and makes its own."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.size = 0
+        self.lock = threading.Lock()
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        self.pool, self.size, self.lock = None, 0, threading.Lock()
+
+    def run(self, tasks: list[Callable[[], object]]) -> None:
+        """Run every task, the first on this thread and the others on the workers; raise what one raised."""
+        if len(tasks) > 1:
+            with self.lock:
+                if self.pool is None or self.size < len(tasks) - 1:
+                    self.pool, self.size = ThreadPoolExecutor(len(tasks) - 1, thread_name_prefix="nmfstudy"), \
+                        len(tasks) - 1
+                pool = self.pool
+            others = [pool.submit(task) for task in tasks[1:]]
+            try:
+                tasks[0]()
+            finally:
+                for other in others:
+                    other.result()
+        elif tasks:
+            tasks[0]()
+
+
+_workers = _Workers()
+
+
+@contextmanager
+def own_threads() -> Iterator[int]:
+    """Run the block on the package's threads instead of BLAS's; yields how many BLAS had (:func:`blas_threads`).
+
+    BLAS gets one thread meanwhile: OpenBLAS's idle threads keep polling the cores for a while
+    after each call, and on a 2-core machine they took the cores from the package's own threads
+    (NMFR on all 63,000 MNIST images: its sparse products 15 ms with BLAS's 2 threads about, 8.7 ms
+    without, the fit 24 s against 18.5 s). What is left for BLAS inside such loops is small
+    (k x k products), and OpenBLAS partitions a product's output, not its sums, among its threads,
+    so one thread computes the same values.
+    """
+    n = blas_threads()
+    with threadpools.limit(limits=1, user_api="blas"):
+        yield n
+
+
+def in_threads(n: int, work: Callable[[int, int], object], min_size: int, n_threads: int) -> None:
+    """`work(start, end)` over [0, n), one contiguous part per thread (`n_threads` at most, parts of at least
+    `min_size`); numpy releases the GIL in the parts' work. Call it inside :func:`own_threads`.
 
     For loops over fixed blocks (n counts blocks) whose steps each write their own part of an output:
     their values then do not depend on how many threads ran them.
     """
-    n_parts = max(1, min(blas_threads(), n // max(min_size, 1)))
-    if n_parts == 1:
-        work(0, n)
-        return
+    n_parts = max(1, min(n_threads, n // max(min_size, 1)))
     bounds = np.linspace(0, n, n_parts + 1).astype(np.int64).tolist()
-    with threadpools.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n_parts) as pool:
-        list(pool.map(lambda part: work(*part), itertools.pairwise(bounds)))
+    _workers.run([lambda lo=lo, hi=hi: work(lo, hi) for lo, hi in itertools.pairwise(bounds)])
 
 
 class RowBlocks:
@@ -56,14 +106,16 @@ class RowBlocks:
     thread, every row of the product is computed exactly as the one-thread product computes it (the
     same sum in the same order), so the values are the same to the last bit. On all 63,000 MNIST
     images (the 15-NN graph, 1.4 M non-zeros, times a 63,000 x 10 float64 block) two threads take
-    8.9 ms for 12.9 ms. Matrices under `min_nnz` non-zeros stay whole: a thread costs more than it saves.
+    8.7 ms for 12.9 ms (in :func:`own_threads`). Matrices under `min_nnz` non-zeros stay whole: a thread
+    costs more than it saves.
 
     Parameters
     ----------
     A : sparse matrix (n x m)
         Converted to CSR once.
     n_threads : int or None, default None
-        Row blocks at most; None: :func:`blas_threads`.
+        Row blocks at most; None: :func:`blas_threads`. Inside a loop that also calls BLAS, make it in
+        :func:`own_threads` and give it the number that yields.
     min_nnz : int, default 2**18
         Non-zeros per block at least.
     """
@@ -93,12 +145,10 @@ class RowBlocks:
             return self.blocks[0][2] @ B
         out = np.empty((self.shape[0], *B.shape[1:]), dtype=np.result_type(self.dtype, B.dtype))
 
-        def product(block):
-            lo, hi, rows = block
+        def product(lo, hi, rows):
             out[lo:hi] = rows @ B
 
-        with ThreadPoolExecutor(len(self.blocks)) as pool:
-            list(pool.map(product, self.blocks))
+        _workers.run([lambda block=block: product(*block) for block in self.blocks])
         return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks, in_threads
+from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks, in_threads, own_threads
 from .multilevel import Grouping, ratio_association_loss, search_grouping
 from .partition_search import membership, search_partition
 
@@ -36,8 +36,9 @@ class _Pairs:
     # full MNIST (704,000 pairs, k=10) 13 ms a pass against 58 ms for whole-array gathers
     BLOCK = 4096
 
-    def __init__(self, S: sp.csr_matrix) -> None:
+    def __init__(self, S: sp.csr_matrix, n_threads: int = 1) -> None:
         n = S.shape[0]
+        self.n_threads = n_threads  # for `products` and `ratios` (inside `own_threads`)
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(S.indptr))
         cols = S.indices.astype(np.int64)
         keys = np.minimum(rows, cols) * n + np.maximum(rows, cols)
@@ -59,7 +60,7 @@ class _Pairs:
                 np.maximum(out[start:end], _TINY, out=out[start:end])
                 np.log(out[start:end], out=logs[start:end])
 
-        in_threads(-(-len(out) // self.BLOCK), blocks, min_size=16)
+        in_threads(-(-len(out) // self.BLOCK), blocks, 16, self.n_threads)
         return out, logs
 
     def ratios(self, S: sp.csr_matrix, a_hat: np.ndarray) -> np.ndarray:
@@ -69,7 +70,7 @@ class _Pairs:
         def part(first, last):  # element by element: any cut gives the same values
             np.divide(S.data[first:last], a_hat[self.spread[first:last]], out=out[first:last])
 
-        in_threads(len(out), part, min_size=2**16)
+        in_threads(len(out), part, 2**16, self.n_threads)
         return out
 
 
@@ -182,21 +183,22 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
         raise ValueError(f"W must be a non-negative ({S.shape[0]} x k) array")
     W = np.maximum(W, _TINY)
     W /= W.sum(axis=1, keepdims=True)
-    pairs = _Pairs(S)
-    loss, ratio = _dcd_loss(S, pairs, W, prior, size)
-    start_loss = loss
-    mon = Monitor(tol, max_iter, callback)
-    mon.start(loss)
-    relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
-    labels.settled(W, loss)
-    graph = RowBlocks(S)  # Z = S / A_hat has S's pattern: its products run on threads, cut as S is
-    for _ in range(max_iter):
-        W_plain = _dcd_step(W, graph.reweighted(ratio) @ W, size, prior)
-        W, (loss, ratio) = relax.descend(
-            lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _rows_summing_to_1(W * (W_plain / W) ** e),
-            lambda W_new: _dcd_loss(S, pairs, W_new, prior, size), loss)
-        if mon.step(loss) or labels.settled(W, loss):
-            break
+    with own_threads() as n_threads:
+        pairs = _Pairs(S, n_threads)
+        loss, ratio = _dcd_loss(S, pairs, W, prior, size)
+        start_loss = loss
+        mon = Monitor(tol, max_iter, callback)
+        mon.start(loss)
+        relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
+        labels.settled(W, loss)
+        graph = RowBlocks(S, n_threads)  # Z = S / A_hat has S's pattern: its products run on threads, cut as S is
+        for _ in range(max_iter):
+            W_plain = _dcd_step(W, graph.reweighted(ratio) @ W, size, prior)
+            W, (loss, ratio) = relax.descend(
+                lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _rows_summing_to_1(W * (W_plain / W) ** e),
+                lambda W_new: _dcd_loss(S, pairs, W_new, prior, size), loss)
+            if mon.step(loss) or labels.settled(W, loss):
+                break
     return FitResult(W=W, start_loss=start_loss, **mon.history())
 
 

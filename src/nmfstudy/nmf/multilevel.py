@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from ._common import Callback, FitResult, RowBlocks
+from ._common import Callback, FitResult, RowBlocks, own_threads
 from .graph_nmf import normalize_graph, numbered_on, partition_start
 from .partition_search import membership, search_partition
 
@@ -280,18 +280,19 @@ def smooth_embedding(A, n_vectors: int, n_steps: int = 40, seed: int = 0) -> np.
     ndarray of shape (n, n_vectors), float64
         Rows of unit length (a zero row stays zero).
     """
-    A = RowBlocks(sp.csr_matrix(A, dtype=np.float32))
     n = A.shape[0]
     V = np.random.default_rng(seed).standard_normal((n, min(n_vectors, n))).astype(np.float32)
-    for step in range(n_steps):
-        V += A @ V
-        V *= np.float32(0.5)
-        if step % 5 == 4 or step == n_steps - 1:
-            # Cholesky QR: five steps leave the block well conditioned, and a tall-skinny LAPACK QR
-            # costs ~1 s here on two busy cores (its threads wait on each other), this ~10 ms
-            gram = V.T.astype(np.float64) @ V.astype(np.float64)
-            L = np.linalg.cholesky(gram + 1e-12 * np.trace(gram) * np.eye(len(gram)))
-            V = (V @ np.linalg.inv(L).T.astype(np.float32)).astype(np.float32)
+    with own_threads() as n_threads:
+        A = RowBlocks(sp.csr_matrix(A, dtype=np.float32), n_threads)
+        for step in range(n_steps):
+            V += A @ V
+            V *= np.float32(0.5)
+            if step % 5 == 4 or step == n_steps - 1:
+                # Cholesky QR: five steps leave the block well conditioned, and a tall-skinny LAPACK QR
+                # costs ~1 s here on two busy cores (its threads wait on each other), this ~10 ms
+                gram = V.T.astype(np.float64) @ V.astype(np.float64)
+                L = np.linalg.cholesky(gram + 1e-12 * np.trace(gram) * np.eye(len(gram)))
+                V = (V @ np.linalg.inv(L).T.astype(np.float32)).astype(np.float32)
     norms = np.linalg.norm(V, axis=1, keepdims=True)
     return (V / np.where(norms > 0, norms, 1.0)).astype(np.float64)
 

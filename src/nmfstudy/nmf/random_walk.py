@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks
+from ._common import Callback, FitResult, LabelStability, Monitor, Relaxation, RowBlocks, own_threads
 from .multilevel import lift
 from .partition_search import membership, search_partition
 
@@ -47,10 +47,12 @@ class RandomWalk:
         Each column stops when its residual norm is below tol times its right-hand side's.
     max_iter : int
         CG iterations per product at most.
+    n_threads : int or None
+        Threads of the sparse products (:class:`~nmfstudy.nmf._common.RowBlocks`).
     """
 
-    def __init__(self, Q, alpha: float, tol: float = 1e-4, max_iter: int = 500) -> None:
-        self.Q = RowBlocks(sp.csr_matrix(Q, dtype=np.float64))  # the solves' time is in its products
+    def __init__(self, Q, alpha: float, tol: float = 1e-4, max_iter: int = 500, n_threads: int | None = None) -> None:
+        self.Q = RowBlocks(sp.csr_matrix(Q, dtype=np.float64), n_threads)  # the solves' time is in its products
         self.alpha, self.tol, self.max_iter = float(alpha), float(tol), int(max_iter)
         self._last: np.ndarray | None = None
         self.n_products = 0  # sparse products spent so far
@@ -173,36 +175,37 @@ def nmfr(Q, W, *, alpha: float = 0.8, lam: float = 0.0, mu: float = 10.0, max_it
     if W.ndim != 2 or W.shape[0] != Q.shape[0] or (W < 0).any() or not (norms > 0).all():
         raise ValueError(f"W must be a non-negative ({Q.shape[0]} x k) array without an all-zero column")
     W /= norms
-    walk = RandomWalk(Q, alpha, tol=cg_tol)
-    AW = walk(W)
-    start_loss = nmfr_objective(W, AW, lam, mu)
-    mon = Monitor(tol, max_iter, callback)
-    mon.start(start_loss)
-    relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
-    labels.settled(W, start_loss)
-    loss = start_loss
-    for _ in range(max_iter):
-        num = np.maximum(AW, 0.0)  # A >= 0, so A W >= 0 but for the CG tolerance
-        num += mu * W
-        num *= 2.0
-        den = 2.0 * mu * (W @ (W.T @ W))
-        if lam:
-            den += (4.0 * lam) * np.einsum("ij,ij->i", W, W)[:, None] * W
-        np.maximum(den, _TINY, out=den)
-        ratio = np.sqrt(np.sqrt(num / den))
-        # Both candidates' solves start from the last accepted one: the CG error (cg_tol relative, ~1e-4 of
-        # the objective) is then alike in both, and the objectives compare; the plain step started from the
-        # rejected solve came out above its predecessor and stopped the run (a relative decrease below tol)
-        warm = walk.warm_start
+    with own_threads() as n_threads:
+        walk = RandomWalk(Q, alpha, tol=cg_tol, n_threads=n_threads)
+        AW = walk(W)
+        start_loss = nmfr_objective(W, AW, lam, mu)
+        mon = Monitor(tol, max_iter, callback)
+        mon.start(start_loss)
+        relax, labels = Relaxation(max_exponent), LabelStability(label_tol, label_window)
+        labels.settled(W, start_loss)
+        loss = start_loss
+        for _ in range(max_iter):
+            num = np.maximum(AW, 0.0)  # A >= 0, so A W >= 0 but for the CG tolerance
+            num += mu * W
+            num *= 2.0
+            den = 2.0 * mu * (W @ (W.T @ W))
+            if lam:
+                den += (4.0 * lam) * np.einsum("ij,ij->i", W, W)[:, None] * W
+            np.maximum(den, _TINY, out=den)
+            ratio = np.sqrt(np.sqrt(num / den))
+            # Both candidates' solves start from the last accepted one: the CG error (cg_tol relative, ~1e-4 of
+            # the objective) is then alike in both, and the objectives compare; the plain step started from the
+            # rejected solve came out above its predecessor and stopped the run (a relative decrease below tol)
+            warm = walk.warm_start
 
-        def evaluate(W_new, warm=warm):
-            AW_new = walk(W_new, start=warm)
-            return nmfr_objective(W_new, AW_new, lam, mu), AW_new
+            def evaluate(W_new, warm=warm):
+                AW_new = walk(W_new, start=warm)
+                return nmfr_objective(W_new, AW_new, lam, mu), AW_new
 
-        W, (loss, AW) = relax.descend(lambda e, W=W, ratio=ratio: W * ratio ** e if e != 1.0 else W * ratio,
-                                      evaluate, loss)
-        if mon.step(loss) or labels.settled(W, loss):
-            break
+            W, (loss, AW) = relax.descend(lambda e, W=W, ratio=ratio: W * ratio ** e if e != 1.0 else W * ratio,
+                                          evaluate, loss)
+            if mon.step(loss) or labels.settled(W, loss):
+                break
     return FitResult(W=W, start_loss=start_loss, **mon.history())
 
 
@@ -240,7 +243,8 @@ def nmfr_start(Q, sub: np.ndarray, n_sub: int, k: int, *, alpha: float, lam: flo
         The start (:func:`~nmfstudy.nmf.multilevel.lift` of the best grouping).
     """
     P = membership(sub, n_sub)
-    CA = np.asarray(P.T @ RandomWalk(Q, alpha, tol=1e-5)(P.toarray()))
+    with own_threads() as n_threads:
+        CA = np.asarray(P.T @ RandomWalk(Q, alpha, tol=1e-5, n_threads=n_threads)(P.toarray()))
     size = np.bincount(sub, minlength=n_sub).astype(np.float64)
 
     def group_loss(assoc, n):  # a cluster's term of the objective at its normalized indicator
