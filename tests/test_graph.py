@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sklearn
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
@@ -483,8 +484,8 @@ def test_the_cached_index_is_read_back_without_a_pca_and_a_damaged_one_is_rebuil
 
     S, index = graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1)
     graph_file, = tmp_path.glob("*.npz")
-    index_file, = tmp_path.glob("*.index.pkl")
-    assert index_file.name == graph_file.stem + ".index.pkl"
+    index_file, = tmp_path.glob("*.index-*.pkl")
+    assert index_file.name == f"{graph_file.stem}.index-sklearn{sklearn.__version__}.pkl"
     # the graph alone, as cached_knn_graph caches it, is the same file
     assert (cached_knn_graph(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=1) != S).nnz == 0
 
@@ -506,7 +507,7 @@ def test_the_cached_index_is_read_back_without_a_pca_and_a_damaged_one_is_rebuil
     assert sorted(tmp_path.iterdir()) == sorted([graph_file, index_file])  # replaced in place, nothing left over
     # another seed's graph and index are other files
     graph.cached_graph_and_index(digits, "digits-abc", tmp_path, n_neighbors=5, pca=20, seed=2)
-    assert len(list(tmp_path.glob("*.index.pkl"))) == 2
+    assert len(list(tmp_path.glob("*.index-*.pkl"))) == 2
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(digits, tmp_path, caplog):

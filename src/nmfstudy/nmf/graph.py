@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
 from sklearn.decomposition import PCA
 
 from ..cache_files import write_atomically
@@ -629,7 +630,8 @@ def cached_graph_and_index(X, fingerprint: str, cache_dir, **settings) -> tuple[
     """`graph_and_index(X, **settings)`, cached as :func:`cached_knn_graph` caches the graph.
 
     With `pca`, the index (its PCA and the samples projected on it, 12.6 MB on all 63,000 MNIST
-    images) is cached next to the graph, under the same key, as a pickle (``.index.pkl``): a
+    images) is cached next to the graph, under the same key and scikit-learn's version, as a pickle
+    (``.index-sklearn<version>.pkl``): a
     fit on a cached graph then skips its PCA (2.5 s of a 13 s DCD fit there). Without `pca` the
     index is the samples themselves and is made anew (no projection to save). A damaged index
     file is rebuilt with a warning, as a damaged graph is.
@@ -646,7 +648,8 @@ def cached_graph_and_index(X, fingerprint: str, cache_dir, **settings) -> tuple[
     if full["pca"] is None:
         return cached_knn_graph(X, fingerprint, cache_dir, **settings), \
             NeighborIndex.fit(X, seed=full["seed"], normalize=full["normalize"])
-    index_path = path.with_name(path.stem + ".index.pkl")
+    # the pickled PCA is scikit-learn's: another version's would unpickle with a warning, or not at all
+    index_path = path.with_name(f"{path.stem}.index-sklearn{sklearn.__version__}.pkl")
     S = _read_cached(path, _load_graph, "graph")
     index = _read_cached(index_path, _load_index, "neighbour index")
     if S is None:
