@@ -98,7 +98,8 @@ def deskew(X: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
     # blocks on every core (scipy releases the GIL while it interpolates): each image's values are the
     # same whichever thread deskews it; 60,000 MNIST images in 2.5 s on 2 cores against 3.7 s
     starts = range(0, len(X), _CHUNK)
-    with ThreadPoolExecutor(max(1, min(len(os.sched_getaffinity(0)), len(starts)))) as pool:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux, else all
+    with ThreadPoolExecutor(max(1, min(cores, len(starts)))) as pool:
         list(pool.map(deskew_block, starts))
     np.maximum(out, 0, out=out)  # rounding of a convex combination of zeros and positives: never below 0
     return out.reshape(len(X), rows * cols)
