@@ -78,8 +78,9 @@ def own_threads() -> Iterator[int]:
     after each call, and on a 2-core machine they took the cores from the package's own threads
     (NMFR on all 63,000 MNIST images: its sparse products 15 ms with BLAS's 2 threads about, 8.7 ms
     without, the fit 24 s against 18.5 s). What is left for BLAS inside such loops is small
-    (k x k products), and OpenBLAS partitions a product's output, not its sums, among its threads,
-    so one thread computes the same values.
+    (k x k products). BLAS's own values may depend on its thread count (its dot product of 704,000
+    terms sums in another order on two threads than on one); on one thread, always, they do not
+    depend on the machine's, and the package's threads compute the same values on any number.
     """
     n = blas_threads()
     with threadpools.limit(limits=1, user_api="blas"):
