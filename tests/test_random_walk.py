@@ -154,6 +154,14 @@ def test_dcds_pair_products_ratios_and_products_are_the_same_on_any_number_of_th
     assert len(blocks.blocks) == 3 and np.array_equal(blocks.reweighted(ratio) @ W, Z @ W)
 
 
+def test_dcds_exact_restarts_default_to_a_cost_budget_of_50_at_k_20():
+    from nmfstudy.nmf.dcd import exact_restarts_for
+
+    counts = {k: exact_restarts_for(k) for k in (2, 10, 20, 25, 30, 40, 50, 200)}
+    assert counts == {2: 50, 10: 50, 20: 50, 25: 20, 30: 9, 40: 3, 50: 1, 200: 1}
+    assert DCD().exact_restarts is None and DCD(exact_restarts=7).get_params()["exact_restarts"] == 7
+
+
 def test_the_coarse_dcd_objective_is_exact_for_rows_constant_on_sub_clusters(small):
     _, _, S, Q = small
     sub = over_cluster(spectral_embedding(Q, 10), 25)

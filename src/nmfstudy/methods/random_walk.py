@@ -215,19 +215,20 @@ class DCD(_MultilevelGraphEstimator):
         As :class:`_MultilevelGraphEstimator`.
     prior : float
         The Dirichlet prior's concentration on each row of W, >= 1 (1: none).
-    exact_restarts : int
+    exact_restarts : int or None
         Restarts of the search by DCD's own coarse objective: the first from the ratio-association
         grouping, the others random. A move there costs O(k^2 m^2) (k products of m x k by k x m),
         and a restart grows as about k^4: 0.03 s at k=10, 20-30 s at k=50 on full MNIST (where 1 is
-        the measured choice).
+        the measured choice). None (the default): 50 up to k=20, then as many as cost what 50 cost
+        at k=20, 1 at k=50 (:func:`~nmfstudy.nmf.dcd.exact_restarts_for`).
     """
 
     name: ClassVar[str] = "dcd"
     parameters: ClassVar = {**_SEARCH_PARAMETERS, "prior": [Interval(Real, 1.0)],
-                            "exact_restarts": [Interval(Integral, 1)]}
+                            "exact_restarts": [Interval(Integral, 1), None]}
 
     prior: float = 1.0
-    exact_restarts: int = 50
+    exact_restarts: int | None = None
     # the start as before issue 26: with the base class's fast start too (bench/fast_fits_results.md) DCD fitted
     # 2.3x less CPU at k=10 on full MNIST but scored 0.9645 median, 0.9623 lowest against 0.9655 and 0.9647
     embedding: str = "arpack"
