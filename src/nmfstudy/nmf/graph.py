@@ -645,21 +645,22 @@ def cached_graph_and_index(X, fingerprint: str, cache_dir, **settings) -> tuple[
     (scipy.sparse.csr_matrix, NeighborIndex)
     """
     path, full = _cache_path(fingerprint, cache_dir, settings)
-    if full["pca"] is None:
-        return cached_knn_graph(X, fingerprint, cache_dir, **settings), \
-            NeighborIndex.fit(X, seed=full["seed"], normalize=full["normalize"])
     # the pickled PCA is scikit-learn's: another version's would unpickle with a warning, or not at all
-    index_path = path.with_name(f"{path.stem}.index-sklearn{sklearn.__version__}.pkl")
+    index_path = path.with_name(f"{path.stem}.index-sklearn{sklearn.__version__}.pkl") if full["pca"] else None
     S = _read_cached(path, _load_graph, "graph")
-    index = _read_cached(index_path, _load_index, "neighbour index")
+    index = _read_cached(index_path, _load_index, "neighbour index") if index_path else None
+    made = None  # an index made here (with `pca`, it is cached)
     if S is None:
-        S, index = graph_and_index(X, **full)
+        S, made = graph_and_index(X, **full)
         _write_cached(path, S, _save_graph, "graph")
-        _write_cached(index_path, index, _save_index, "neighbour index")
-    elif index is None:
-        index = NeighborIndex.fit(X, pca=full["pca"], seed=full["seed"], normalize=full["normalize"])
-        _write_cached(index_path, index, _save_index, "neighbour index")
-    S = _checked_size(S, X, fingerprint, path)
+    else:
+        S = _checked_size(S, X, fingerprint, path)
+        if index is None:
+            made = NeighborIndex.fit(X, pca=full["pca"], seed=full["seed"], normalize=full["normalize"])
+    if made is not None:
+        index = made
+        if index_path:
+            _write_cached(index_path, index, _save_index, "neighbour index")
     if index.train.shape[0] != S.shape[0]:
         raise ValueError(f"fingerprint {fingerprint!r} names a cached neighbour index of {index.train.shape[0]} "
                          f"samples, but X has {S.shape[0]}: {index_path}")
