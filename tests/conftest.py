@@ -11,6 +11,19 @@ import uuid
 import pytest
 from helpers import CONF
 
+# The longest modules first (wall seconds in one suite on the 2-core machine, 2026-12-07: SLURM 165, the
+# distributed studies 115, process death 92, ...): xdist's loadfile hands out whole modules in collection order
+# (--no-loadscope-reorder in pyproject.toml; its default orders them by test count, which sent the SLURM module,
+# 8 tests and 2.7 minutes, last and alone), so the short modules fill the gaps at the end.
+LONGEST_FIRST = ("test_slurm.py", "test_distributed.py", "test_process_death.py", "test_bad_input3.py",
+                 "test_reliability.py", "test_train_e2e.py", "test_bad_input.py", "test_optuna_sweeper.py",
+                 "test_bad_stores.py", "test_dedup.py", "test_user_view.py", "test_study_identity.py", "test_models.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture
 def one_thread():

@@ -127,7 +127,8 @@ def test_a_study_of_a_label_metric_on_unlabelled_images_stops_before_any_trial(t
 # --- a degenerate fit is scored ------------------------------------------------------------------
 
 def test_a_fit_whose_components_all_die_is_scored_and_logged(tmp_path):
-    result = run_train(tmp_path, *DEGENERATE, "dataset.n_samples=300", "method.max_iter=30", env=ONE_THREAD)
+    result = run_train(tmp_path, *DEGENERATE, "dataset.n_samples=300", "method.max_iter=30", env=ONE_THREAD,
+                       figures_and_model=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     output = result.stdout + result.stderr

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
+from helpers import LEAN, ROOT, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -25,7 +25,7 @@ def _worker_argv(tmp: Path, servers, study: str, experiment: str, *extra: str) -
     return [sys.executable, "src/train.py", "-m", "hparams_search=nmf_k", "dataset=digits",
             f"hydra.sweeper.storage={servers.optuna_url}", f"hydra.sweeper.study_name={study}",
             f"tracking.uri={servers.mlflow_url}", f"tracking.experiment={experiment}",
-            f"hydra.sweep.dir={tmp}/multirun/{len(list(tmp.glob('w*.log')))}", *extra]
+            f"hydra.sweep.dir={tmp}/multirun/{len(list(tmp.glob('w*.log')))}", *LEAN, *extra]
 
 
 def _env() -> dict[str, str]:
@@ -275,7 +275,7 @@ def test_two_workers_at_once_leave_the_alias_best_on_the_best_trials_model(tmp_p
     servers = study_servers
     argv = _worker_argv(tmp_path, servers, unique_name, unique_name, "hydra.sweeper.n_trials=2",
                         "hydra.sweeper.max_trials=4", "method.max_iter=10", "k=choice(2,9,3,10)",
-                        "hydra/sweeper/sampler=bruteforce")
+                        "hydra/sweeper/sampler=bruteforce", "tracking.model=final")
     workers = [_start_worker(tmp_path, argv) for _ in range(2)]
     for worker in workers:
         assert worker.wait(timeout=300) == 0, worker.log.read_text()[-3000:]

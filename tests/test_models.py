@@ -1,6 +1,7 @@
 """Results that outlive their run: every run's fitted model in MLflow, a study's best in the Model Registry."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -13,12 +14,16 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from helpers import ROOT, answers, free_port, mlflow_runs, run_train, the_one_line, wait_until
+from helpers import ROOT, answers, free_port, mlflow_runs, the_one_line, wait_until
+from helpers import run_train as _run_train
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nmfstudy import NMFR, NMFClustering
 from nmfstudy.data import load_dataset
+
+# what a run keeps is under test here: every run draws its figures and logs its model
+run_train = functools.partial(_run_train, figures_and_model=True)
 
 STUDY = "nmf_k-digits-n300"
 

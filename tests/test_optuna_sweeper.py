@@ -294,7 +294,7 @@ def test_a_studys_trials_draw_figures_only_when_they_beat_the_finished_ones(tmp_
     """tracking.figures=final (the default): the best trial has its figures, a trial worse than one
     finished before it has none; tracking.figures=none draws nothing, in a plain run too."""
     _sweep(tmp_path, "k=choice(2,9,3,10)", "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.n_trials=4",
-           "dataset.n_samples=300", "method.max_iter=20")
+           "dataset.n_samples=300", "method.max_iter=20", "tracking.figures=final")
     trials = {t.number: t for t in _trials(tmp_path, "nmf_k-digits-n300")}
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in mlflow_runs(tmp_path)
             if "optuna.trial_number" in r.data.tags}

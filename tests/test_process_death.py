@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, mlflow_runs, run_train, wait_until
+from helpers import LEAN, ROOT, mlflow_runs, run_train, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -28,7 +28,7 @@ QUICK = ["dataset=digits", "method.max_iter=5"]
 def _start(tmp: Path, *args: str, multirun: bool = False) -> subprocess.Popen:
     argv = [sys.executable, "src/train.py", *(["-m", f"hydra.sweep.dir={tmp / 'multirun'}"] if multirun else
                                                [f"hydra.run.dir={tmp / 'run'}"]),
-            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *args]
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *LEAN, *args]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

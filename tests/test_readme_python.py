@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import signal
@@ -9,7 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, answers, free_port, run_train, wait_until
+from helpers import ROOT, answers, free_port, wait_until
+from helpers import run_train as _run_train
+
+# what a run keeps is under test here: every run draws its figures and logs its model
+run_train = functools.partial(_run_train, figures_and_model=True)
 
 
 def _section_blocks(language: str) -> list[str]:

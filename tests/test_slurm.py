@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_until
+from helpers import LEAN, ROOT, wait_until
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -34,7 +34,7 @@ def _env(cluster) -> dict[str, str]:
 def _study_args(servers, study: str, experiment: str, sweep_dir: Path) -> list[str]:
     return ["hparams_search=nmf_k", *FIT, f"hydra.sweeper.storage={servers.optuna_url}",
             f"hydra.sweeper.study_name={study}", f"tracking.uri={servers.mlflow_url}",
-            f"tracking.experiment={experiment}", f"hydra.sweep.dir={sweep_dir}"]
+            f"tracking.experiment={experiment}", f"hydra.sweep.dir={sweep_dir}", *LEAN]
 
 
 def _trials(servers, study: str) -> list:

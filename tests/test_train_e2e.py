@@ -8,7 +8,7 @@ SMALL = ["dataset.n_samples=400", "method.max_iter=60"]
 
 
 def test_single_run_logs_params_metrics_figures_and_tags(tmp_path):
-    result = run_train(tmp_path, *SMALL, "k=12")
+    result = run_train(tmp_path, *SMALL, "k=12", figures_and_model=True)
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stderr + result.stdout and "mlflow ui" in result.stderr + result.stdout
     (run,) = mlflow_runs(tmp_path)
@@ -122,7 +122,7 @@ def test_graph_methods_run_end_to_end_and_cache_their_graph(tmp_path):
 def test_artifacts_of_a_run_stay_under_2_mb_at_large_k(tmp_path):
     # the galleries grow with k: k=64 draws more components than any study in the README
     result = run_train(tmp_path, "method=nmf,kmeans", "k=64", "dataset.n_samples=700", "method.max_iter=20",
-                       multirun=True)
+                       multirun=True, figures_and_model=True)
     assert result.returncode == 0, result.stderr
     runs = [r for r in mlflow_runs(tmp_path) if r.data.tags["nmfstudy.kind"] == "run"]
     assert len(runs) == 2

@@ -7,6 +7,7 @@ headless Chromium.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -14,11 +15,15 @@ import subprocess
 import sys
 
 import pytest
-from helpers import mlflow_runs, run_train
+from helpers import mlflow_runs
+from helpers import run_train as _run_train
 from servers import HOST, free_port, process_group
 
 from nmfstudy.hydra_callbacks import run_label, sweep_label
 from nmfstudy.study_names import TrialHook, short_overrides, short_value
+
+# what a run keeps is under test here: every run draws its figures and logs its model
+run_train = functools.partial(_run_train, figures_and_model=True)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 METRIC_COLUMNS = ("accuracy", "hungarian_accuracy", "nmi", "test_accuracy", "fit_time_s")
