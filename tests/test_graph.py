@@ -114,6 +114,25 @@ def test_search_breaks_ties_to_the_lower_index_on_every_thread_count(mnist1k, mo
         assert (dist[:, :3] == 0).all() and (dist[:, 3:] > 0).all()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores for BLAS to split its work")
+def test_the_graph_and_its_index_are_the_same_on_one_blas_thread_as_on_two(mnist5k):
+    """BLAS's products sum in another order on two threads: a PCA fitted on two differed in its last bits from
+    one fitted on one (on these 5,000 digits by up to 3e-4), and so did the graph's weights. The projection
+    runs on one thread whatever the caller allows."""
+    from threadpoolctl import threadpool_limits
+
+    X = mnist5k[0]
+    built = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            S, index = graph.graph_and_index(X, 15, weight="fuzzy", pca=50, seed=0)
+            built.append((S, index.nearest(X[:200], 5)))
+    (S1, near1), (S2, near2) = built
+    assert np.array_equal(S1.indptr, S2.indptr) and np.array_equal(S1.indices, S2.indices)
+    assert np.array_equal(S1.data, S2.data)
+    assert np.array_equal(near1, near2)
+
+
 def test_heat_weights_are_the_heat_kernel_of_the_knn_distances(mnist1k):
     k = 7
     S = knn_graph(mnist1k, k, weight="heat")
@@ -334,7 +353,8 @@ def test_symnmf_method_is_fixed_by_the_seed_and_keeps_its_lowest_start(gnmf_setu
     real_symnmf = method.graph_nmf.symnmf
     monkeypatch.setattr(method.graph_nmf, "symnmf", lambda *a, **kw: seen.append(kw) or real_symnmf(*a, **kw))
     # the plain 5-NN graph of the pixels, which knn_graph(X, 5) builds below (the estimator's default graph differs)
-    fits = [SymNMF(10, random_state=3, n_neighbors=5, normalize=False, pca=None, max_iter=60, n_restarts=10).fit(X)
+    fits = [SymNMF(10, random_state=3, n_neighbors=5, weight="binary", normalize=False, pca=None, max_iter=60,
+                   n_restarts=10).fit(X)
             for _ in range(2)]
     assert np.array_equal(fits[0].labels_, fits[1].labels_) and fits[0].loss_ == fits[1].loss_
     # its starts are the multilevel search's of seeds seed, seed + 1, seed + 2, screened as configured

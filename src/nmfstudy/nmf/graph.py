@@ -53,7 +53,7 @@ PARAMETERS = {
 # Square tiles of the distance matrix: 1024 x 1024 float32 (4 MiB) stays in cache between its
 # product and its screening.
 _TILE = 1024
-_CACHE_VERSION = 2  # bump when the graph construction changes (2: the normalize setting)
+_CACHE_VERSION = 3  # bump when the graph construction changes (2: the normalize setting; 3: PCA on one BLAS thread)
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,18 @@ def _fit_projection(X_fit: np.ndarray, others: list[np.ndarray], pca: int | None
     """The PCA fitted on X_fit (None without `pca`), then X_fit and `others` projected on it, float32."""
     if pca is None:
         return None, X_fit, others
-    model = PCA(n_components=pca, svd_solver="randomized", random_state=seed).fit(X_fit)
-    proj = [np.ascontiguousarray(model.transform(Z), dtype=np.float32) for Z in [X_fit, *others]]
+    # on one BLAS thread: OpenBLAS's products sum in another order on two threads than on one, so a projection
+    # fitted on two differed in its last bits, and with it 93% of the fuzzy weights of full MNIST's graph (up to
+    # 0.006); on one thread the graph is the same on any machine's thread count, at the same speed here (8.2 s)
+    with threadpools.limit(limits=1, user_api="blas"):
+        model = PCA(n_components=pca, svd_solver="randomized", random_state=seed).fit(X_fit)
+        proj = [_transformed(model, Z) for Z in [X_fit, *others]]
     return model, proj[0], proj[1:]
+
+
+def _transformed(projection, X: np.ndarray) -> np.ndarray:
+    """X in the PCA space, float32; call it on one BLAS thread (see `_fit_projection`)."""
+    return np.ascontiguousarray(projection.transform(X), dtype=np.float32)
 
 
 class _Reference:
@@ -491,8 +500,11 @@ class NeighborIndex:
         check("n_neighbors", n_neighbors, [Interval(Integral, 1, self.train.shape[0])])
         if self.normalize:
             X_test = _unit_rows(X_test)
-        Z_test = X_test if self.projection is None else np.ascontiguousarray(self.projection.transform(X_test),
-                                                                               dtype=np.float32)
+        if self.projection is None:
+            Z_test = X_test
+        else:
+            with threadpools.limit(limits=1, user_api="blas"):
+                Z_test = _transformed(self.projection, X_test)
         if self._reference is None:
             self._reference = _Reference(np.ascontiguousarray(self._train(), dtype=np.float32))
         return _knn(Z_test, self._reference, n_neighbors, exclude_self=False)[0]
