@@ -14,7 +14,8 @@ to right: ``raw`` (the pixels), ``deskew`` (the data set's moment deskew, nmfstu
 ``knnK`` (the symmetric k-NN graph max(A, A^T), binary), ``mutualK`` (mutual k-NN: min(A, A^T)),
 ``mknnK`` (mutual k-NN, plus each sample's nearest neighbour so that none is left alone),
 ``snnK`` (the k-NN graph's edges weighted by the neighbours the two share, (shared + 1) / (k + 1)),
-``umapK`` (UMAP's fuzzy simplicial set on the exact K nearest, umap-learn's code). The k-NN
+``umapK`` (UMAP's fuzzy simplicial set on the exact K nearest, umap-learn's code), ``fuzzyK`` (the
+same set as nmfstudy computes it, ``graph.weight=fuzzy``: what the runs use, no umap-learn needed). The k-NN
 searches are nmfstudy.nmf.graph's exact search.
 
     python bench/bench_graph_choice.py purity --out bench/graph_choice_purity.jsonl
@@ -118,7 +119,7 @@ def neighbours(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def graph(idx: np.ndarray, d2: np.ndarray, rule: str) -> sp.csr_matrix:
     """The graph of a NEIGHBOURS rule from the exact (at least) K nearest."""
-    m = re.fullmatch(r"(knn|mutual|mknn|snn|umap)(\d+)", rule)
+    m = re.fullmatch(r"(knn|mutual|mknn|snn|umap|fuzzy)(\d+)", rule)
     kind, k = m.group(1), int(m.group(2))
     n = len(idx)
     idx, d2 = idx[:, :k], d2[:, :k]
@@ -135,6 +136,12 @@ def graph(idx: np.ndarray, d2: np.ndarray, rule: str) -> sp.csr_matrix:
         S = S + shared
         S.data = S.data / (k + 1)
         return S.tocsr().astype(np.float32)
+    if kind == "fuzzy":
+        from nmfstudy.nmf.graph import fuzzy_memberships
+
+        F = sp.csr_matrix((fuzzy_memberships(np.sqrt(d2)).astype(np.float32).ravel(), idx.ravel(),
+                           np.arange(0, n * k + 1, k)), shape=(n, n))
+        return (F + F.T - F.multiply(F.T)).tocsr().astype(np.float32)  # probabilistic union, as knn_graph
     if kind == "umap":
         from umap.umap_ import fuzzy_simplicial_set
 

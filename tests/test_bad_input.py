@@ -180,7 +180,7 @@ def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
 
     cache = tmp_path / "graphs"
     data = load_dataset("digits", n_samples=400, test_size=0.2, seed=0)  # what train.py loads
-    cached_knn_graph(data.X_train, data_key(data.X_train), cache, n_neighbors=10, weight="binary", pca=50, seed=0)
+    cached_knn_graph(data.X_train, data_key(data.X_train), cache, n_neighbors=15, weight="fuzzy", pca=50, seed=0)
     (path,) = cache.glob("*.npz")
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
     result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=400", "method=gnmf", "k=5",

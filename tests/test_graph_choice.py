@@ -61,9 +61,13 @@ def test_the_cache_keys_each_construction_apart(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [GNMF, SymNMF, NMFR, DCD])
-def test_every_graph_method_defaults_to_10_nn_on_pca_50(cls):
+def test_every_graph_method_defaults_to_the_configs_one_graph(cls, compose):
+    """The estimator's own defaults are conf/graph/fuzzy.yaml's: the same graph from Python as from train.py."""
     params = cls().get_params()
-    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (10, "binary", False, 50)
+    graph = compose("dataset=digits")["graph"]
+    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (15, "fuzzy", False, 50)
+    assert {key: graph[key] for key in ("n_neighbors", "weight", "normalize", "pca")} == {
+        "n_neighbors": 15, "weight": "fuzzy", "normalize": False, "pca": 50}
 
 
 def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_datas_dimensions():
@@ -72,10 +76,10 @@ def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_d
     X = load_digits().data[:300].astype(np.float32) / 16  # 300 x 64
     model = NMFR(n_clusters=3, n_neighbors=5, n_init=1, n_restarts=2, max_iter=5, random_state=0)
     S = model._graph(X, 0)
-    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, pca=50, seed=0).toarray())
+    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, weight="fuzzy", pca=50, seed=0).toarray())
     # pca 100 > 64 pixels: the search runs on the (unit-norm) pixels themselves
     S = model.set_params(pca=100, normalize=True)._graph(X, 0)
-    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, normalize=True).toarray())
+    np.testing.assert_array_equal(S.toarray(), knn_graph(X, 5, weight="fuzzy", normalize=True).toarray())
     assert model.neighbor_index_.projection is None and model.neighbor_index_.normalize
 
 
@@ -104,20 +108,20 @@ def test_fuzzy_weights_match_umap_learns_fuzzy_simplicial_set():
     assert abs(S - G).max() < 1e-4  # umap-learn stops its bisection at a tolerance of 1e-5
 
 
-@pytest.mark.parametrize("dataset, graph", [("mnist", "shapes"), ("mnist_5k", "knn"), ("digits", "knn"),
-                                            ("images", "knn")])
-def test_full_mnist_selects_the_shapes_graph_and_every_other_set_knn(compose, dataset, graph):
-    """conf/dataset/mnist.yaml overrides the graph group; the method reads the graph it selects."""
-    settings = {"shapes": dict(n_neighbors=15, weight="fuzzy", normalize=True, pca=50),
-                "knn": dict(n_neighbors=10, weight="binary", normalize=False, pca=50)}[graph]
+@pytest.mark.parametrize("dataset", ["mnist", "mnist_5k", "digits", "images"])
+def test_every_set_has_one_graph_and_full_mnist_declares_its_unit_norm(compose, dataset):
+    """One graph construction (conf/graph/fuzzy.yaml) for every set; full MNIST's own file turns on unit norm,
+    its preprocessing; the method reads the graph the run composes."""
+    settings = dict(n_neighbors=15, weight="fuzzy", normalize=dataset == "mnist", pca=50)
     cfg = compose(f"dataset={dataset}", "method=nmfr")
     assert {key: cfg["graph"][key] for key in settings} == settings
     assert {key: cfg["method"][key] for key in settings} == settings
     assert cfg["dataset"]["name"] == dataset
 
 
-def test_graph_knn_and_single_keys_still_override_full_mnists_graph(compose):
-    assert compose("dataset=mnist", "method=dcd", "graph=knn")["method"]["weight"] == "binary"
+def test_the_former_graph_and_single_keys_still_override_the_default(compose):
+    cfg = compose("dataset=mnist", "method=dcd", "graph=knn", "graph.normalize=false")
+    assert (cfg["method"]["n_neighbors"], cfg["method"]["weight"], cfg["method"]["normalize"]) == (10, "binary", False)
     cfg = compose("dataset=mnist", "method=dcd", "graph.n_neighbors=7", "dataset.deskew=false")
     assert (cfg["method"]["n_neighbors"], cfg["method"]["weight"], cfg["dataset"]["deskew"]) == (7, "fuzzy", False)
 
@@ -138,6 +142,6 @@ def test_modularity_is_newmans_q_and_needs_no_labels():
 def test_every_graph_method_scores_its_clusters_on_its_own_graph(cls, tmp_path):
     X = (load_digits().data[:300] / 16).astype(np.float32)
     model = cls(4, random_state=0, n_neighbors=7, cache_dir=str(tmp_path)).fit(X)
-    S = cached_knn_graph(X, knn.data_key(X), tmp_path, n_neighbors=7, weight="binary", normalize=False, pca=50)
+    S = cached_knn_graph(X, knn.data_key(X), tmp_path, n_neighbors=7, weight="fuzzy", normalize=False, pca=50)
     assert model.modularity_ == pytest.approx(modularity(S, model.labels_)) and 0.3 < model.modularity_ < 1
     assert not hasattr(model, "_graph_of_fit") and b"_graph_of_fit" not in pickle.dumps(model)

@@ -113,7 +113,9 @@ def test_graph_methods_run_end_to_end_and_cache_their_graph(tmp_path):
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert 0.2 < run.data.metrics["accuracy"] <= 1 and "test_accuracy" in run.data.metrics
-    assert runs["gnmf"].data.params["graph.n_neighbors"] == "10" and "sparsity_H" in runs["gnmf"].data.metrics
+    graph = {key: runs["gnmf"].data.params[f"graph.{key}"] for key in ("n_neighbors", "weight", "normalize", "pca")}
+    assert graph == {"n_neighbors": "15", "weight": "fuzzy", "normalize": "False", "pca": "50"}  # conf/graph/fuzzy.yaml
+    assert "sparsity_H" in runs["gnmf"].data.metrics
     # symnmf's relative loss decrease is tiny from the start: a K-means-like tol would stop it at once
     assert runs["symnmf"].data.params["method.tol"] == "1e-09" and runs["symnmf"].data.metrics["n_iter"] > 10
     assert len(list(cache.glob("knn-*.npz"))) == 1, "both methods share one cached graph"
