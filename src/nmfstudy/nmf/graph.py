@@ -97,13 +97,14 @@ def _fit_projection(X_fit: np.ndarray, others: list[np.ndarray], pca: int | None
     # 0.006); on one thread the graph is the same on any machine's thread count, at the same speed here (8.2 s)
     with threadpools.limit(limits=1, user_api="blas"):
         model = PCA(n_components=pca, svd_solver="randomized", random_state=seed).fit(X_fit)
-        proj = [_transformed(model, Z) for Z in [X_fit, *others]]
+    proj = [_transformed(model, Z) for Z in [X_fit, *others]]
     return model, proj[0], proj[1:]
 
 
 def _transformed(projection, X: np.ndarray) -> np.ndarray:
-    """X in the PCA space, float32; call it on one BLAS thread (see `_fit_projection`)."""
-    return np.ascontiguousarray(projection.transform(X), dtype=np.float32)
+    """X in the PCA space, float32, on one BLAS thread like the fit (see `_fit_projection`)."""
+    with threadpools.limit(limits=1, user_api="blas"):
+        return np.ascontiguousarray(projection.transform(X), dtype=np.float32)
 
 
 class _Reference:
@@ -500,11 +501,7 @@ class NeighborIndex:
         check("n_neighbors", n_neighbors, [Interval(Integral, 1, self.train.shape[0])])
         if self.normalize:
             X_test = _unit_rows(X_test)
-        if self.projection is None:
-            Z_test = X_test
-        else:
-            with threadpools.limit(limits=1, user_api="blas"):
-                Z_test = _transformed(self.projection, X_test)
+        Z_test = X_test if self.projection is None else _transformed(self.projection, X_test)
         if self._reference is None:
             self._reference = _Reference(np.ascontiguousarray(self._train(), dtype=np.float32))
         return _knn(Z_test, self._reference, n_neighbors, exclude_self=False)[0]
