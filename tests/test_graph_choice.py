@@ -63,11 +63,9 @@ def test_the_cache_keys_each_construction_apart(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cls", [GNMF, SymNMF, NMFR, DCD])
 def test_every_graph_method_defaults_to_the_configs_one_graph(cls, compose):
     """The estimator's own defaults are conf/graph/fuzzy.yaml's: the same graph from Python as from train.py."""
-    params = cls().get_params()
-    graph = compose("dataset=digits")["graph"]
-    assert (params["n_neighbors"], params["weight"], params["normalize"], params["pca"]) == (15, "fuzzy", False, 50)
-    assert {key: graph[key] for key in ("n_neighbors", "weight", "normalize", "pca")} == {
-        "n_neighbors": 15, "weight": "fuzzy", "normalize": False, "pca": 50}
+    params, graph = cls().get_params(), compose("dataset=digits")["graph"]
+    keys = ("n_neighbors", "weight", "normalize", "pca")
+    assert tuple(params[key] for key in keys) == tuple(graph[key] for key in keys) == (15, "fuzzy", False, 50)
 
 
 def test_the_estimators_graph_is_the_default_construction_and_pca_stops_at_the_datas_dimensions():
