@@ -52,19 +52,27 @@ def _only_run(tmp: Path, experiment: str):
     return run
 
 
+def _copy_folder(tmp_path: Path, name: str) -> str:
+    """Where `load_model` copies a model: without `dst_path`, MLflow makes a temporary folder it never removes."""
+    folder = tmp_path / name
+    folder.mkdir()
+    return str(folder)
+
+
 def _labels(model, X: np.ndarray) -> np.ndarray:
     """Predicted labels: the clusters of the pyfunc model through the cluster-to-label map it carries."""
     return np.asarray(model.metadata.metadata["cluster_labels"])[model.predict(X)]
 
 
 @pytest.mark.parametrize("experiment, dataset", [("plain", "mnist_5k"), ("nmfr", "digits")])
-def test_a_runs_model_predicts_the_held_out_images_with_the_test_accuracy_it_logged(logged, experiment, dataset):
+def test_a_runs_model_predicts_the_held_out_images_with_the_test_accuracy_it_logged(logged, experiment, dataset,
+                                                                                   tmp_path):
     run = _only_run(logged, experiment)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model", dst_path=_copy_folder(tmp_path, "pyfunc"))
     data = load_dataset(dataset, seed=0, test_size=0.2)
     accuracy = float(np.mean(_labels(model, data.X_test) == data.y_test))
     assert accuracy == run.data.metrics["test_accuracy"]
-    estimator = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    estimator = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model", dst_path=_copy_folder(tmp_path, "sklearn"))
     assert type(estimator) is {"plain": NMFClustering, "nmfr": NMFR}[experiment]
     assert np.array_equal(estimator.labels_, model.get_raw_model().labels_)
     assert estimator.get_params()["random_state"] == 0 and estimator.n_features_in_ == data.X_train.shape[1]
@@ -130,14 +138,14 @@ def _log_one_data_set_from_eight_runs_at_once(tmp_path):
     (-np.ones((2, 784), np.float32), "this model takes float32 images as rows of 784 non-negative pixels; "
                                      "got a negative value (-1)"),
 ])
-def test_bad_images_sent_to_a_loaded_model_are_one_clear_error(logged, bad, message):
-    model = mlflow.pyfunc.load_model(f"runs:/{_only_run(logged, 'plain').info.run_id}/model")
+def test_bad_images_sent_to_a_loaded_model_are_one_clear_error(logged, bad, message, tmp_path):
+    model = mlflow.pyfunc.load_model(f"runs:/{_only_run(logged, 'plain').info.run_id}/model", dst_path=str(tmp_path))
     with pytest.raises(MlflowException) as err:
         model.predict(bad)
     assert message in str(err.value)
 
 
-def test_the_studys_best_trial_is_the_registered_model_at_alias_best(logged):
+def test_the_studys_best_trial_is_the_registered_model_at_alias_best(logged, tmp_path):
     trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{logged}/optuna.db").get_trials()
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in mlflow_runs(logged, "nmfstudy")
             if "optuna.trial_number" in r.data.tags}
@@ -151,7 +159,7 @@ def test_the_studys_best_trial_is_the_registered_model_at_alias_best(logged):
     best = max(trials, key=lambda t: t.value)
     at_best = client.get_model_version_by_alias(STUDY, "best")
     assert at_best.run_id == runs[best.number].info.run_id and at_best.tags["optuna.trial_number"] == str(best.number)
-    model = mlflow.pyfunc.load_model(f"models:/{STUDY}@best")
+    model = mlflow.pyfunc.load_model(f"models:/{STUDY}@best", dst_path=str(tmp_path))
     data = load_dataset("digits", n_samples=300, seed=0, test_size=0.2)
     assert float(np.mean(_labels(model, data.X_test) == data.y_test)) == runs[best.number].data.metrics[
         "test_accuracy"]
@@ -194,9 +202,10 @@ def _post(port: int, payload: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_mlflow_models_serve_answers_with_the_same_clusters(logged):
+def test_mlflow_models_serve_answers_with_the_same_clusters(logged, tmp_path):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": _uri(logged)}
+    # TMPDIR: the server copies the model into a temporary folder that it never removes
+    env = {**os.environ, "MLFLOW_TRACKING_URI": _uri(logged), "TMPDIR": str(tmp_path)}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{STUDY}@best",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -205,7 +214,8 @@ def test_mlflow_models_serve_answers_with_the_same_clusters(logged):
                    timeout=120)
         data = load_dataset("digits", n_samples=300, seed=0, test_size=0.2)
         status, answer = _post(port, {"inputs": data.X_test[:20].tolist()})
-        expected = mlflow.pyfunc.load_model(f"models:/{STUDY}@best").predict(data.X_test[:20])
+        expected = mlflow.pyfunc.load_model(f"models:/{STUDY}@best", dst_path=_copy_folder(tmp_path, "model"))
+        expected = expected.predict(data.X_test[:20])
         assert status == 200 and answer["predictions"] == expected.tolist()
         status, answer = _post(port, {"inputs": (-data.X_test[:2]).tolist()})
         assert status == 400 and "stack_trace" not in answer
