@@ -101,9 +101,12 @@ def test_three_workers_survive_sigkill_sigterm_and_a_postgres_restart(tmp_path, 
     assert len(finished) == max_trials
     for lost in (killed_trial, terminated_trial):
         assert by_number[lost.number].state == TrialState.FAIL
-        retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
-        assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, lost.number
-        assert retries[0].params == lost.params
+        # Optuna's retries all name the first trial; a retry under way when PostgreSQL restarts fails in turn
+        # and is retried once more (max_retry=2): the last one completes
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]  # in trial order
+        states = [t.state for t in retries]
+        assert states in ([TrialState.COMPLETE], [TrialState.FAIL, TrialState.COMPLETE]), (lost.number, states)
+        assert all(t.params == lost.params for t in retries)
     # a living worker found the SIGKILLed one's trial: by its process id (one host) or its heartbeat
     found = f"trial {killed_trial.number} FAIL, "
     assert found in log or found in terminated.log.read_text()
