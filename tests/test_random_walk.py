@@ -154,6 +154,31 @@ def test_dcds_pair_products_ratios_and_products_are_the_same_on_any_number_of_th
     assert len(blocks.blocks) == 3 and np.array_equal(blocks.reweighted(ratio) @ W, Z @ W)
 
 
+@pytest.mark.parametrize("prior", [1.0, 1.5])
+def test_dcds_update_and_its_over_relaxed_step_are_the_same_on_any_number_of_threads(monkeypatch, prior):
+    from nmfstudy.nmf import _common
+    from nmfstudy.nmf import dcd as dcd_module
+
+    rng = np.random.default_rng(5)
+    W, ZW = rng.random((1797, 6)) + 0.01, rng.random((1797, 6))
+    W /= W.sum(axis=1, keepdims=True)
+    size = rng.integers(1, 4, 1797).astype(float)
+    monkeypatch.setattr(dcd_module, "_ROWS", 64)  # 29 blocks, shared out among 3 threads
+    with _common.own_threads():
+        step, threaded_step = (dcd_module._dcd_step(W, ZW, size, prior, n) for n in (1, 3))
+        relaxed, threaded_relaxed = (dcd_module._relaxed(W, step, 2.5, n) for n in (1, 3))
+    assert np.array_equal(threaded_step, step) and np.array_equal(threaded_relaxed, relaxed)
+    # Yang & Oja's update, written over whole arrays
+    s = size @ W
+    grad_neg = 2 * ZW / s / size[:, None] + (prior - 1) / W
+    grad_pos = (W * ZW).sum(axis=0) / s**2
+    a, b = (W / grad_pos).sum(axis=1), (W * grad_neg / grad_pos).sum(axis=1)
+    update = W * (grad_neg * a[:, None] + 1) / (np.outer(a, grad_pos) + b[:, None])
+    np.testing.assert_allclose(step, update / update.sum(axis=1, keepdims=True), rtol=1e-12)
+    over = W * (step / W) ** 2.5
+    np.testing.assert_allclose(relaxed, over / over.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
 def test_dcds_exact_restarts_default_to_a_cost_budget_of_50_at_k_20():
     from nmfstudy.nmf.dcd import exact_restarts_for
 

@@ -84,21 +84,62 @@ def _dcd_loss(S, pairs: _Pairs, W, prior, size) -> tuple[float, np.ndarray]:
     return loss, pairs.ratios(S, a_hat)
 
 
-def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float) -> np.ndarray:
+# rows per block of `_dcd_step` and `_relaxed`: each block's temporaries (rows x k) stay in the CPU's cache, and
+# fixed blocks give the same values on any number of threads. On full MNIST at k=50 a step takes 33 ms on one
+# thread and 20 ms on two, against 55 ms for whole-array operations (the same values to the last bit).
+_ROWS = 2048
+
+
+def _in_row_blocks(n_rows: int, work, n_threads: int) -> None:
+    """`work(rows)` for each fixed block of `_ROWS` rows (a slice), the blocks shared out among `n_threads`."""
+    def blocks(first, last):
+        for start in range(first * _ROWS, min(last * _ROWS, n_rows), _ROWS):
+            work(slice(start, start + _ROWS))
+
+    in_threads(-(-n_rows // _ROWS), blocks, 4, n_threads)
+
+
+def _dcd_step(W: np.ndarray, ZW: np.ndarray, size: np.ndarray, prior: float, n_threads: int = 1) -> np.ndarray:
     """One multiplicative update of Yang & Oja (2012) from the product Z W, Z = S / A_hat."""
     s = size @ W
-    grad_neg = ZW * (2.0 / s)
-    grad_neg /= size[:, None]  # per sample (a node of weight size_a counts size_a times)
+    two_over_s = 2.0 / s
     grad_pos = np.einsum("ik,ik->k", W, ZW) / (s * s)  # the same for every sample
-    if prior != 1.0:
-        grad_neg += (prior - 1.0) / np.maximum(W, _TINY)
-    # row sums as products with a vector: a sum over a short last axis is several times slower
     inverse = 1.0 / grad_pos
-    a = W @ inverse
-    b = (W * grad_neg) @ inverse
-    grad_neg *= a[:, None]
-    grad_neg += 1.0
-    return _rows_summing_to_1(W * grad_neg / (np.outer(a, grad_pos) + b[:, None]))
+    out = np.empty_like(W)
+
+    def rows(r: slice) -> None:
+        Wr = W[r]
+        grad_neg = ZW[r] * two_over_s
+        grad_neg /= size[r, None]  # per sample (a node of weight size_a counts size_a times)
+        if prior != 1.0:
+            grad_neg += (prior - 1.0) / np.maximum(Wr, _TINY)
+        # row sums as products with a vector: a sum over a short last axis is several times slower
+        a = Wr @ inverse
+        b = (Wr * grad_neg) @ inverse
+        grad_neg *= a[:, None]
+        grad_neg += 1.0
+        denominator = np.outer(a, grad_pos)
+        denominator += b[:, None]
+        np.multiply(Wr, grad_neg, out=out[r])
+        out[r] /= denominator
+        _rows_summing_to_1(out[r])
+
+    _in_row_blocks(len(W), rows, n_threads)
+    return out
+
+
+def _relaxed(W: np.ndarray, W_plain: np.ndarray, exponent: float, n_threads: int = 1) -> np.ndarray:
+    """The over-relaxed step: W times the plain update's ratio raised to `exponent`, rows scaled to sum to 1."""
+    out = np.empty_like(W)
+
+    def rows(r: slice) -> None:
+        np.divide(W_plain[r], W[r], out=out[r])
+        out[r] **= exponent
+        out[r] *= W[r]
+        _rows_summing_to_1(out[r])
+
+    _in_row_blocks(len(W), rows, n_threads)
+    return out
 
 
 def dcd_objective(S, W, prior: float = 1.0, size: np.ndarray | None = None) -> float:
@@ -193,9 +234,9 @@ def dcd(S, W, *, prior: float = 1.0, max_iter: int = 1000, tol: float = 1e-8, si
         labels.settled(W, loss)
         graph = RowBlocks(S, n_threads)  # Z = S / A_hat has S's pattern: its products run on threads, cut as S is
         for _ in range(max_iter):
-            W_plain = _dcd_step(W, graph.reweighted(ratio) @ W, size, prior)
+            W_plain = _dcd_step(W, graph.reweighted(ratio) @ W, size, prior, n_threads)
             W, (loss, ratio) = relax.descend(
-                lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _rows_summing_to_1(W * (W_plain / W) ** e),
+                lambda e, W=W, W_plain=W_plain: W_plain if e == 1.0 else _relaxed(W, W_plain, e, n_threads),
                 lambda W_new: _dcd_loss(S, pairs, W_new, prior, size), loss)
             if mon.step(loss) or labels.settled(W, loss):
                 break
