@@ -74,6 +74,18 @@ def test_the_random_walk_product_from_cg_matches_the_dense_inverse(small, alpha)
     assert walk.n_products - first < first
 
 
+def test_the_random_walk_product_is_the_same_on_any_number_of_threads(small, monkeypatch):
+    from nmfstudy.nmf import _common
+
+    _, _, _, Q = small
+    B = np.random.default_rng(1).random((Q.shape[0], 5))
+    monkeypatch.setattr(_common, "ROWS_PER_BLOCK", 16)  # 19 blocks of CG's element-wise steps, on 3 threads
+    with _common.own_threads():
+        one, three = (RandomWalk(Q, 0.8, tol=1e-10, n_threads=n)(B) for n in (1, 3))
+    assert np.array_equal(one, three)
+    np.testing.assert_allclose(one, dense_walk(Q, 0.8) @ B, rtol=1e-7, atol=1e-9)
+
+
 def test_row_blocks_multiply_on_several_threads_to_the_last_bit_of_one(small):
     _, _, S, Q = small
     rng = np.random.default_rng(2)
@@ -163,7 +175,7 @@ def test_dcds_update_and_its_over_relaxed_step_are_the_same_on_any_number_of_thr
     W, ZW = rng.random((1797, 6)) + 0.01, rng.random((1797, 6))
     W /= W.sum(axis=1, keepdims=True)
     size = rng.integers(1, 4, 1797).astype(float)
-    monkeypatch.setattr(dcd_module, "_ROWS", 64)  # 29 blocks, shared out among 3 threads
+    monkeypatch.setattr(_common, "ROWS_PER_BLOCK", 64)  # 29 blocks, shared out among 3 threads
     with _common.own_threads():
         step, threaded_step = (dcd_module._dcd_step(W, ZW, size, prior, n) for n in (1, 3))
         relaxed, threaded_relaxed = (dcd_module._relaxed(W, step, 2.5, n) for n in (1, 3))

@@ -99,6 +99,25 @@ def in_threads(n: int, work: Callable[[int, int], object], min_size: int, n_thre
     _workers.run([lambda lo=lo, hi=hi: work(lo, hi) for lo, hi in itertools.pairwise(bounds)])
 
 
+
+# rows per block of `in_row_blocks`: a block's temporaries (rows x k float64) stay in the CPU's cache
+ROWS_PER_BLOCK = 2048
+
+
+def in_row_blocks(n_rows: int, work: Callable[[slice], object], n_threads: int) -> None:
+    """`work(rows)` for each fixed block of `ROWS_PER_BLOCK` rows (a slice of [0, n_rows)), the blocks shared out
+    among `n_threads` threads (:func:`in_threads`).
+
+    For row-by-row work on dense factors (updates, element-wise steps): each block's temporaries stay in the
+    CPU's cache, and since the blocks do not depend on the thread count, neither do the values.
+    """
+    def blocks(first, last):
+        for start in range(first * ROWS_PER_BLOCK, min(last * ROWS_PER_BLOCK, n_rows), ROWS_PER_BLOCK):
+            work(slice(start, start + ROWS_PER_BLOCK))
+
+    in_threads(-(-n_rows // ROWS_PER_BLOCK), blocks, 4, n_threads)
+
+
 class RowBlocks:
     """A sparse matrix whose products with dense blocks run on several threads, one block of its rows each.
 
