@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from helpers import LEAN, ROOT, mlflow_runs, run_train, wait_until
+from helpers import LEAN, ROOT, default_sigint, mlflow_runs, run_train, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -31,7 +31,7 @@ def _start(tmp: Path, *args: str, multirun: bool = False) -> subprocess.Popen:
             f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *LEAN, *args]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(argv, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=default_sigint)
 
 
 def _query(db: Path, sql: str) -> list[tuple]:
