@@ -214,8 +214,8 @@ def test_mlflow_models_serve_answers_with_the_same_clusters(logged, tmp_path):
                    timeout=120)
         data = load_dataset("digits", n_samples=300, seed=0, test_size=0.2)
         status, answer = _post(port, {"inputs": data.X_test[:20].tolist()})
-        expected = mlflow.pyfunc.load_model(f"models:/{STUDY}@best", dst_path=_copy_folder(tmp_path, "model"))
-        expected = expected.predict(data.X_test[:20])
+        model = mlflow.pyfunc.load_model(f"models:/{STUDY}@best", dst_path=_copy_folder(tmp_path, "model"))
+        expected = model.predict(data.X_test[:20])
         assert status == 200 and answer["predictions"] == expected.tolist()
         status, answer = _post(port, {"inputs": (-data.X_test[:2]).tolist()})
         assert status == 400 and "stack_trace" not in answer

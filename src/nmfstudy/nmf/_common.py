@@ -99,7 +99,6 @@ def in_threads(n: int, work: Callable[[int, int], object], min_size: int, n_thre
     _workers.run([lambda lo=lo, hi=hi: work(lo, hi) for lo, hi in itertools.pairwise(bounds)])
 
 
-
 # rows per block of `in_row_blocks`: a block's temporaries (rows x k float64) stay in the CPU's cache
 ROWS_PER_BLOCK = 2048
 
