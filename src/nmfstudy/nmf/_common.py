@@ -103,18 +103,22 @@ def in_threads(n: int, work: Callable[[int, int], object], min_size: int, n_thre
 ROWS_PER_BLOCK = 2048
 
 
-def in_row_blocks(n_rows: int, work: Callable[[slice], object], n_threads: int) -> None:
-    """`work(rows)` for each fixed block of `ROWS_PER_BLOCK` rows (a slice of [0, n_rows)), the blocks shared out
-    among `n_threads` threads (:func:`in_threads`).
+def in_row_blocks(n_rows: int, work: Callable[[slice], object], n_threads: int, rows: int | None = None,
+                  min_blocks: int = 4) -> None:
+    """`work(block)` for each fixed block of `rows` rows (a slice of [0, n_rows); default `ROWS_PER_BLOCK`), the
+    blocks shared out among `n_threads` threads, `min_blocks` each at least (:func:`in_threads`).
 
-    For row-by-row work on dense factors (updates, element-wise steps): each block's temporaries stay in the
-    CPU's cache, and since the blocks do not depend on the thread count, neither do the values.
+    For row-by-row work (updates and element-wise steps of dense factors, products per pair): each block's
+    temporaries stay in the CPU's cache, and since the blocks do not depend on the thread count, neither do the
+    values.
     """
-    def blocks(first, last):
-        for start in range(first * ROWS_PER_BLOCK, min(last * ROWS_PER_BLOCK, n_rows), ROWS_PER_BLOCK):
-            work(slice(start, start + ROWS_PER_BLOCK))
+    rows = ROWS_PER_BLOCK if rows is None else rows
 
-    in_threads(-(-n_rows // ROWS_PER_BLOCK), blocks, 4, n_threads)
+    def blocks(first, last):
+        for start in range(first * rows, min(last * rows, n_rows), rows):
+            work(slice(start, start + rows))
+
+    in_threads(-(-n_rows // rows), blocks, min_blocks, n_threads)
 
 
 class RowBlocks:

@@ -61,16 +61,14 @@ class _Pairs:
         out, logs = np.empty(len(self.rows)), np.empty(len(self.rows))
         ones = np.ones(V.shape[1])
 
-        def blocks(first, last):  # the same blocks on any number of threads: the same values
-            for start in range(first * self.BLOCK, min(last * self.BLOCK, len(out)), self.BLOCK):
-                end = start + self.BLOCK
-                block = np.take(V, self.rows[start:end], axis=0)
-                block *= np.take(V, self.cols[start:end], axis=0)
-                np.dot(block, ones, out=out[start:end])
-                np.maximum(out[start:end], _TINY, out=out[start:end])
-                np.log(out[start:end], out=logs[start:end])
+        def pairs(r: slice) -> None:
+            block = np.take(V, self.rows[r], axis=0)
+            block *= np.take(V, self.cols[r], axis=0)
+            np.dot(block, ones, out=out[r])
+            np.maximum(out[r], _TINY, out=out[r])
+            np.log(out[r], out=logs[r])
 
-        in_threads(-(-len(out) // self.BLOCK), blocks, 16, self.n_threads)
+        in_row_blocks(len(out), pairs, self.n_threads, rows=self.BLOCK, min_blocks=16)
         return out, logs
 
     def ratios(self, S: sp.csr_matrix, a_hat: np.ndarray) -> np.ndarray:
