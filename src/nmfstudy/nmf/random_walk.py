@@ -64,8 +64,8 @@ class RandomWalk:
     """
 
     def __init__(self, Q, alpha: float, tol: float = 1e-4, max_iter: int = 500, n_threads: int | None = None) -> None:
-        self.Q = RowBlocks(sp.csr_matrix(Q, dtype=np.float64), n_threads)  # the solves' time is in its products
-        self.n_threads = blas_threads() if n_threads is None else n_threads  # also of the element-wise steps
+        self.n_threads = blas_threads() if n_threads is None else n_threads  # of the products and element-wise steps
+        self.Q = RowBlocks(sp.csr_matrix(Q, dtype=np.float64), self.n_threads)  # the solves' time is in its products
         self.alpha, self.tol, self.max_iter = float(alpha), float(tol), int(max_iter)
         self._last: np.ndarray | None = None
         self.n_products = 0  # sparse products spent so far
