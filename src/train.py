@@ -174,6 +174,9 @@ def main(cfg: DictConfig) -> float | list[float]:
     float or list of float
         The value(s) of the metric(s) named by ``objective``, for a sweeper to optimize.
     """
+    # In a launcher's worker (joblib's processes, a SLURM job) the `__main__` block below never ran: a Ctrl-C
+    # to the process group that lands in a weakref callback there would print a traceback and be lost.
+    keep_unraisable_interrupts()
     run_cfg = OmegaConf.to_container(cfg, resolve=True)
     root = project_root()
     hydra_cfg = HydraConfig.get()
