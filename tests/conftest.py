@@ -8,6 +8,7 @@ import re
 import subprocess
 import uuid
 
+import preloaded
 import pytest
 from helpers import CONF
 
@@ -18,6 +19,10 @@ from helpers import CONF
 LONGEST_FIRST = ("test_slurm.py", "test_distributed.py", "test_process_death.py", "test_bad_input3.py",
                  "test_reliability.py", "test_train_e2e.py", "test_bad_input.py", "test_optuna_sweeper.py",
                  "test_bad_stores.py", "test_dedup.py", "test_user_view.py", "test_study_identity.py", "test_models.py")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    preloaded.stop_servers()  # the preloaded interpreters of run_train (tests/preloaded.py)
 
 
 def pytest_collection_modifyitems(items):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import preloaded
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -50,8 +51,11 @@ LEAN = ("tracking.figures=none", "tracking.model=none")
 
 def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: int = 300,
               script: str = "src/train.py", env: dict | None = None, fresh_store: bool = False,
-              figures_and_model: bool = False) -> subprocess.CompletedProcess:
+              figures_and_model: bool = False, fresh_interpreter: bool = False) -> subprocess.CompletedProcess:
     """`python src/train.py [-m] overrides...` logging to <tmp_path>/mlflow.db, outputs under tmp_path.
+
+    The script runs in a child of an interpreter that has made its imports already (tests/preloaded.py),
+    or, with `fresh_interpreter`, in a new one.
 
     The store there starts as a copy of an empty one (`made_store`), or, with `fresh_store`, is
     left for the run to make. Without `figures_and_model` the run draws no figures and logs no
@@ -72,7 +76,9 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})})
     full_env.pop("HYDRA_FULL_ERROR")
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if fresh_interpreter:
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return preloaded.run_script(args, ROOT, full_env, timeout)
 
 
 def default_sigint() -> None:
