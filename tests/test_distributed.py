@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 from helpers import LEAN, ROOT, wait_until
 
@@ -43,7 +44,8 @@ def _start_worker(tmp: Path, argv: list[str]) -> subprocess.Popen:
 
 
 def _run(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    """`argv` to its end, in a child of the preloaded interpreter (tests/preloaded.py), as run_train does."""
+    return preloaded.run_script(argv, ROOT, _env(), timeout)
 
 
 def _load(servers, study: str):
