@@ -15,13 +15,10 @@ from nmfstudy import data as data_module
 from nmfstudy.data import DataError, load_dataset, read_image_folder
 from nmfstudy.metrics import LABEL_METRICS
 
-# One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
 
 def _images(tmp_path, folder, *overrides, **kwargs):
     return run_train(tmp_path, "dataset=images", f"dataset.dir={folder}", f"dataset.cache_dir={tmp_path / 'cache'}",
-                     "k=2", *overrides, env=ONE_THREAD, **kwargs)
+                     "k=2", *overrides, **kwargs)
 
 
 # --- images of two sizes -------------------------------------------------------------------------
@@ -102,7 +99,7 @@ SAMPLES = [
 
 @pytest.mark.parametrize("overrides, line", SAMPLES, ids=[" ".join(o) for o, _ in SAMPLES])
 def test_more_samples_than_the_split_leaves_is_one_line(tmp_path, overrides, line):
-    result = run_train(tmp_path, *overrides, env=ONE_THREAD, fresh_store=True)
+    result = run_train(tmp_path, *overrides, fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists()  # no run logs n_samples over fewer samples
 
@@ -166,7 +163,7 @@ def test_a_report_folder_that_cannot_be_made_is_one_line(tmp_path):
     client.set_terminated(run.info.run_id)
     (tmp_path / "a_file").write_text("in the way")
     out = tmp_path / "a_file" / "report"  # a folder inside a file: even root cannot make it
-    result = run_train(tmp_path, f"report.out={out}", script="src/report.py", env=ONE_THREAD)
+    result = run_train(tmp_path, f"report.out={out}", script="src/report.py")
     assert the_one_line(result) == (f"error: report.out={out}: cannot make the folder (Not a directory); pass "
                                     "report.out=FOLDER where it can be written")
     assert [r.info.run_id for r in mlflow_runs(tmp_path)] == [run.info.run_id]  # no report run logged

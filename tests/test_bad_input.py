@@ -18,8 +18,6 @@ from helpers import (
     write_typed_idx,
 )
 
-# One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Inside the nmf_sparse preset's own search space: on mnist_5k every component dies.
 DEGENERATE = ["sparsity=l1", "sparsity.alpha_W=0.1", "sparsity.alpha_H=0.01", "sparsity.l1_ratio=1"]
 
@@ -41,7 +39,7 @@ AT_THE_DOOR = [
 
 @pytest.mark.parametrize("overrides, line", AT_THE_DOOR, ids=[" ".join(o) for o, _ in AT_THE_DOOR])
 def test_settings_are_refused_before_any_fit_or_run(tmp_path, overrides, line):
-    result = run_train(tmp_path, *overrides, env=ONE_THREAD, fresh_store=True)
+    result = run_train(tmp_path, *overrides, fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists()  # no store opened, no run made
 
@@ -68,7 +66,7 @@ def _labels(folder):
 def test_damaged_idx_files_are_one_line_naming_the_file(tmp_path, damage):
     folder = make_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     name, what = damage(folder)
-    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4", env=ONE_THREAD,
+    result = run_train(tmp_path, "dataset=mnist", f"dataset.dir={folder}", "k=4",
                        fresh_store=True)
     line = the_one_line(result)
     assert line.startswith("error: dataset.dir: ") and str(folder / name) in line and what in line
@@ -106,7 +104,7 @@ def test_bad_images_are_one_line_naming_the_key(tmp_path, damage):
     overrides, line = damage(folder) if damage else ([], IMAGES_NEEDED)
     given = [f"dataset.dir={folder}"] if damage else []
     result = run_train(tmp_path, "dataset=images", *given, *overrides, f"dataset.cache_dir={tmp_path / 'cache'}",
-                       "k=2", env=ONE_THREAD, fresh_store=True)
+                       "k=2", fresh_store=True)
     assert the_one_line(result) == line
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
 
@@ -114,7 +112,7 @@ def test_bad_images_are_one_line_naming_the_key(tmp_path, damage):
 def test_a_study_of_a_label_metric_on_unlabelled_images_stops_before_any_trial(tmp_path):
     folder = make_image_folder(tmp_path / "loose", shape=(20, 24), labels=None, n_per_label=4)
     result = run_train(tmp_path, "hparams_search=nmf_k", "dataset=images", f"dataset.dir={folder}",
-                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True, env=ONE_THREAD)
+                       f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", multirun=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert (
         "objective must be one of loss, j_clust, fit_time_s, n_iter, n_clusters_used, n_live_components, silhouette, "
@@ -127,7 +125,7 @@ def test_a_study_of_a_label_metric_on_unlabelled_images_stops_before_any_trial(t
 # --- a degenerate fit is scored ------------------------------------------------------------------
 
 def test_a_fit_whose_components_all_die_is_scored_and_logged(tmp_path):
-    result = run_train(tmp_path, *DEGENERATE, "dataset.n_samples=300", "method.max_iter=30", env=ONE_THREAD,
+    result = run_train(tmp_path, *DEGENERATE, "dataset.n_samples=300", "method.max_iter=30",
                        figures_and_model=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -156,7 +154,7 @@ def test_a_study_over_the_degenerate_region_completes_every_trial(tmp_path):
     result = run_train(tmp_path, "hparams_search=nmf_sparse", f"hydra.sweeper.storage={storage}", "dataset=digits",
                        "method.max_iter=20", "k=30", "sparsity.alpha_H=0.01", "sparsity.alpha_W=choice(0.01,0.1)",
                        "sparsity.l1_ratio=choice(0.0,1.0)", "hydra/sweeper/sampler=bruteforce",
-                       "hydra.sweeper.n_trials=4", multirun=True, env=ONE_THREAD)
+                       "hydra.sweeper.n_trials=4", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
     trials = optuna.load_study(study_name="nmf_sparse-digits", storage=storage).get_trials()
@@ -184,7 +182,7 @@ def test_a_damaged_graph_cache_is_rebuilt_and_the_run_goes_on(tmp_path):
     (path,) = cache.glob("*.npz")
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
     result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=400", "method=gnmf", "k=5",
-                       "method.max_iter=20", f"graph.cache_dir={cache}", env=ONE_THREAD)
+                       "method.max_iter=20", f"graph.cache_dir={cache}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = [text for text in (result.stdout + result.stderr).splitlines() if "graph cache" in text]
@@ -209,7 +207,7 @@ def test_report_rank_by_an_unknown_metric_is_one_line_and_writes_nothing(tmp_pat
         client.log_metric(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id)
     out = tmp_path / "report"
-    result = run_train(tmp_path, "report.rank_by=foo", f"report.out={out}", script="src/report.py", env=ONE_THREAD)
+    result = run_train(tmp_path, "report.rank_by=foo", f"report.out={out}", script="src/report.py")
     assert the_one_line(result) == ("error: report.rank_by must be one of accuracy, n_live_components, nmi "
                                     "(the metrics of the completed runs of experiment 'nmfstudy'); got 'foo'")
     assert not out.exists()

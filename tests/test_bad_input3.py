@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from helpers import mlflow_runs, run_train, the_one_line
 
-# One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 DEGENERATE_END = ": the scores are those of a degenerate fit"
 
 
@@ -38,7 +36,7 @@ def test_dcd_on_a_complete_graph_says_how_many_components_died(tmp_path):
     clusters' images are W-weighted means, non-zero, yet the clusters are empty: dead, and the line says
     so with the counts the run logs; a single cluster is a degenerate fit."""
     result = run_train(tmp_path, "method=dcd", "dataset=digits", "dataset.n_samples=20", "graph.n_neighbors=19",
-                       "graph.weight=binary", env=ONE_THREAD)
+                       "graph.weight=binary")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -57,8 +55,7 @@ def test_every_method_on_identical_images_says_its_fit_is_degenerate(tmp_path, m
     """16 training copies of one image: whatever split a method makes, the line says it is arbitrary,
     and its counts are the metrics the run logs."""
     folder = _same_images(tmp_path / "same")
-    result = run_train(tmp_path, f"method={method}", "dataset=images", f"dataset.dir={folder}", "k=3",
-                       env=ONE_THREAD)
+    result = run_train(tmp_path, f"method={method}", "dataset=images", f"dataset.dir={folder}", "k=3")
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = _warnings(result)
     (run,) = mlflow_runs(tmp_path)
@@ -107,7 +104,7 @@ def test_a_study_of_multi_start_fits_reports_every_step_once(tmp_path):
     result = run_train(tmp_path, "hparams_search=dcd", f"hydra.sweeper.storage={storage}", "dataset=digits",
                        "dataset.n_samples=300", "hydra.sweeper.n_trials=1", "hydra.sweeper.report_every=1",
                        "method.n_init=2", "method.max_iter=12", "method.tol=0", "graph.n_neighbors=5",
-                       multirun=True, env=ONE_THREAD)
+                       multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "is already reported" not in output and "Traceback" not in output
@@ -132,7 +129,7 @@ def _no_runs(tmp_path) -> bool:
                                          ("null", "None"), ("123", "123")],
                          ids=["empty", "blank", "too long", "null", "a number"])
 def test_an_experiment_name_mlflow_refuses_is_one_line(tmp_path, name, shown):
-    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.experiment={name}", env=ONE_THREAD)
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.experiment={name}")
     hint = " (quote a number: tracking.experiment=\"'2024'\")" if name == "123" else ""
     assert the_one_line(result) == f"{EXPERIMENT_RULE}{hint}; got {shown}"
     assert _no_runs(tmp_path)
@@ -141,7 +138,7 @@ def test_an_experiment_name_mlflow_refuses_is_one_line(tmp_path, name, shown):
 def test_an_empty_experiment_name_stops_a_study_before_its_first_trial(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", f"hydra.sweeper.storage={storage}",
-                       "hydra.sweeper.n_trials=1", "tracking.experiment=", multirun=True, env=ONE_THREAD)
+                       "hydra.sweeper.n_trials=1", "tracking.experiment=", multirun=True)
     assert the_one_line(result) == f"{EXPERIMENT_RULE}; got ''"
     assert _no_runs(tmp_path) and not (tmp_path / "multirun" / "0").exists()
 
@@ -175,7 +172,7 @@ def test_an_optuna_db_in_a_folder_that_cannot_be_written_is_one_line(tmp_path, u
     optuna.create_study(study_name="kmeans_k-digits", storage=storage, direction="maximize")
     lock()
     result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", f"hydra.sweeper.storage={storage}",
-                       "hydra.sweeper.n_trials=1", multirun=True, env=ONE_THREAD)
+                       "hydra.sweeper.n_trials=1", multirun=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[0] == (
         f"hydra.sweeper.storage {storage} cannot be used: its folder {folder} cannot be written (SQLite writes the "
@@ -216,7 +213,7 @@ def test_a_postgresql_tracking_uri_that_refuses_is_one_line_at_once(tmp_path):
 
     port = free_port()
     uri = f"postgresql+psycopg://postgres:secret@127.0.0.1:{port}/mlflow"
-    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}",
                        timeout=60)  # MLflow alone retries for about 100 s
     assert the_one_line(result) == (f"error: tracking.uri postgresql+psycopg://postgres:***@127.0.0.1:{port}/mlflow "
                                     f"cannot be used: nothing answers at 127.0.0.1:{port} (Connection refused): start "
@@ -226,7 +223,7 @@ def test_a_postgresql_tracking_uri_that_refuses_is_one_line_at_once(tmp_path):
 def test_a_postgresql_tracking_uri_that_does_not_answer_is_one_line(tmp_path, silent_server):
     pytest.importorskip("psycopg")
     uri = f"postgresql+psycopg://postgres@127.0.0.1:{silent_server}/mlflow"
-    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}",
                        timeout=60)
     assert the_one_line(result) == (f"error: tracking.uri {uri} cannot be used: 127.0.0.1:{silent_server} took the "
                                     "connection but gave no database answer within 3 s (connection timeout expired): "
@@ -239,8 +236,7 @@ UI_HINT = "start `mlflow ui --backend-store-uri sqlite:///"
 
 
 def test_a_sweeps_jobs_print_the_mlflow_ui_line_once_at_its_end(tmp_path):
-    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans", "k=4,5", multirun=True,
-                       env=ONE_THREAD)
+    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans", "k=4,5", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert sum("logged to MLflow run " in line for line in lines) == 2  # each job says where it logged
@@ -253,7 +249,7 @@ def test_a_studys_trials_print_the_mlflow_ui_line_once_at_its_end(tmp_path):
     pytest.importorskip("optuna")
     result = run_train(tmp_path, "hparams_search=kmeans_k", "dataset=digits", "dataset.n_samples=300",
                        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.n_trials=2",
-                       multirun=True, env=ONE_THREAD)
+                       multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert sum("logged to MLflow run 'trial " in line for line in lines) == 2
@@ -262,7 +258,7 @@ def test_a_studys_trials_print_the_mlflow_ui_line_once_at_its_end(tmp_path):
 
 
 def test_a_single_run_prints_the_mlflow_ui_line(tmp_path):
-    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans", env=ONE_THREAD)
+    result = run_train(tmp_path, "dataset=digits", "dataset.n_samples=300", "method=kmeans")
     assert result.returncode == 0, result.stderr[-3000:]
     (hint,) = [line for line in (result.stdout + result.stderr).splitlines() if UI_HINT in line]
     assert "logged to MLflow run 'kmeans k=10" in hint and "; to see it, start `mlflow ui" in hint
@@ -271,7 +267,7 @@ def test_a_single_run_prints_the_mlflow_ui_line(tmp_path):
 def test_a_postgresql_tracking_uri_without_its_database_is_one_line(tmp_path, study_servers):
     """The server answers: its own words, at once (MLflow alone retries for about 100 s)."""
     uri = study_servers.optuna_url.rsplit("/", 1)[0] + "/no_such_database"
-    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}", env=ONE_THREAD,
+    result = run_train(tmp_path, "dataset=digits", "method=kmeans", f"tracking.uri={uri}",
                        timeout=60)
     line = the_one_line(result)
     assert line.startswith(f"error: tracking.uri {uri} cannot be used: connection failed: ")

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import mlflow_runs, run_train
+from helpers import ONE_THREAD, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -22,7 +22,6 @@ from hydra_plugins.nmfstudy_optuna_sweeper._space import parse_search_space  # n
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 KMEANS = ["hparams_search=kmeans_k", "dataset=digits", "init=kmeans++", "method.n_init=1", "k=choice(10,15)"]
 
 
@@ -150,7 +149,7 @@ def _enqueue(tmp: Path, *params: dict, name: str = "kmeans_k-digits") -> None:
 
 def _kmeans(tmp: Path, *overrides: str):
     result = run_train(tmp, *KMEANS, f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db", *overrides,
-                       multirun=True, timeout=400, env=ONE_THREAD)
+                       multirun=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -225,7 +224,7 @@ def test_a_degenerate_fit_is_a_constraint_violation_the_sampler_reads(tmp_path):
                        "method.max_iter=50", "k=3", "sparsity.alpha_H=0.01", "sparsity.alpha_W=choice(0.0,0.1)",
                        "sparsity.l1_ratio=1.0", "objective=n_live_components", "hydra.sweeper.direction=minimize",
                        "hydra/sweeper/sampler=bruteforce", "hydra.sweeper.n_trials=2",
-                       multirun=True, env=ONE_THREAD, timeout=400)
+                       multirun=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="nmf_sparse-digits", storage=storage)
     by_alpha = {t.params["sparsity.alpha_W"]: t for t in study.get_trials()}

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import preloaded
 import pytest
-from helpers import LEAN, ROOT, wait_until
+from helpers import LEAN, ONE_THREAD, ROOT, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _worker_argv(tmp: Path, servers, study: str, experiment: str, *extra: str) -> list[str]:

@@ -14,9 +14,6 @@ from nmfstudy import config as settings
 from nmfstudy.data import DataError, load_dataset, parse_image_size, read_image_folder, scan_image_folder
 from nmfstudy.metrics import LABEL_METRICS
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 # --- end to end ---------------------------------------------------------------------------------
 
 def test_labelled_images_of_20x24_are_scored_with_labels_and_drawn_in_their_shape(tmp_path):
@@ -24,7 +21,7 @@ def test_labelled_images_of_20x24_are_scored_with_labels_and_drawn_in_their_shap
     # one larger image: resized to 20x24, as dataset.image_size asks (without it, refused: see test_bad_data.py)
     Image.fromarray(quadrant_image((40, 48), 1, np.random.default_rng(1))).save(folder / "bottom_right" / "big.png")
     result = run_train(tmp_path, "dataset=images", f"dataset.dir={folder}", f"dataset.cache_dir={tmp_path / 'cache'}",
-                       "dataset.image_size=[20,24]", "k=2", env=ONE_THREAD, figures_and_model=True)
+                       "dataset.image_size=[20,24]", "k=2", figures_and_model=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -43,7 +40,7 @@ def test_unlabelled_images_run_every_method_and_skip_the_label_metrics_with_one_
     folder = make_image_folder(tmp_path / "loose", shape=(24, 20), labels=None)
     cache = tmp_path / "cache"
     result = run_train(tmp_path, "dataset=images", f"dataset.dir={folder}", f"dataset.cache_dir={cache}", "k=2",
-                       "method=nmf,kmeans", multirun=True, env=ONE_THREAD, figures_and_model=True)
+                       "method=nmf,kmeans", multirun=True, figures_and_model=True)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     runs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("nmfstudy.kind") == "run"]
@@ -196,7 +193,7 @@ def test_a_study_without_labels_tunes_the_graph_by_its_clusters_modularity(tmp_p
     result = run_train(tmp_path, "hparams_search=dcd", "dataset=images", f"dataset.dir={folder}", "k=2",
                        "objective=modularity", f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
                        "graph.n_neighbors=choice(3,5)", "method.exact_restarts=2",
-                       "tracking.figures=none", multirun=True, env=ONE_THREAD)
+                       "tracking.figures=none", multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()

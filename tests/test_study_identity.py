@@ -10,7 +10,6 @@ from helpers import make_image_folder, mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # a study's identity is what these tests are about: its leading trial's figures and model (drawn, logged and
 # registered, tests/test_models.py) would only add time
 FAST = ["dataset=digits", "dataset.n_samples=200", "method.max_iter=10", "hydra.sweeper.n_trials=1",
@@ -20,7 +19,7 @@ NEW_NAME = "a study is one experiment: name a new one with hydra.sweeper.study_n
 
 def _study(tmp_path, *overrides):
     return run_train(tmp_path, f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", *overrides,
-                     multirun=True, env=ONE_THREAD)
+                     multirun=True)
 
 
 def _refused(result) -> str:
