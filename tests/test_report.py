@@ -14,10 +14,13 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import preloaded
 import pytest
+from helpers import ONE_THREAD
 
 from nmfstudy import report, tracking
 from nmfstudy.report import RunRecord, records
@@ -26,21 +29,23 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "report-test"
 TINY = ["dataset=digits", "dataset.n_samples=300", "method.max_iter=30", f"tracking.experiment={EXPERIMENT}"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# The fixture's runs go at once: on 2 cores, one's start overlaps another's fits.
+_RUNS = ThreadPoolExecutor(max_workers=3)
 
 
-def python(script: str, *args: str) -> subprocess.Popen:
-    # One thread: the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, f"src/{script}", *args], cwd=ROOT, text=True, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def python(script: str, *args: str) -> Future:
+    """`python src/SCRIPT args...`, started now in the preloaded interpreter (tests/preloaded.py), one BLAS thread:
+    the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores."""
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
+    return _RUNS.submit(preloaded.run_script, [sys.executable, f"src/{script}", *args], ROOT, env, 300)
 
 
-def finish(*procs: subprocess.Popen) -> list[str]:
-    """Every process's output, once all have ended; the first to fail fails the test."""
-    outs = [proc.communicate(timeout=300)[0] for proc in procs]
-    for proc, out in zip(procs, outs, strict=False):
-        assert proc.returncode == 0, out[-3000:]
-    return outs
+def finish(*runs: Future) -> list[str]:
+    """Every run's output (stdout, then stderr), once all have ended; the first to fail fails the test."""
+    results = [run.result() for run in runs]
+    for result in results:
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return [result.stdout + result.stderr for result in results]
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +58,10 @@ def study(tmp_path_factory):
     # SQLite store, and tracking.open_store makes its client before it takes its lock.
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id(client, tracking.resolve_store(uri, ROOT), EXPERIMENT)
-    # All at once: on 2 cores, one's imports overlap another's fits.
     sweep = python("train.py", "-m", "method=nmf,kmeans", "k=4,8", *TINY, f"tracking.uri={uri}",
                    f"hydra.sweep.dir={tmp / 'multi'}")
     sparse = python("train.py", "sparsity=hoyer", "k=8", *TINY, f"tracking.uri={uri}", f"hydra.run.dir={tmp / 'one'}")
     unknown = python("report.py", f"tracking.uri={uri}", "tracking.experiment=nope", "report.log_run=false")
-    unknown_out = unknown.communicate(timeout=300)[0]
     finish(sweep, sparse)
 
     job = {"nmfstudy.kind": "run"}
@@ -96,7 +99,7 @@ def study(tmp_path_factory):
     return {"uri": uri, "exp_id": exp_id, "client": client, "out": out, "log": log,
             "html": (out / "report.html").read_text(), "runs": runs, "failed": failed.info.run_id,
             "running": running.info.run_id, "study": parent.info.run_id, "trials": trials,
-            "unknown": (unknown.returncode, unknown_out),
+            "unknown": (unknown.result().returncode, unknown.result().stdout + unknown.result().stderr),
             "sweep": client.search_runs([exp_id], "tags.`nmfstudy.kind` = 'sweep'")[0].info.run_id}
 
 
