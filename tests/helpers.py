@@ -77,12 +77,18 @@ def run_train(tmp_path: Path, *overrides: str, multirun: bool = False, timeout: 
     if not figures_and_model and not any(o.startswith(("tracking.figures=", "tracking.model=")) for o in overrides):
         args += LEAN
     args += overrides
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env.update({"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **ONE_THREAD, **(env or {})})
-    full_env.pop("HYDRA_FULL_ERROR")
+    full_env = run_env(env)
     if fresh_interpreter:
         return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     return preloaded.run_script(args, ROOT, full_env, timeout)
+
+
+def run_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a test's run of an entry point: the test's own without MLFLOW_TRACKING_URI (the run's
+    store is the one its overrides name) or HYDRA_FULL_ERROR (the user's one-line errors), unbuffered output and
+    one BLAS thread (`ONE_THREAD`), then `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    return {**env, "PYTHONUNBUFFERED": "1", **ONE_THREAD, **(extra or {})}
 
 
 def default_sigint() -> None:

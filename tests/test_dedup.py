@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import ONE_THREAD, mlflow_runs, run_train
+from helpers import mlflow_runs, run_train
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -246,25 +246,22 @@ def test_a_degenerate_fit_is_a_constraint_violation_the_sampler_reads(tmp_path):
 @pytest.mark.slow
 def test_two_workers_on_postgresql_proposing_one_point_fit_it_once(tmp_path, study_servers, unique_name):
     """Two workers started at once on one PostgreSQL study, each popping a proposal of k=10: one fit."""
-    import os
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
     import preloaded
-    from helpers import ROOT
+    from helpers import ROOT, run_env
 
     servers = study_servers
     study = optuna.create_study(study_name=unique_name, storage=servers.optuna_url, direction="maximize")
     for _ in range(2):
         study.enqueue_trial({"k": 10})
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **ONE_THREAD,
-           "PYTHONUNBUFFERED": "1"}
     argv = [[sys.executable, "src/train.py", "-m", *KMEANS, f"hydra.sweeper.storage={servers.optuna_url}",
              f"hydra.sweeper.study_name={unique_name}", f"tracking.uri={servers.mlflow_url}",
              f"tracking.experiment={unique_name}", f"hydra.sweep.dir={tmp_path}/multirun/{i}",
              "hydra.sweeper.n_trials=1", "tracking.model=none"] for i in range(2)]
     with ThreadPoolExecutor(2) as pool:  # both at once, each in a child of the preloaded interpreter
-        workers = list(pool.map(lambda args: preloaded.run_script(args, ROOT, env, 400), argv))
+        workers = list(pool.map(lambda args: preloaded.run_script(args, ROOT, run_env(), 400), argv))
     outputs = [w.stdout + w.stderr for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     first, again = optuna.load_study(study_name=unique_name, storage=servers.optuna_url).get_trials()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import preloaded
 import pytest
-from helpers import LEAN, ONE_THREAD, ROOT, wait_until
+from helpers import LEAN, ROOT, run_env, wait_until
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
@@ -27,15 +27,10 @@ def _worker_argv(tmp: Path, servers, study: str, experiment: str, *extra: str) -
             f"hydra.sweep.dir={tmp}/multirun/{len(list(tmp.glob('w*.log')))}", *LEAN, *extra]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**env, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
-
-
 def _start_worker(tmp: Path, argv: list[str]) -> subprocess.Popen:
     log = tmp / f"w{len(list(tmp.glob('w*.log')))}.log"
     handle = open(log, "w")
-    process = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=handle, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(argv, cwd=ROOT, env=run_env(), stdout=handle, stderr=subprocess.STDOUT,
                                start_new_session=True)
     process.log = log  # type: ignore[attr-defined]
     return process
@@ -43,7 +38,7 @@ def _start_worker(tmp: Path, argv: list[str]) -> subprocess.Popen:
 
 def _run(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """`argv` to its end, in a child of the preloaded interpreter (tests/preloaded.py), as run_train does."""
-    return preloaded.run_script(argv, ROOT, _env(), timeout)
+    return preloaded.run_script(argv, ROOT, run_env(), timeout)
 
 
 def _load(servers, study: str):

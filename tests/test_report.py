@@ -20,7 +20,7 @@ from pathlib import Path
 
 import preloaded
 import pytest
-from helpers import ONE_THREAD
+from helpers import run_env
 
 from nmfstudy import report, tracking
 from nmfstudy.report import RunRecord, records
@@ -34,10 +34,8 @@ _RUNS = ThreadPoolExecutor(max_workers=3)
 
 
 def python(script: str, *args: str) -> Future:
-    """`python src/SCRIPT args...`, started now in the preloaded interpreter (tests/preloaded.py), one BLAS thread:
-    the data are tiny, and BLAS/OpenMP threads only fight over 2 busy cores."""
-    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
-    return _RUNS.submit(preloaded.run_script, [sys.executable, f"src/{script}", *args], ROOT, env, 300)
+    """`python src/SCRIPT args...`, started now in the preloaded interpreter (tests/preloaded.py), as run_train's."""
+    return _RUNS.submit(preloaded.run_script, [sys.executable, f"src/{script}", *args], ROOT, run_env(), 300)
 
 
 def finish(*runs: Future) -> list[str]:
