@@ -466,3 +466,35 @@ def test_interrupt_marks_the_running_trial_failed_and_keeps_the_others(study):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     (killed,) = [r for r in runs if r.data.tags.get("optuna.trial_number") == str(interrupted.number)]
     assert killed.info.status == "KILLED"
+
+
+def test_storage_calls_go_on_through_a_commit_that_the_outage_broke_and_not_through_bad_data(monkeypatch):
+    """Optuna turns a driver's error in its commit (PostgreSQL shutting down) into StorageInternalError: retried,
+    as the driver's own error is; a StorageInternalError of anything else is raised at once."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    from hydra_plugins.nmfstudy_optuna_sweeper import _storage
+
+    monkeypatch.setattr(_storage.time, "sleep", lambda s: None)
+    calls = []
+
+    def commit_during_a_restart():
+        calls.append("commit")
+        if len(calls) < 3:
+            try:
+                raise OperationalError("COMMIT", {}, Exception("the database system is shutting down"))
+            except OperationalError as err:
+                raise StorageInternalError("An exception is raised during the commit.") from err
+        return "stored"
+
+    assert _storage.retrying("recording the trial's worker", commit_during_a_restart) == "stored"
+    assert calls == ["commit"] * 3
+
+    def too_long():
+        calls.append("too long")
+        raise StorageInternalError("exceeding max length")
+
+    with pytest.raises(StorageInternalError, match="max length"):
+        _storage.retrying("recording the trial's worker", too_long)
+    assert calls.count("too long") == 1

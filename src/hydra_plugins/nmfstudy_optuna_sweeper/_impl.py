@@ -719,22 +719,23 @@ class OptunaSweeperImpl(Sweeper):
             # and a trial's draw depends only on the study's history and its number.
             seed = int(self.sampler_spec["seed"]) + trial.number
             s.study.sampler = instantiate({**self.sampler_spec, "seed": seed})
-        for key, dim in s.space.items():
-            _suggest(trial, key, dim.distribution)
+        # each write below is idempotent (a param already suggested keeps its value): all are retried through an outage
+        retrying("suggesting the trial's point", lambda: [_suggest(trial, key, dim.distribution)
+                                                           for key, dim in s.space.items()])
         trial_id = self._trial_id(s, trial.number)
         if s.heartbeats is not None:
             s.heartbeats.add(trial_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(s.storage.get_trial(trial_id))
+            retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(
+                retrying("reading the trial", lambda: s.storage.get_trial(trial_id)))
         run_id = None
         if s.tracked is not None:
             run_id = s.tracked.start_trial(trial.number, trial_id, retry_of,
                                            short_overrides(f"{k}={trial.params[k]}" for k in s.space))
-        for key, value in {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
-                           WORKER_TRIAL_ATTR: trial.number, SEED_ATTR: seed, RUN_ID_ATTR: run_id,
-                           ERROR_ATTR: None}.items():
-            trial.set_user_attr(key, value)
+        attrs = {HOST_ATTR: self.host, PID_ATTR: self.pid, PID_START_ATTR: process_start(self.pid) or "",
+                 WORKER_TRIAL_ATTR: trial.number, SEED_ATTR: seed, RUN_ID_ATTR: run_id, ERROR_ATTR: None}
+        retrying("recording the trial's worker", lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
         if retry_of is not None:
             log.info("trial %d retries trial %d", trial.number, retry_of)
         self._declare_point(s, trial, retry_of)

@@ -29,13 +29,17 @@ def retrying(what: str, action: Callable[[], T], patience_s: float = 120.0) -> T
     object
         What `action` returns.
     """
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     deadline, wait = time.monotonic() + patience_s, 0.5
     while True:
         try:
             return action()
-        except (OperationalError, DBAPIError) as err:
+        except (OperationalError, DBAPIError, StorageInternalError) as err:
+            # Optuna's storage turns a driver's error in its commit into StorageInternalError: the same outage
+            if isinstance(err, StorageInternalError) and not isinstance(err.__cause__, (OperationalError, DBAPIError)):
+                raise
             stop = interruption(err)
             if stop is not None:  # SIGTERM inside the call, turned into a driver's error: stop, never retry
                 raise stop from err
