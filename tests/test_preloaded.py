@@ -86,3 +86,21 @@ def test_blas_threads_are_those_of_the_runs_environment(tmp_path, script):
         result = preloaded.run_script([sys.executable, str(script), "blas"], tmp_path, env, timeout=30)
         threads[name] = int(result.stdout.splitlines()[1])
     assert threads == {"one": 1, "all": os.cpu_count()}
+
+
+def test_a_run_logs_and_says_the_same_as_in_a_fresh_interpreter(tmp_path):
+    """train.py through run_train, preloaded and fresh: the same metrics logged, the same one line refused."""
+    from helpers import mlflow_runs, run_train, the_one_line
+
+    metrics = {}
+    for fresh in (False, True):
+        where = tmp_path / ("fresh" if fresh else "preloaded")
+        where.mkdir()
+        result = run_train(where, "dataset=digits", "method=kmeans", "k=4", fresh_interpreter=fresh)
+        assert result.returncode == 0, result.stderr[-2000:]
+        (run,) = mlflow_runs(where)
+        metrics[fresh] = {k: v for k, v in run.data.metrics.items() if k != "fit_time_s"}
+        refused = run_train(where, "dataset=digits", "k=0", fresh_interpreter=fresh)
+        metrics[fresh, "refused"] = the_one_line(refused)
+    assert metrics[False] == metrics[True] and "accuracy" in metrics[False]
+    assert metrics[False, "refused"] == metrics[True, "refused"] and "k" in metrics[False, "refused"]
