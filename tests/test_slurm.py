@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,33 @@ def _check_study(servers, study: str, experiment: str) -> tuple[list, dict]:
         if t.state == TrialState.COMPLETE:
             assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == pytest.approx(t.value)
     return trials, runs
+
+
+def _pending_signals(pid: int) -> set[int]:
+    """The signals sent to process `pid` and not yet handled (/proc: its own and its thread group's)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = 0
+    for field in ("SigPnd", "ShdPnd"):
+        mask |= int(re.search(rf"^{field}:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
+
+
+def _stopped_until_signalled(pid: int, signals: tuple[int, ...], sweep: subprocess.Popen) -> None:
+    """Hold process `pid` stopped (SIGSTOP) until one of `signals` is sent to it, then let it go on (SIGCONT).
+
+    A stopped process takes no CPU, and a signal sent to it stays pending until it runs again, when its handler
+    sees it as a running process would have: so a job can wait for SLURM's warning without spinning a core.
+    """
+    with contextlib.suppress(ProcessLookupError):  # ended already
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        while sweep.poll() is None and not _pending_signals(pid) & set(signals):
+            time.sleep(0.2)
+    except FileNotFoundError:  # the process has ended
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _job_environ(pid: int) -> dict[str, str]:
@@ -184,12 +212,11 @@ def test_launcher_slurm_real_time_limit_ends_the_run_killed(
         trial = wait_until(lambda: _fitting(servers, study, 0) or sweep.poll() is not None,
                            "the trial fitting in its SLURM job")
         if trial is not True:
-            # Its fit only has to last until the limit: at the lowest priority it leaves the cores to the other
-            # tests for those 30 to 90 s. (Only once it fits: a job slowed down before its handler is installed
-            # would be killed outright by the warning.)
+            # Its fit only has to be under way when the warning comes: it waits for it stopped, taking no core
+            # for those 30 to 90 s. (Only once it fits: a warning that comes before its handler is installed
+            # kills the job outright.)
             pid = int(_runs(servers, study)[trial.user_attrs["mlflow_run_id"]].data.tags["nmfstudy.pid"])
-            with contextlib.suppress(ProcessLookupError):  # ended already
-                os.setpriority(os.PRIO_PROCESS, pid, 19)
+            _stopped_until_signalled(pid, (signal.SIGUSR2, signal.SIGTERM), sweep)
         assert sweep.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     finally:
         if sweep.poll() is None:
