@@ -498,3 +498,38 @@ def test_storage_calls_go_on_through_a_commit_that_the_outage_broke_and_not_thro
     with pytest.raises(StorageInternalError, match="max length"):
         _storage.retrying("recording the trial's worker", too_long)
     assert calls.count("too long") == 1
+
+
+def test_a_query_that_ctrl_c_cut_short_no_longer_locks_the_sqlite_study_once_released(tmp_path):
+    """Ctrl-C inside an in-process job's query: SQLAlchemy closes the connection, but SQLite keeps it, and its
+    shared lock, while the query's cursor lives on in the interrupt's frames; the sweeper's write that tells the
+    trial FAIL then waited on it (60 s a try: a Ctrl-C that hung a study, once in about 30 tries). Released, the
+    write goes through."""
+    import sqlite3
+
+    from hydra_plugins.nmfstudy_optuna_sweeper._storage import release_interrupted
+
+    db = str(tmp_path / "study.db")
+    with sqlite3.connect(db) as setup:
+        setup.execute("CREATE TABLE t (x INTEGER)")
+        setup.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+
+    def job_query():
+        connection = sqlite3.connect(db)
+        cursor = connection.execute("SELECT x FROM t")
+        cursor.fetchone()  # the query under way, as the interrupt found it
+        try:
+            raise KeyboardInterrupt
+        finally:
+            connection.close()  # what SQLAlchemy does with a connection that an exit exception interrupted
+
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        job_query()
+    writer = sqlite3.connect(db, timeout=0.1)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"), writer:
+        writer.execute("INSERT INTO t VALUES (4)")
+    release_interrupted(interrupted.value)
+    with writer:
+        writer.execute("INSERT INTO t VALUES (4)")
+    assert writer.execute("SELECT count(*) FROM t").fetchone() == (4,)
+    writer.close()

@@ -73,7 +73,7 @@ from nmfstudy.study_names import (
 
 from . import _dedup, _identity
 from ._space import Dimension, parse_search_space, render
-from ._storage import Heartbeats, retrying, safe_url
+from ._storage import Heartbeats, release_interrupted, retrying, safe_url
 from ._tracker import TrackedStudy
 
 log = logging.getLogger(__name__)
@@ -536,6 +536,7 @@ class OptunaSweeperImpl(Sweeper):
         except BaseException as err:
             # SIGTERM inside a storage call may surface as the storage's error: still a preemption.
             stop = err if isinstance(err, KeyboardInterrupt) else interruption(err)
+            release_interrupted(err)  # a query it cut short may hold SQLite's lock, which the writes below need
             self._fail_untold(s, batch, stop or err)
             if stop is not None and stop is not err:
                 raise stop from err

@@ -1,9 +1,11 @@
 """The sweeper's side of the Optuna storage: calls that outlast a server restart, trial heartbeats, safe URLs."""
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+import traceback
 from typing import Any, Callable, TypeVar
 
 from nmfstudy.processes import interruption
@@ -49,6 +51,32 @@ def retrying(what: str, action: Callable[[], T], patience_s: float = 120.0) -> T
                         str(err).strip().splitlines()[0][:200], wait)
             time.sleep(wait)
             wait = min(wait * 2, 10.0)
+
+
+def release_interrupted(err: BaseException) -> None:
+    """Free what the calls that `err` (and the errors it chains) cut short still hold: their frames' locals.
+
+    A Ctrl-C that lands while an in-process job steps through a query of an SQLite storage leaves that
+    query's cursor in the traceback's frames. SQLAlchemy closes the connection, but SQLite keeps a closed
+    connection with an unfinished statement alive, holding its shared lock, until the statement is freed:
+    every write to the file waits for it (60 s a try, the storage's busy timeout), the sweeper's telling
+    the trial FAIL among them. The frames that still run (the sweeper's own) keep their locals.
+
+    Parameters
+    ----------
+    err : BaseException
+        The interrupt (or error) that ended the batch.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        traceback.clear_frames(cause.__traceback__)
+        todo += [cause.__cause__, cause.__context__]
+    gc.collect()  # a cursor in a reference cycle is freed only by the collector
 
 
 def safe_url(url: str) -> str:
