@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .study_names import HOST_TAG, PID_START_TAG, PID_TAG
@@ -198,6 +198,30 @@ def raise_if_terminated() -> None:
         raise _spent_signal()
 
 
+def chained(err: BaseException) -> Iterator[BaseException]:
+    """`err`, then each error it chains (its causes and contexts, depth first), each once.
+
+    Parameters
+    ----------
+    err : BaseException
+        The error.
+
+    Yields
+    ------
+    BaseException
+        `err` and the errors it was raised from or while handling.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        todo += [cause.__cause__, cause.__context__]
+
+
 def interruption(err: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that `err` hides, if any: the one to raise instead of handling `err`.
 
@@ -216,16 +240,9 @@ def interruption(err: BaseException) -> KeyboardInterrupt | None:
     KeyboardInterrupt or None
         The interrupt to raise; None when `err` is an ordinary error.
     """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        cause = todo.pop()
-        if cause is None or id(cause) in seen:
-            continue
+    for cause in chained(err):
         if isinstance(cause, KeyboardInterrupt):
             return cause
-        seen.add(id(cause))
-        todo += [cause.__cause__, cause.__context__]
     if _terminations:
         return _spent_signal(type(err).__name__)
     return None

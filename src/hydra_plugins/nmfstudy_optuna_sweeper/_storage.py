@@ -8,7 +8,7 @@ import time
 import traceback
 from typing import Any, Callable, TypeVar
 
-from nmfstudy.processes import interruption
+from nmfstudy.processes import chained, interruption
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,15 +67,8 @@ def release_interrupted(err: BaseException) -> None:
     err : BaseException
         The interrupt (or error) that ended the batch.
     """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        cause = todo.pop()
-        if cause is None or id(cause) in seen:
-            continue
-        seen.add(id(cause))
+    for cause in chained(err):
         traceback.clear_frames(cause.__traceback__)
-        todo += [cause.__cause__, cause.__context__]
     gc.collect()  # a cursor in a reference cycle is freed only by the collector
 
 
