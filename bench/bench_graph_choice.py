@@ -202,7 +202,8 @@ def main(argv=None) -> None:
     cache: dict[str, tuple] = {}
     for cand in candidates:
         chain, rule = cand.split("/")
-        kmax = max(15, int(re.sub(r"\D", "", rule)))
+        # one search per feature chain, for the most neighbours any of the chain's candidates asks for
+        kmax = max(15, *(int(re.sub(r"\D", "", c.split("/")[1])) for c in candidates if c.split("/")[0] == chain))
         if chain not in cache:
             t = time.perf_counter()
             Z = features(X, shape, chain, args.seed)
