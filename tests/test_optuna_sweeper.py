@@ -503,7 +503,7 @@ def test_storage_calls_go_on_through_a_commit_that_the_outage_broke_and_not_thro
 def test_a_query_that_ctrl_c_cut_short_no_longer_locks_the_sqlite_study_once_released(tmp_path):
     """Ctrl-C inside an in-process job's query: SQLAlchemy closes the connection, but SQLite keeps it, and its
     shared lock, while the query's cursor lives on in the interrupt's frames; the sweeper's write that tells the
-    trial FAIL then waited on it (60 s a try: a Ctrl-C that hung a study, once in about 30 tries). Released, the
+    trial FAIL then waited on it (60 s a try: a Ctrl-C that hung a study, about 1 in 18 tries). Released, the
     write goes through."""
     import sqlite3
 
